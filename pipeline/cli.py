@@ -1,0 +1,137 @@
+"""The `pipeline` command line (typer). Each verb is a thin shell over a stage's `run`.
+
+Every user-facing failure is a PipelineError: printed as one red line on stderr, exit code 1
+(2 for a bad job/student file). Tracebacks are reserved for bugs.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import PipelineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Offline teacher labeling for knowledge distillation: label a corpus once "
+                       "into Parquet soft labels, then train and evaluate many students from it.")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Tokenizer utilities.")
+app.add_typer(tokenizer_app, name="tokenizer")
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def label(
+    corpus: str = typer.Option(..., help="File, directory, glob of .parquet/.jsonl/.csv/.txt, "
+                               "or builtin:bbc-news."),
+    out_dir: Path = typer.Option(..., "--out", help="Dataset directory to create or resume."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher model directory (config.json + "
+                                          "model.safetensors + tokenizer.json)."),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizers JSON; with --top-k 0 and no "
+                                             "teacher, writes a tokenized dataset."),
+    top_k: int = typer.Option(32, help="Soft-label entries kept per position; 0 = tokens only."),
+    seq_len: int = typer.Option(256, help="Tokens per packed row."),
+    batch_size: int = typer.Option(16, help="Rows per teacher forward."),
+    shard_rows: int = typer.Option(512, help="Rows per Parquet shard."),
+    row_group_rows: int = typer.Option(128, help="Rows per Parquet row group."),
+    validation_fraction: float = typer.Option(0.02, help="Share of documents (by id hash) in "
+                                              "the validation split."),
+    logprob_encoding: str = typer.Option("fp16", help="fp16 or fp32 log-probabilities."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace a different dataset in --out."),
+    limit_docs: Optional[int] = typer.Option(None, help="Read only the first N documents."),
+    text_column: str = typer.Option("text", help="Text column of parquet/jsonl/csv files."),
+    id_column: Optional[str] = typer.Option(None, help="Document id column (default: "
+                                            "file:row)."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Run the teacher over a corpus once and write a soft-label dataset (resumable)."""
+    from stages.label import LabelConfig, run
+
+    manifest = run(LabelConfig(
+        corpus=corpus, out=str(out_dir), teacher=teacher,
+        tokenizer=str(tokenizer) if tokenizer else None, top_k=top_k, seq_len=seq_len,
+        batch_size=batch_size, shard_rows=shard_rows, row_group_rows=row_group_rows,
+        validation_fraction=validation_fraction, logprob_encoding=logprob_encoding,
+        device=device, overwrite=overwrite, limit_docs=limit_docs, text_column=text_column,
+        id_column=id_column, quiet=quiet))
+    s = manifest["summary"]
+    out.print(f"dataset {out_dir}: {s['rows']:,} rows, {s['positions']:,} positions, "
+              f"{s['bytes']:,} bytes ({s['bytes_per_position']:.2f} B/position)")
+
+
+@app.command()
+def validate(dataset: Path = typer.Argument(..., help="Dataset directory.")) -> None:
+    """Check every shard: checksum, schema, counts, id range, log-prob and tail-mass sanity."""
+    from pipeline.softlabels.validate import validate_dataset
+
+    problems, summary = validate_dataset(dataset)
+    for p in problems:
+        err.print(f"[red]invalid:[/red] {p}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"valid: {summary['shards']} shards, {summary['rows']:,} rows")
+
+
+@app.command()
+def inspect(dataset: Path = typer.Argument(..., help="Dataset directory."),
+            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")
+            ) -> None:
+    """Show a dataset's card: teacher, tokenizer, corpus, labels, splits and sizes."""
+    from pipeline.softlabels.manifest import load_manifest
+
+    m = load_manifest(dataset)
+    if as_json:
+        sys.stdout.write(json.dumps(m, indent=2, sort_keys=True) + "\n")
+        return
+    t = Table(title=f"soft-label dataset {dataset}", show_header=False)
+    teacher = m.get("teacher") or {}
+    rows = [("format", m["format_version"]), ("created", m["created_at"]),
+            ("teacher", f"{teacher.get('spec', 'none')} ({teacher.get('parameters', '-')} params)"),
+            ("tokenizer", f"vocab {m['tokenizer']['vocab_size']}, "
+                          f"sha256 {m['tokenizer']['sha256'][:12]}"),
+            ("corpus", f"{m['corpus']['uri']} ({m['corpus']['documents_read']} docs)"),
+            ("labels", ", ".join(f"{k}={v}" for k, v in m["labels"].items())),
+            ("seq_len", str(m["seq_len"]))]
+    for split, shards in m["splits"].items():
+        rows.append((f"split {split}", f"{len(shards)} shards, "
+                     f"{sum(s['rows'] for s in shards):,} rows"))
+    mass = m["summary"].get("mean_topk_mass")
+    rows.append(("mean top-k mass", "-" if mass is None else f"{mass:.4f}"))
+    rows.append(("bytes/position", f"{m['summary']['bytes_per_position']:.2f}"))
+    for k, v in rows:
+        t.add_row(k, v)
+    out.print(t)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus: str = typer.Option(..., help="Corpus to learn merges from (same forms as label)."),
+    vocab_size: int = typer.Option(8192, help="Vocabulary size including specials."),
+    out_file: Path = typer.Option(..., "--out", help="Where to write tokenizer.json."),
+    text_column: str = typer.Option("text", help="Text column of tabular corpora."),
+    limit_docs: Optional[int] = typer.Option(None, help="Use only the first N documents."),
+) -> None:
+    """Train a byte-level BPE tokenizer (tokenizers) and save it as one JSON file."""
+    from pipeline.corpus import CorpusSpec, read_texts
+    from pipeline.tokenizer import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(read_texts(CorpusSpec(corpus, text_column), limit_docs),
+                              vocab_size, out_file)
+    out.print(f"tokenizer {out_file}: vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}")
+
+
+def main() -> None:
+    try:
+        app()
+    except PipelineError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""A recurrent student family: embedding → multi-layer GRU → tied output head.
+
+A second architecture shows the labels are model-agnostic: anything that maps token ids to
+next-token logits can learn from the stored distribution.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class GRUConfig:
+    vocab_size: int
+    n_layer: int = 1
+    d_model: int = 64
+    dropout: float = 0.0
+
+
+class GRULM(nn.Module):
+    def __init__(self, cfg: GRUConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rnn = nn.GRU(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
+                          dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x, _ = self.rnn(self.tok_emb(input_ids))
+        return self.head(self.ln_f(x))

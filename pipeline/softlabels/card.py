@@ -1,0 +1,53 @@
+"""The generated README.md dataset card: what a consuming team needs to trust and load the data."""
+
+from pathlib import Path
+
+
+def render_card(m: dict) -> str:
+    teacher = m.get("teacher") or {}
+    labels, summary, corpus = m["labels"], m["summary"], m["corpus"]
+    splits = "\n".join(f"| {s} | {len(sh)} | {sum(x['rows'] for x in sh):,} | "
+                       f"{sum(x['positions'] for x in sh):,} | {sum(x['bytes'] for x in sh):,} |"
+                       for s, sh in m["splits"].items())
+    mass = summary.get("mean_topk_mass")
+    return f"""# Soft-label dataset
+
+Made by softlabel-pipeline {m['tool']['version']} on {m['created_at']} (format {m['format_version']},
+spec: docs/FORMAT.md of softlabel-pipeline).
+
+- **Teacher**: {teacher.get('spec', 'none (tokenized only)')} · sha256 `{teacher.get('sha256', '-')}`
+  · {teacher.get('parameters', '-')} parameters · {teacher.get('dtype', '-')}
+- **Tokenizer**: `tokenizer.json` · sha256 `{m['tokenizer']['sha256']}` · vocab
+  {m['tokenizer']['vocab_size']}
+- **Corpus**: `{corpus['uri']}` · {corpus['documents_read']:,} documents read,
+  {corpus['documents_skipped_empty']:,} empty skipped, {corpus['non_utf8_documents']:,} with
+  non-UTF-8 bytes replaced · validation fraction {corpus['validation_fraction']}
+- **Labels**: mode `{labels['mode']}` · k = {labels['k']} · ids `{labels['id_type']}` ·
+  log-probs `{labels['logprob_encoding']}` · seq_len {m['seq_len']}
+- **Mean top-k mass**: {'-' if mass is None else f'{mass:.4f}'} ·
+  **bytes/position**: {summary['bytes_per_position']:.2f}
+
+| split | shards | rows | positions | bytes |
+|---|---|---|---|---|
+{splits}
+
+## Load it
+
+```python
+import polars as pl
+df = pl.read_parquet("shards/train/*.parquet")   # one row = one packed sequence
+
+import pyarrow.dataset as pads
+table = pads.dataset("shards/validation", format="parquet").to_table()
+```
+
+Position t's `topk_ids`/`topk_logprobs` (flattened, k per position) describe the teacher's
+distribution of token t+1; `tail_mass` is the probability outside the stored ids.
+Check integrity with `pipeline validate .`.
+"""
+
+
+def write_card(root: Path, manifest: dict) -> None:
+    tmp = root / "README.md.tmp"
+    tmp.write_text(render_card(manifest))
+    tmp.replace(root / "README.md")

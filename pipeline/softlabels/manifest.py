@@ -1,0 +1,91 @@
+"""manifest.json: the dataset's index and commit point, written last and atomically.
+
+A dataset without a manifest is not a dataset (a labeler was interrupted); readers never look at
+shards the manifest does not list, and never at paths outside the dataset directory.
+"""
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import PipelineError
+from pipeline.softlabels.schema import FORMAT_MAJOR
+
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+PROGRESS_DIR = "_progress"
+SHARDS_DIR = "shards"
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """tmp → fsync → rename → fsync dir: a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def shard_relpath(split: str, index: int) -> str:
+    return f"{SHARDS_DIR}/{split}/part-{index:05d}.parquet"
+
+
+def safe_shard_path(root: Path, rel: str) -> Path:
+    """Resolve a manifest path, refusing anything that escapes the dataset directory."""
+    pure = PurePosixPath(rel)
+    if "://" in rel or pure.is_absolute() or ".." in pure.parts or not rel:
+        raise PipelineError(f"manifest shard path {rel!r} escapes the dataset directory {root}; "
+                            "refusing an untrusted manifest")
+    full = (root / pure).resolve()
+    if not full.is_relative_to(root.resolve()):
+        raise PipelineError(f"manifest shard path {rel!r} resolves outside {root}; refusing")
+    return full
+
+
+def load_manifest(root: str | Path) -> dict:
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        hint = (" (a labeling run did not finish: rerun `pipeline label` to complete it)"
+                if (root / PLAN).exists() else "")
+        raise PipelineError(f"{root} is not a soft-label dataset: no {MANIFEST}{hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc}); the dataset is corrupt") from exc
+    check_manifest_shape(manifest, path)
+    return manifest
+
+
+def check_manifest_shape(manifest, path) -> None:
+    if not isinstance(manifest, dict):
+        raise PipelineError(f"{path}: manifest must be a JSON object")
+    version = str(manifest.get("format_version", ""))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise PipelineError(f"{path}: format_version {version!r} is missing or malformed") from None
+    if major != FORMAT_MAJOR:
+        raise PipelineError(f"{path}: format_version {version} is not supported (this reader "
+                            f"reads major version {FORMAT_MAJOR}); upgrade softlabel-pipeline")
+    for key in ("labels", "tokenizer", "splits"):
+        if not isinstance(manifest.get(key), dict):
+            raise PipelineError(f"{path}: manifest field {key!r} is missing or not an object")
+    for split, shards in manifest["splits"].items():
+        if not isinstance(shards, list):
+            raise PipelineError(f"{path}: splits.{split} must be a list of shards")
+        for s in shards:
+            if not isinstance(s, dict) or not {"path", "rows", "sha256", "bytes"} <= set(s):
+                raise PipelineError(f"{path}: a shard entry of split {split!r} lacks "
+                                    "path/rows/sha256/bytes")

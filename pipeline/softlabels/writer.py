@@ -1,0 +1,93 @@
+"""The format's one writer: atomic shard files, completion records, then the manifest.
+
+A shard is written to `part-XXXXX.parquet.tmp`, fsynced, renamed into place, and only then gets
+a completion record in `_progress/`. A rerun trusts a shard only if its record exists and the
+file's size and sha256 still match, so a kill at any moment leaves nothing a later run would take
+as complete. Shards are named by (split, index) from the plan, never by worker, so a retried task
+rewrites the same file.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_file
+from pipeline.softlabels import schema as S
+from pipeline.softlabels.manifest import PROGRESS_DIR, shard_relpath, write_json_atomic
+
+
+@dataclass
+class ShardLabels:
+    """Teacher labels for a whole shard: ids/logprobs [rows, seq, k], tail [rows, seq]."""
+
+    ids: np.ndarray
+    logprobs: np.ndarray
+    tail: np.ndarray
+
+
+def _list_column(values: np.ndarray, rows: int, arrow_type: pa.DataType) -> pa.ListArray:
+    flat = np.ascontiguousarray(values).reshape(-1)
+    width = flat.size // rows if rows else 0
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width, type=pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(flat, type=arrow_type))
+
+
+def build_table(spec: S.LabelSpec, tokens: np.ndarray, doc_ids: list[list[str]],
+                labels: ShardLabels | None) -> pa.Table:
+    rows = tokens.shape[0]
+    id_type = S.ID_TYPES[spec.id_type]
+    cols = {S.COL_INPUT_IDS: _list_column(tokens.astype(S.numpy_dtype(id_type)), rows, id_type),
+            S.COL_DOC_IDS: pa.array(doc_ids, type=pa.list_(pa.string()))}
+    if spec.has_labels:
+        if labels is None:
+            raise ValueError("a labeled dataset needs labels for every shard")
+        lp_type = S.LOGPROB_ENCODINGS[spec.logprob_encoding]
+        cols[S.COL_TOPK_IDS] = _list_column(labels.ids.astype(S.numpy_dtype(id_type)), rows,
+                                            id_type)
+        cols[S.COL_TOPK_LOGPROBS] = _list_column(
+            labels.logprobs.astype(S.numpy_dtype(lp_type)), rows, lp_type)
+        cols[S.COL_TAIL] = _list_column(labels.tail.astype(np.float32), rows, pa.float32())
+    return pa.table(cols, schema=S.arrow_schema(spec))
+
+
+def write_shard(root: Path, split: str, index: int, table: pa.Table, kv_metadata: dict,
+                row_group_rows: int, input_sha256: str) -> dict:
+    """Write one shard atomically and its completion record; return the record."""
+    rel = shard_relpath(split, index)
+    final = root / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".tmp")
+    meta = {f"softlabels.{k}": str(v) for k, v in kv_metadata.items()}
+    meta.update({"softlabels.split": split, "softlabels.shard": str(index)})
+    table = table.replace_schema_metadata(meta)
+    try:
+        with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+            writer.write_table(table, row_group_size=max(1, row_group_rows))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PipelineError(f"writing shard {rel} failed: {exc} (disk full? free space and "
+                            "rerun; completed shards are kept)") from exc
+    os.replace(tmp, final)
+    record = shard_record(table, rel, final, input_sha256)
+    progress = root / PROGRESS_DIR / split
+    progress.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(progress / f"part-{index:05d}.json", record)
+    return record
+
+
+def shard_record(table: pa.Table, rel: str, path: Path, input_sha256: str) -> dict:
+    positions = len(table.column(S.COL_INPUT_IDS).combine_chunks().values)
+    record = {"path": rel, "rows": table.num_rows, "positions": int(positions),
+              "bytes": path.stat().st_size, "sha256": sha256_file(path),
+              "input_sha256": input_sha256}
+    if S.COL_TAIL in table.column_names:
+        tail = table.column(S.COL_TAIL).combine_chunks().values.to_numpy()
+        record["topk_mass_sum"] = float((1.0 - tail.astype(np.float64)).sum())
+    return record

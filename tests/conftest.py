@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny tokenizer, a tiny random-init teacher and a tiny corpus, built once per
+session in a temp dir (no downloads, seconds of CPU)."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.models import build_model
+from pipeline.models.checkpoint import save_model_dir
+from pipeline.tokenizer import train_bpe_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("the market rose as shares in the bank fell while the minister said the game was won "
+         "by the team after a late goal and the film won an award for music technology phone "
+         "users online search engine election vote party leader").split()
+
+
+def make_docs(n: int, seed: int = 0, words_per_doc: tuple[int, int] = (40, 120)) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"id": f"doc-{i}", "text": " ".join(rng.choice(WORDS)
+                                                for _ in range(rng.randint(*words_per_doc)))}
+            for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A .jsonl corpus of 120 short synthetic documents."""
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in make_docs(120)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory, tiny_corpus) -> Path:
+    out = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    texts = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
+    train_bpe_tokenizer(texts, 320, out)
+    return out
+
+
+def make_teacher(tokenizer: Path, out: Path, family: str = "gpt", seed: int = 0, **params) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    from pipeline.tokenizer import load_tokenizer
+
+    vocab = load_tokenizer(tokenizer).vocab_size
+    defaults = {"gpt": dict(n_layer=1, n_head=2, d_model=32, context=64),
+                "gru": dict(n_layer=1, d_model=32)}[family]
+    model = build_model(family, {"vocab_size": vocab, **defaults, **params})
+    return save_model_dir(model, tokenizer, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, tiny_tokenizer) -> Path:
+    return make_teacher(tiny_tokenizer, tmp_path_factory.mktemp("teacher"))
+
+
+def run_cli(*args, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run the real `pipeline` console entry point in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pipeline {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
