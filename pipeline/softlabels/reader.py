@@ -92,7 +92,10 @@ def _flat_values(column, dtype=None) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     values = column.values.to_numpy(zero_copy_only=False)
-    return values if dtype is None else values.astype(dtype, copy=False)
+    if dtype is not None:
+        values = values.astype(dtype, copy=False)
+    # Arrow buffers are read-only; torch tensors must own writable memory (one memcpy at most).
+    return values if values.flags.writeable else values.copy()
 
 
 def decode_batch(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec,

@@ -1,0 +1,150 @@
+"""Evaluation metrics: how faithful a student is to the teacher, and how good it is on real text.
+
+Every function is vectorised over [rows, positions] and returns per-position values (or bin
+sums), so the evaluator can stream batches and sum them; `MetricSums` does that summing in
+float64 and turns the sums into the reported means at the end.
+
+Fidelity uses only the stored labels (teacher top-k ids, log-probabilities and exact tail mass),
+so the teacher is never re-run: the KL is the exact KL between the two distributions coarsened
+to S ∪ {tail} (DESIGN.md §5), never larger than the full KL.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+ECE_BINS = 15
+_TINY = 1e-12  # floor for the student's tail mass so log(q_r) stays finite
+
+
+def student_topk_logprobs(student_logprobs: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    """Student log-probabilities [R, L, V] gathered at the teacher's ids [R, L, K] → [R, L, K]."""
+    return torch.gather(student_logprobs, -1, topk_ids)
+
+
+def tail_kl(topk_logprobs: torch.Tensor, tail_mass: torch.Tensor,
+            student_on_topk: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) over S ∪ {tail}, per position [R, L], in nats.
+
+    Σ_{i∈S} p_i (log p_i − s_i) + r (log r − log q_r), with q_r = 1 − Σ_{i∈S} e^{s_i}.
+    `student_on_topk` holds the student's log-probabilities s_i at the teacher's ids. The sums
+    run in float64: q_r is a difference of nearly equal numbers when the student agrees.
+    """
+    lp = topk_logprobs.double()
+    s = student_on_topk.double()
+    r = tail_mass.double().clamp(0.0, 1.0)
+    head = (lp.exp() * (lp - s)).sum(-1)
+    q_r = (1.0 - s.exp().sum(-1)).clamp_min(_TINY)
+    tail = torch.xlogy(r, r) - r * q_r.log()  # xlogy: 0·log 0 = 0 when the teacher has no tail
+    return (head + tail).float()
+
+
+def top1_agreement(teacher_top1: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """1.0 where the student's argmax is the teacher's top-1 id (stored rank 0), per position."""
+    return (student_logits.argmax(-1) == teacher_top1).float()
+
+
+def mass_on_teacher_topk(student_on_topk: torch.Tensor) -> torch.Tensor:
+    """Probability the student puts on the teacher's top-k ids, per position."""
+    return student_on_topk.double().exp().sum(-1).float()
+
+
+def next_token_nll(student_logprobs: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """−log p(x_{t+1}) at positions 0..L−2 → [R, L−1] (the last position has no in-row target)."""
+    targets = input_ids[:, 1:]
+    return -torch.gather(student_logprobs[:, :-1], -1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def top1_confidence_and_correct(student_logprobs: torch.Tensor,
+                                input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 probability and whether the top-1 is the true next token, at positions 0..L−2."""
+    conf_log, pred = student_logprobs[:, :-1].max(-1)
+    return conf_log.exp(), (pred == input_ids[:, 1:]).float()
+
+
+def calibration_bins(confidence: torch.Tensor, correct: torch.Tensor,
+                     n_bins: int = ECE_BINS) -> torch.Tensor:
+    """Per-bin sums [3, n_bins] (count, Σ confidence, Σ correct) over equal-width bins of [0, 1].
+
+    Bin b holds confidences in [b/n, (b+1)/n); confidence 1.0 goes in the last bin.
+    """
+    conf = confidence.reshape(-1).double()
+    idx = (conf * n_bins).floor().long().clamp_(0, n_bins - 1)
+    sums = torch.zeros(3, n_bins, dtype=torch.float64, device=conf.device)
+    sums[0].index_add_(0, idx, torch.ones_like(conf))
+    sums[1].index_add_(0, idx, conf)
+    sums[2].index_add_(0, idx, correct.reshape(-1).double())
+    return sums
+
+
+def ece_from_bins(bins: torch.Tensor) -> float:
+    """ECE = Σ_b (n_b / N) · |accuracy_b − confidence_b|, from `calibration_bins` sums."""
+    count, conf_sum, correct_sum = bins
+    total = float(count.sum())
+    if total == 0:
+        return math.nan
+    return float((conf_sum - correct_sum).abs().sum() / total)
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor,
+                               n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error of top-1 predictions (15 equal-width bins by default)."""
+    return ece_from_bins(calibration_bins(confidence, correct, n_bins))
+
+
+@dataclass
+class MetricSums:
+    """Running float64 sums over every evaluated position of one model, batch by batch."""
+
+    kl: float = 0.0
+    agree: float = 0.0
+    mass: float = 0.0
+    fid_positions: int = 0
+    nll: float = 0.0
+    correct: float = 0.0
+    positions: int = 0
+    bins: torch.Tensor = field(default_factory=lambda: torch.zeros(3, ECE_BINS,
+                                                                   dtype=torch.float64))
+
+    @torch.inference_mode()
+    def add(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+            is_teacher: bool = False) -> None:
+        """Add one batch: model logits [R, L, V]; batch from `decode_batch` (same device).
+
+        For the teacher that labeled the dataset, fidelity holds by definition (KL 0, agreement
+        1, mass on its own top-k = Σ p_i), so it is taken from the labels, not re-measured.
+        """
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        ids = batch["input_ids"]
+        nll = next_token_nll(logprobs, ids)
+        conf, correct = top1_confidence_and_correct(logprobs, ids)
+        self.nll += float(nll.double().sum())
+        self.correct += float(correct.sum())
+        self.positions += nll.numel()
+        self.bins += calibration_bins(conf, correct).cpu()
+        if "topk_ids" in batch and is_teacher:
+            self.agree += batch["tail_mass"].numel()
+            self.mass += float(batch["topk_logprobs"].double().exp().sum())
+            self.fid_positions += batch["tail_mass"].numel()
+        elif "topk_ids" in batch:
+            on_topk = student_topk_logprobs(logprobs, batch["topk_ids"])
+            self.kl += float(tail_kl(batch["topk_logprobs"], batch["tail_mass"],
+                                     on_topk).double().sum())
+            self.agree += float(top1_agreement(batch["topk_ids"][..., 0], logits).sum())
+            self.mass += float(mass_on_teacher_topk(on_topk).double().sum())
+            self.fid_positions += on_topk.shape[0] * on_topk.shape[1]
+
+    def result(self) -> dict[str, float | None]:
+        """Means per position. Fidelity is None on a dataset without soft labels."""
+        fid = self.fid_positions
+        ce = self.nll / self.positions if self.positions else math.nan
+        return {
+            "kl_tail": self.kl / fid if fid else None,
+            "top1_agreement": self.agree / fid if fid else None,
+            "topk_mass": self.mass / fid if fid else None,
+            "ce": ce, "perplexity": math.exp(min(ce, 700.0)),
+            "top1_accuracy": self.correct / self.positions if self.positions else math.nan,
+            "ece": ece_from_bins(self.bins),
+            "positions": self.positions, "fidelity_positions": fid,
+        }

@@ -1,0 +1,213 @@
+"""The leaderboard: one row per model, rendered to the terminal, JSON, Parquet, Markdown and PNG.
+
+Rows are plain dicts (the same keys in results.json and results.parquet), so the terminal table
+can be re-rendered from a saved results.json when `pipeline run` skips an up-to-date evaluation.
+Order: the teacher first, then students from most to least faithful (tail KL), then by
+cross-entropy; on a dataset without soft labels, by cross-entropy alone.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: scheduled jobs and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from pipeline.softlabels.manifest import write_json_atomic  # noqa: E402
+
+RESULTS_JSON, RESULTS_PARQUET, REPORT_MD = "results.json", "results.parquet", "report.md"
+PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"
+
+# (key, header, format) — the columns of every table view, in order.
+COLUMNS = [
+    ("name", "model", "{}"), ("parameters", "params", "{:,}"),
+    ("checkpoint_bytes", "MB", "bytes"), ("kl_tail", "KL tail", "{:.4f}"),
+    ("top1_agreement", "agree", "{:.3f}"), ("topk_mass", "top-k mass", "{:.3f}"),
+    ("ce", "CE", "{:.3f}"), ("perplexity", "ppl", "{:.1f}"), ("top1_accuracy", "acc", "{:.3f}"),
+    ("ece", "ECE", "{:.3f}"), ("tokens_per_s", "tok/s", "{:,.0f}"),
+    ("latency_ms", "ms/batch", "{:.2f}"), ("speedup", "speedup", "{:.2f}×"),
+    ("size_ratio", "size", "{:.3f}×"),
+]
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fmt(value, spec: str) -> str:
+    if _missing(value):
+        return "-"
+    if spec == "bytes":
+        return f"{value / 1e6:.2f}"
+    return spec.format(value)
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    def key(r):
+        kl, ce = r.get("kl_tail"), r.get("ce")
+        return (r.get("role") != "teacher", _missing(kl), 0.0 if _missing(kl) else kl,
+                math.inf if _missing(ce) else ce, r["name"])
+    return sorted(rows, key=key)
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """speedup = model tokens/s ÷ teacher tokens/s; size = model params ÷ teacher params."""
+    teacher = next((r for r in rows if r.get("role") == "teacher"), None)
+    for r in rows:
+        r["speedup"] = r["size_ratio"] = None
+        if teacher:
+            r["speedup"] = r["tokens_per_s"] / teacher["tokens_per_s"]
+            r["size_ratio"] = r["parameters"] / teacher["parameters"]
+
+
+def rich_table(rows: list[dict], title: str) -> Table:
+    present = [c for c in COLUMNS if any(not _missing(r.get(c[0])) for r in rows)]
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    for key, header, _ in present:
+        table.add_column(header, justify="left" if key == "name" else "right")
+    for i, r in enumerate(rows):
+        rank = "T" if r.get("role") == "teacher" else str(i + (0 if rows[0].get("role") ==
+                                                              "teacher" else 1))
+        table.add_row(rank, *(fmt(r.get(k), f) for k, _, f in present))
+    return table
+
+
+def print_leaderboard(results: dict, report_dir: Path, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(rich_table(results["rows"], f"leaderboard: {results['dataset']['path']} "
+                             f"(validation, {results['dataset']['positions']:,} positions)"))
+    console.print(f"report: {report_dir / REPORT_MD}", highlight=False, soft_wrap=True)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    present = [c for c in COLUMNS if any(not _missing(r.get(c[0])) for r in rows)]
+    lines = ["| " + " | ".join(h for _, h, _ in present) + " |",
+             "|" + "|".join("---" if k == "name" else "--:" for k, _, _ in present) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(k), f) for k, _, f in present) + " |")
+    return "\n".join(lines)
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    flat = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows]
+    pl.DataFrame(flat, infer_schema_length=None).write_parquet(path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both size (x) and KL (y), sorted by size."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(rows: list[dict], path: Path) -> None:
+    metric = "kl_tail" if any(not _missing(r.get("kl_tail")) for r in rows) else "ce"
+    pts = [r for r in rows if not _missing(r.get(metric))]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    students = [r for r in pts if r.get("role") != "teacher"]
+    xy = [(r["parameters"], r[metric]) for r in students]
+    ax.scatter([x for x, _ in xy], [y for _, y in xy], color="tab:blue", label="student")
+    front = [xy[i] for i in pareto_front(xy)]
+    if len(front) > 1:
+        ax.plot(*zip(*front), color="tab:blue", alpha=0.4, label="Pareto front")
+    for r in pts:
+        ax.annotate(r["name"], (r["parameters"], r[metric]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    for r in (r for r in pts if r.get("role") == "teacher"):
+        ax.scatter([r["parameters"]], [r[metric]], marker="*", s=160, color="tab:red",
+                   label="teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("KL(teacher‖student) over top-k ∪ tail, nats" if metric == "kl_tail"
+                  else "cross-entropy, nats")
+    ax.set_title("fidelity vs size (lower-left is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def read_metrics_jsonl(path: Path) -> list[dict]:
+    """Records of a run's metrics.jsonl; a torn last line (killed run) is skipped."""
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def plot_training_curves(rows: list[dict], path: Path) -> bool:
+    """Train loss and validation loss against step for every run; False if none has metrics."""
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    drawn = False
+    for r in rows:
+        if r.get("role") == "teacher" or not r.get("path"):
+            continue
+        recs = read_metrics_jsonl(Path(r["path"]) / "metrics.jsonl")
+        train = [(x["step"], x["loss"]) for x in recs if "step" in x and "loss" in x]
+        val = [(x["step"], x["val_loss"]) for x in recs if "step" in x and "val_loss" in x]
+        if train:
+            ax_train.plot(*zip(*train), label=r["name"])
+            drawn = True
+        if val:
+            ax_val.plot(*zip(*val), marker="o", label=r["name"])
+            drawn = True
+    for ax, title in ((ax_train, "training loss"), (ax_val, "validation loss")):
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def write_report(results: dict, out: Path) -> None:
+    """results.json, results.parquet, the PNG plots and report.md (results.json last: it is the
+    completion record `pipeline run` checks)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = results["rows"]
+    write_parquet(rows, out / RESULTS_PARQUET)
+    plot_pareto(rows, out / PARETO_PNG)
+    has_curves = plot_training_curves(rows, out / CURVES_PNG)
+    (out / REPORT_MD).write_text(render_markdown(results, has_curves))
+    write_json_atomic(out / RESULTS_JSON, results)
+
+
+def render_markdown(results: dict, has_curves: bool) -> str:
+    d = results["dataset"]
+    bench = results["settings"]["bench"]
+    parts = [
+        "# Distillation report", "",
+        f"Dataset `{d['path']}` (teacher `{d.get('teacher') or 'none'}`, labels "
+        f"{d['labels']}), validation split: {d['rows']:,} rows, {d['positions']:,} positions. "
+        f"Created {results['created_at']}.", "",
+        markdown_table(results["rows"]), "",
+        "- **KL tail**: mean per-position KL(teacher‖student) over the teacher's top-k ids plus "
+        "one tail bucket, nats (exact for that coarsening; the teacher's own is 0).",
+        "- **agree**: share of positions where the student's top-1 is the teacher's top-1. "
+        "**top-k mass**: student probability on the teacher's top-k ids.",
+        "- **CE / ppl / acc**: cross-entropy (nats), perplexity and top-1 accuracy on the true "
+        "next token. **ECE**: expected calibration error of the top-1 prediction, 15 bins.",
+        f"- **tok/s, ms/batch**: median of {bench['repeats']} forwards after {bench['warmup']} "
+        f"warm-up, batch {bench['batch_size']}×{bench['seq_len']} on {bench['device']}. "
+        "**speedup** = tok/s ÷ teacher tok/s; **size** = params ÷ teacher params.", "",
+        f"![fidelity vs size]({PARETO_PNG})", ""]
+    if has_curves:
+        parts += [f"![training curves]({CURVES_PNG})", ""]
+    return "\n".join(parts)

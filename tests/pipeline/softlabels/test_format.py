@@ -1,0 +1,157 @@
+"""Writer → reader round trip, validation of corrupt shards, and refusal of untrusted manifests."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.softlabels.reader import SoftLabelDataset
+from pipeline.softlabels.validate import validate_dataset
+from pipeline.tokenizer import load_tokenizer
+from stages.label import LabelConfig, run
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, tiny_corpus, tiny_teacher):
+    out = tmp_path_factory.mktemp("ds") / "labels"
+    run(LabelConfig(corpus=str(tiny_corpus), out=str(out), teacher=str(tiny_teacher), top_k=8,
+                    seq_len=32, shard_rows=16, batch_size=8, validation_fraction=0.2,
+                    quiet=True, device="cpu"))
+    return out
+
+
+def copy(dataset, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(dataset, dst)
+    return dst
+
+
+def test_round_trip_matches_teacher(dataset, tiny_teacher):
+    from pipeline.labeling import topk_from_logits
+    from pipeline.models.checkpoint import load_model_dir
+
+    ds = SoftLabelDataset(dataset)
+    shard = ds.split_shards("train")[0]
+    batch = ds.decode(ds.read_table(shard))
+    teacher = load_model_dir(tiny_teacher)
+    with torch.no_grad():
+        ids, lp, tail = topk_from_logits(teacher.model(batch["input_ids"]), 8)
+    assert batch["topk_ids"].shape == (16, 32, 8)
+    # ids may swap only where fp16 rounding ties two neighbours; values must agree closely
+    assert (batch["topk_ids"] == ids).float().mean() > 0.99
+    assert torch.allclose(batch["topk_logprobs"], lp, atol=2e-3)
+    assert torch.allclose(batch["tail_mass"], tail, atol=1e-6)
+    meta = pq.ParquetFile(shard.path).schema_arrow.metadata
+    assert meta[b"softlabels.k"] == b"8" and meta[b"softlabels.split"] == b"train"
+
+
+def test_manifest_contents(dataset, tiny_tokenizer):
+    m = json.loads((dataset / "manifest.json").read_text())
+    assert m["format_version"] == "1.0"
+    assert m["tokenizer"]["sha256"] == load_tokenizer(tiny_tokenizer).sha256
+    assert m["labels"] == {"mode": "topk", "k": 8, "vocab_size": 320, "id_type": "uint16",
+                           "logprob_encoding": "fp16"}
+    assert m["corpus"]["documents_read"] == 120
+    assert set(m["splits"]) == {"train", "validation"}
+    assert 0 < m["summary"]["mean_topk_mass"] < 1
+    assert m["teacher"]["parameters"] > 0 and len(m["teacher"]["sha256"]) == 64
+    assert (dataset / "README.md").read_text().startswith("# Soft-label dataset")
+
+
+def test_validate_clean_dataset(dataset):
+    problems, summary = validate_dataset(dataset)
+    assert problems == [] and summary["shards"] >= 2
+
+
+def test_validate_catches_flipped_byte(dataset, tmp_path):
+    d = copy(dataset, tmp_path)
+    path = d / "shards/train/part-00000.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    problems, _ = validate_dataset(d)
+    assert any("part-00000.parquet: checksum mismatch" in p for p in problems)
+
+
+def test_validate_catches_truncated_shard(dataset, tmp_path):
+    d = copy(dataset, tmp_path)
+    path = d / "shards/validation/part-00000.parquet"
+    path.write_bytes(path.read_bytes()[:100])
+    problems, _ = validate_dataset(d)
+    assert any("validation/part-00000.parquet" in p for p in problems)
+
+
+def _rewrite_shard(d, mutate):
+    """Rewrite train shard 0 with mutated values and fix its checksum in the manifest, so only
+    the content checks can catch it."""
+    from pipeline.hashing import sha256_file
+
+    path = d / "shards/train/part-00000.parquet"
+    table = pq.read_table(path)
+    table = mutate(table)
+    pq.write_table(table, path)
+    m = json.loads((d / "manifest.json").read_text())
+    entry = m["splits"]["train"][0]
+    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("column,value,message", [
+    ("topk_ids", 999, "topk id >= vocab"),
+    ("topk_logprobs", float("nan"), "non-finite log-probability"),
+    ("topk_logprobs", 0.5, "positive log-probability"),
+    ("tail_mass", 1.5, "tail mass outside"),
+])
+def test_validate_catches_bad_values(dataset, tmp_path, column, value, message):
+    import pyarrow as pa
+
+    d = copy(dataset, tmp_path)
+
+    def mutate(table):
+        col = table.column(column).combine_chunks()
+        values = col.values.to_numpy(zero_copy_only=False).copy()
+        values[len(values) // 2] = value
+        new = pa.ListArray.from_arrays(col.offsets, pa.array(values, type=col.type.value_type))
+        return table.set_column(table.schema.get_field_index(column), column, new)
+
+    _rewrite_shard(d, mutate)
+    problems, _ = validate_dataset(d)
+    assert any(message in p and "train/part-00000.parquet row 8" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.parquet", "/etc/passwd",
+                                      "s3://other-bucket/x.parquet", "shards/../../x.parquet"])
+def test_manifest_path_escape_refused(dataset, tmp_path, bad_path):
+    d = copy(dataset, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    m["splits"]["train"][0]["path"] = bad_path
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PipelineError, match="escapes the dataset directory|resolves outside"):
+        SoftLabelDataset(d)
+
+
+def test_future_major_version_refused(dataset, tmp_path):
+    d = copy(dataset, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    m["format_version"] = "2.0"
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PipelineError, match="format_version 2.0 is not supported"):
+        SoftLabelDataset(d)
+
+
+def test_no_manifest_means_not_a_dataset(dataset, tmp_path):
+    d = copy(dataset, tmp_path)
+    (d / "manifest.json").unlink()
+    with pytest.raises(PipelineError, match="did not finish"):
+        SoftLabelDataset(d)
+
+
+def test_decode_shapes_and_dtypes(dataset):
+    ds = SoftLabelDataset(dataset)
+    b = ds.decode(ds.read_table(ds.split_shards("validation")[0]))
+    assert b["input_ids"].dtype == torch.int64 and b["topk_logprobs"].dtype == torch.float32
+    assert np.isfinite(b["topk_logprobs"].numpy()).all()

@@ -1,0 +1,87 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.corpus import CorpusSpec, CorpusStats, iter_documents, split_of
+from pipeline.errors import PipelineError
+
+
+def docs(spec, stats=None):
+    return list(iter_documents(spec, stats))
+
+
+def test_reads_each_format_with_default_ids(tmp_path):
+    pq.write_table(pa.table({"text": ["alpha", "beta"]}), tmp_path / "a.parquet")
+    (tmp_path / "b.jsonl").write_text('{"text": "gamma"}\n\n{"text": "delta"}\n')
+    (tmp_path / "c.csv").write_text("text,other\nepsilon,1\n\"zeta, quoted\",2\n")
+    (tmp_path / "d.txt").write_text("eta whole file")
+    (tmp_path / "ignored.md").write_text("not a corpus file")
+    got = docs(CorpusSpec(str(tmp_path)))
+    assert got == [("a.parquet:0", "alpha"), ("a.parquet:1", "beta"), ("b.jsonl:0", "gamma"),
+                   ("b.jsonl:1", "delta"), ("c.csv:0", "epsilon"), ("c.csv:1", "zeta, quoted"),
+                   ("d.txt", "eta whole file")]
+
+
+def test_glob_and_id_and_text_columns(tmp_path):
+    for i in range(2):
+        (tmp_path / f"p{i}.jsonl").write_text(json.dumps({"body": f"t{i}", "key": i}) + "\n")
+    got = docs(CorpusSpec(str(tmp_path / "p*.jsonl"), text_column="body", id_column="key"))
+    assert got == [("0", "t0"), ("1", "t1")]
+
+
+def test_missing_text_column_names_file_and_columns(tmp_path):
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "a.parquet")
+    with pytest.raises(PipelineError, match=r"a.parquet: column 'text' not found.*\['body'\]"):
+        docs(CorpusSpec(str(tmp_path)))
+
+
+def test_missing_path_and_no_matching_files(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        docs(CorpusSpec(str(tmp_path / "nope")))
+    (tmp_path / "x.md").write_text("hi")
+    with pytest.raises(PipelineError, match="holds no"):
+        docs(CorpusSpec(str(tmp_path)))
+
+
+def test_non_utf8_is_replaced_and_counted_empty_skipped(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"caf\xe9 au lait")
+    (tmp_path / "b.txt").write_text("   \n")
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": ""}\n{"text": "ok"}\n')
+    stats = CorpusStats()
+    got = docs(CorpusSpec(str(tmp_path)), stats)
+    assert got[0] == ("a.txt", "caf\ufffd au lait")
+    assert stats.non_utf8_documents == 1
+    assert stats.documents_skipped_empty == 2
+    assert stats.documents_read == 2
+
+
+def test_bad_jsonl_line_named(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{broken\n')
+    with pytest.raises(PipelineError, match=r"a.jsonl:2: not valid JSON"):
+        docs(CorpusSpec(str(tmp_path)))
+
+
+def test_builtin_bbc_news():
+    stats = CorpusStats()
+    got = docs(CorpusSpec("builtin:bbc-news"), stats)
+    assert len(got) == 2225 and stats.files == 2225
+    assert got[0][0].startswith("bbc-news/business/")
+    assert len({d for d, _ in got}) == len(got)
+
+
+def test_unknown_builtin():
+    with pytest.raises(PipelineError, match="unknown builtin corpus"):
+        docs(CorpusSpec("builtin:nope"))
+
+
+def test_split_is_stable_and_close_to_fraction():
+    ids = [f"doc-{i}" for i in range(20000)]
+    splits = [split_of(d, 0.1) for d in ids]
+    assert splits == [split_of(d, 0.1) for d in ids]
+    share = splits.count("validation") / len(ids)
+    assert 0.09 < share < 0.11
+    # A document's split never depends on which other documents are present.
+    assert split_of("doc-7", 0.1) == splits[7]
+    assert all(split_of(d, 0.0) == "train" for d in ids[:100])

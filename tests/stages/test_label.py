@@ -1,0 +1,153 @@
+"""`pipeline label` end to end through the CLI: output, idempotence, refusals, bad input."""
+
+import json
+import os
+import shutil
+import socket
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import make_teacher, run_cli
+
+
+def label_args(corpus, teacher, out, *extra):
+    return ["label", "--corpus", corpus, "--teacher", teacher, "--out", out, "--top-k", "4",
+            "--seq-len", "32", "--shard-rows", "16", "--batch-size", "8", "--quiet",
+            "--device", "cpu", *extra]
+
+
+def shard_bytes(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes()
+            for p in sorted((d / "shards").rglob("*.parquet"))}
+
+
+def test_label_cli_end_to_end_and_idempotent_rerun(tmp_path, tiny_corpus, tiny_teacher):
+    out = tmp_path / "ds"
+    proc = run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    assert "rows" in proc.stdout
+    assert run_cli("validate", out).returncode == 0
+    manifest = (out / "manifest.json").read_text()
+    before = shard_bytes(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*.parquet")}
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    assert (out / "manifest.json").read_text() == manifest
+    assert {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*.parquet")} == mtimes
+    assert shard_bytes(out) == before
+    info = json.loads(run_cli("inspect", out, "--json").stdout)
+    assert info["labels"]["k"] == 4
+    assert "mean top-k mass" in run_cli("inspect", out).stdout
+
+
+def test_resume_after_missing_shard_rewrites_only_it(tmp_path, tiny_corpus, tiny_teacher):
+    out = tmp_path / "ds"
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    before = shard_bytes(out)
+    (out / "manifest.json").unlink()
+    (out / "shards/train/part-00001.parquet").unlink()
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    assert shard_bytes(out) == before
+
+
+def test_different_plan_refused_unless_overwrite(tmp_path, tiny_corpus, tiny_teacher):
+    out = tmp_path / "ds"
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    proc = run_cli(*label_args(tiny_corpus, tiny_teacher, out, "--seq-len", "16"), check=False)
+    assert proc.returncode == 1
+    assert "already holds a different labeling plan" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out, "--seq-len", "16", "--overwrite"))
+    assert json.loads((out / "manifest.json").read_text())["seq_len"] == 16
+
+
+def test_tokens_only_dataset(tmp_path, tiny_corpus, tiny_tokenizer):
+    out = tmp_path / "tok"
+    run_cli("label", "--corpus", tiny_corpus, "--tokenizer", tiny_tokenizer, "--top-k", "0",
+            "--out", out, "--seq-len", "32", "--quiet")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["labels"]["mode"] == "none" and m["teacher"] is None
+    assert pq.read_schema(out / "shards/train/part-00000.parquet").names == ["input_ids",
+                                                                            "doc_ids"]
+    assert run_cli("validate", out).returncode == 0
+
+
+def fails(args, match, tmp_path=None):
+    proc = run_cli(*args, check=False)
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], proc.stderr
+    return proc
+
+
+def test_bad_inputs(tmp_path, tiny_corpus, tiny_teacher, tiny_tokenizer):
+    out = tmp_path / "out"
+    fails(label_args(tmp_path / "missing.jsonl", tiny_teacher, out), "does not exist")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n')
+    fails(label_args(empty, tiny_teacher, out), "is empty")
+    nocol = tmp_path / "nocol.jsonl"
+    nocol.write_text('{"body": "x"}\n')
+    fails(label_args(nocol, tiny_teacher, out), "column 'text' not found")
+    fails(label_args(tiny_corpus, tiny_teacher, out, "--top-k", "1000"), "exceeds the vocabulary")
+    fails(label_args(tiny_corpus, tiny_teacher, out, "--top-k", "-1"), "negative")
+    assert not (out / "manifest.json").exists()
+
+
+def test_teacher_dir_problems(tmp_path, tiny_corpus, tiny_teacher, tiny_tokenizer):
+    out = tmp_path / "out"
+    no_weights = tmp_path / "t1"
+    shutil.copytree(tiny_teacher, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    fails(label_args(tiny_corpus, no_weights, out), "has no model.safetensors")
+    pickled = tmp_path / "t2"
+    shutil.copytree(tiny_teacher, pickled)
+    import pickle
+    (pickled / "model.safetensors").write_bytes(pickle.dumps({"w": [1, 2, 3]}))
+    fails(label_args(tiny_corpus, pickled, out), "not a valid safetensors file")
+    other_vocab = make_teacher(tiny_tokenizer, tmp_path / "t3", vocab_size=400)
+    fails(label_args(tiny_corpus, other_vocab, out), "tokenizer vocab size 320 != model vocab")
+
+
+def test_out_holding_foreign_files_refused(tmp_path, tiny_corpus, tiny_teacher):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    fails(label_args(tiny_corpus, tiny_teacher, out), "files that are not a dataset")
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_nan_teacher_refused_naming_rows(tmp_path, tiny_corpus, tiny_teacher):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan-teacher"
+    shutil.copytree(tiny_teacher, bad)
+    state = load_file(str(bad / "model.safetensors"))
+    state["ln_f.weight"][:] = float("nan")
+    save_file(state, str(bad / "model.safetensors"))
+    out = tmp_path / "out"
+    fails(label_args(tiny_corpus, bad, out), "NaN/inf logits for train/part-00000 rows [0,")
+    assert not (out / "manifest.json").exists()
+
+
+def test_live_lock_refused_and_stale_lock_taken_over(tmp_path, tiny_corpus, tiny_teacher):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    fails(label_args(tiny_corpus, tiny_teacher, out), "is locked by pid")
+    (out / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    assert (out / "manifest.json").exists() and not (out / ".lock").exists()
+
+
+def test_parquet_corpus_with_id_column(tmp_path, tiny_teacher):
+    from tests.conftest import make_docs
+
+    docs = make_docs(40, seed=3)
+    pq.write_table(pa.table({"key": [d["id"] for d in docs], "body": [d["text"] for d in docs]}),
+                   tmp_path / "c.parquet")
+    out = tmp_path / "out"
+    run_cli(*label_args(tmp_path / "c.parquet", tiny_teacher, out, "--text-column", "body",
+                        "--id-column", "key", "--validation-fraction", "0"))
+    table = pq.read_table(out / "shards/train/part-00000.parquet")
+    assert table.column("doc_ids")[0].as_py()[0] == "doc-0"
