@@ -1,0 +1,139 @@
+"""Distillation losses from stored top-k soft labels (DESIGN.md §5), and which of them are exact.
+
+Notation at one position: the teacher stored a set S of k token ids with log-probabilities
+log p_i and the exact tail mass r = 1 - sum_S p_i. The student has logits z over the whole
+vocabulary and log-probabilities s = z - logsumexp(z); its tail is q_r = 1 - sum_S e^{s_i}.
+
+- `kl_tail` (default, **exact**): KL between teacher and student both coarsened to the k + 1
+  outcomes S ∪ {tail}:  sum_S p_i (log p_i - s_i) + r (log r - log q_r). By the data-processing
+  inequality it never exceeds the full-vocabulary KL, and equals it when k = vocab.
+- `kl_renorm` (**biased**): KL between p and s each renormalised over S (what axolotl does). It
+  ignores how much mass either model puts outside S, so it miscalibrates (arXiv 2503.16870).
+- `ce`: hard next-token cross-entropy on the tokens themselves (exact, needs no labels).
+- Mix: alpha * KD + (1 - alpha) * CE.
+
+Temperature tau "scales within S": both coarsened distributions keep their S-vs-tail split
+(p(S) = 1 - r, q(S) = 1 - q_r) and only their conditionals over S are tempered,
+p_S ∝ p_i^(1/tau) and q_S ∝ e^(s_i/tau). The tail's inside is unknown, so tempering it would be
+a guess. Because KL over S ∪ {tail} splits exactly into a binary part and a conditional part,
+
+    kl_tail_tau = KL_bin(1 - r || 1 - q_r) + (1 - r) * tau^2 * KL(p_S^tau || q_S^tau)
+
+with Hinton's tau^2 on the tempered part only (it keeps gradient size independent of tau; the
+binary part is untempered). At tau = 1 this is exactly the §5 formula. `kl_renorm` at tau is
+tau^2 * KL(p_S^tau || q_S^tau). The teacher's stored log-probabilities are renormalised to
+mass 1 - r inside S, so fp16 rounding of stored values never makes p a non-distribution.
+
+Memory: the student's logits are the only [batch, seq, vocab] tensor. We take one logsumexp
+over the vocabulary and gather the k logits of S (and the target's logit for CE) from the
+logits, instead of materialising a full log-softmax.
+
+For other stages (evaluate's fidelity metric): `tail_kl_per_position(student_logprobs_full,
+topk_ids, topk_logprobs, tail)` is the exact coarsened KL per position from a full student
+log-softmax, with no temperature.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("kl_tail", "kl_renorm", "ce")
+KD_KINDS = ("kl_tail", "kl_renorm")
+# Smallest student tail mass we take a log of: keeps log q_r (and its gradient) finite when the
+# student puts all its mass inside S (k = vocab, or a confident student). Error <= r * 14.
+MIN_STUDENT_TAIL = 1e-6
+_MAX_LOG_S_MASS = float(torch.log1p(torch.tensor(-MIN_STUDENT_TAIL, dtype=torch.float64)))
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    kind: str = "kl_tail"
+    alpha: float = 0.5
+    temperature: float = 1.0
+
+    @property
+    def uses_labels(self) -> bool:
+        return self.kind in KD_KINDS
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^x) for x <= 0 without cancellation (Mächler 2012)."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)),
+                       torch.log1p(-torch.exp(x)))
+
+
+def _conditional_kl(teacher_lp: torch.Tensor, student_s: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher_lp/tau) || softmax(student_s/tau)) over the last (k) axis."""
+    log_p = torch.log_softmax(teacher_lp / temperature, dim=-1)
+    log_q = torch.log_softmax(student_s / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def kl_tail_from_gathered(student_s: torch.Tensor, topk_logprobs: torch.Tensor,
+                          tail: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Exact KL over S ∪ {tail} per position, from the student's log-probs gathered at S.
+
+    student_s, topk_logprobs: [..., k]; tail: [...]. Returns [...] (float32).
+    """
+    student_s, topk_logprobs = student_s.float(), topk_logprobs.float()
+    r = tail.float().clamp(0.0, 1.0)
+    p_in = 1.0 - r
+    log_q_in = torch.logsumexp(student_s, dim=-1).clamp(max=_MAX_LOG_S_MASS)
+    log_q_tail = _log1mexp(log_q_in)
+    binary = (torch.xlogy(p_in, p_in) - p_in * log_q_in) + (torch.xlogy(r, r) - r * log_q_tail)
+    cond = _conditional_kl(topk_logprobs, student_s, temperature)
+    return binary + p_in * (temperature ** 2) * cond
+
+
+def kl_renorm_from_gathered(student_s: torch.Tensor, topk_logprobs: torch.Tensor,
+                            temperature: float = 1.0) -> torch.Tensor:
+    """Biased: KL between teacher and student each renormalised over S. Returns [...]."""
+    return (temperature ** 2) * _conditional_kl(topk_logprobs.float(), student_s.float(),
+                                                temperature)
+
+
+def tail_kl_per_position(student_logprobs_full: torch.Tensor, topk_ids: torch.Tensor,
+                         topk_logprobs: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """Exact KL(teacher || student) over S ∪ {tail} per position, temperature 1.
+
+    student_logprobs_full: [..., V] log-softmax of the student; topk_ids/topk_logprobs: [..., k];
+    tail: [...]. Returns [...]. Used by evaluate as the fidelity metric.
+    """
+    s = torch.gather(student_logprobs_full, -1, topk_ids.long())
+    return kl_tail_from_gathered(s, topk_logprobs, tail)
+
+
+def _student_logprobs_at(logits: torch.Tensor, lse: torch.Tensor,
+                         ids: torch.Tensor) -> torch.Tensor:
+    return torch.gather(logits, -1, ids.long()) - lse.unsqueeze(-1)
+
+
+def compute_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
+                 spec: LossSpec) -> dict[str, torch.Tensor]:
+    """Training loss for one batch: {"loss": total, "kd": ..., "ce": ...} (scalars).
+
+    logits: [B, L, V] student output for batch["input_ids"] [B, L]. KD kinds also need
+    batch["topk_ids"] [B, L, k], batch["topk_logprobs"] [B, L, k], batch["tail_mass"] [B, L].
+    CE uses positions 0..L-2 (the last position has no in-row target); KD uses all L.
+    """
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)  # [B, L]: the one pass over the vocabulary
+    input_ids = batch["input_ids"]
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    ce = (-_student_logprobs_at(logits[:, :-1], lse[:, :-1], targets)).mean()
+    out = {"ce": ce}
+    if spec.kind == "ce":
+        out["loss"] = ce
+        return out
+    if spec.kind not in KD_KINDS:
+        raise ValueError(f"unknown loss kind {spec.kind!r}: valid are {KINDS}")
+    s = _student_logprobs_at(logits, lse, batch["topk_ids"])
+    if spec.kind == "kl_tail":
+        kd = kl_tail_from_gathered(s, batch["topk_logprobs"], batch["tail_mass"],
+                                   spec.temperature).mean()
+    else:
+        kd = kl_renorm_from_gathered(s, batch["topk_logprobs"], spec.temperature).mean()
+    out["kd"] = kd
+    out["loss"] = spec.alpha * kd + (1.0 - spec.alpha) * ce
+    return out
