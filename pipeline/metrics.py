@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.losses import kl_tail_from_gathered
+
 ECE_BINS = 15
-_TINY = 1e-12  # floor for the student's tail mass so log(q_r) stays finite
 
 
 def student_topk_logprobs(student_logprobs: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
@@ -27,17 +28,12 @@ def tail_kl(topk_logprobs: torch.Tensor, tail_mass: torch.Tensor,
             student_on_topk: torch.Tensor) -> torch.Tensor:
     """KL(teacher ‖ student) over S ∪ {tail}, per position [R, L], in nats.
 
-    Σ_{i∈S} p_i (log p_i − s_i) + r (log r − log q_r), with q_r = 1 − Σ_{i∈S} e^{s_i}.
-    `student_on_topk` holds the student's log-probabilities s_i at the teacher's ids. The sums
-    run in float64: q_r is a difference of nearly equal numbers when the student agrees.
+    Σ_{i∈S} p_i (log p_i − s_i) + r (log r − log q_r), with q_r = 1 − Σ_{i∈S} e^{s_i};
+    `student_on_topk` holds the student's log-probabilities s_i at the teacher's ids. This is
+    the training loss's own function at temperature 1 (pipeline.losses), so the metric and the
+    `kl_tail` objective cannot disagree.
     """
-    lp = topk_logprobs.double()
-    s = student_on_topk.double()
-    r = tail_mass.double().clamp(0.0, 1.0)
-    head = (lp.exp() * (lp - s)).sum(-1)
-    q_r = (1.0 - s.exp().sum(-1)).clamp_min(_TINY)
-    tail = torch.xlogy(r, r) - r * q_r.log()  # xlogy: 0·log 0 = 0 when the teacher has no tail
-    return (head + tail).float()
+    return kl_tail_from_gathered(student_on_topk, topk_logprobs, tail_mass)
 
 
 def top1_agreement(teacher_top1: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: scheduled jobs and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
+from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -26,13 +27,16 @@ PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"
 # (key, header, format) — the columns of every table view, in order.
 COLUMNS = [
     ("name", "model", "{}"), ("parameters", "params", "{:,}"),
-    ("checkpoint_bytes", "MB", "bytes"), ("kl_tail", "KL tail", "{:.4f}"),
+    ("checkpoint_bytes", "MB", "bytes"), ("kl_tail", "KL", "{:.4f}"),
     ("top1_agreement", "agree", "{:.3f}"), ("topk_mass", "top-k mass", "{:.3f}"),
     ("ce", "CE", "{:.3f}"), ("perplexity", "ppl", "{:.1f}"), ("top1_accuracy", "acc", "{:.3f}"),
     ("ece", "ECE", "{:.3f}"), ("tokens_per_s", "tok/s", "{:,.0f}"),
-    ("latency_ms", "ms/batch", "{:.2f}"), ("speedup", "speedup", "{:.2f}×"),
-    ("size_ratio", "size", "{:.3f}×"),
+    ("latency_ms", "ms/batch", "{:.2f}"), ("speedup", "speed", "{:.2f}×"),
+    ("size_ratio", "size", "{:.2f}×"),
 ]
+# The terminal shows the columns a user picks a student by; report.md has them all.
+TERMINAL = ("name", "parameters", "kl_tail", "top1_agreement", "ce", "top1_accuracy", "ece",
+            "tokens_per_s", "speedup", "size_ratio")
 
 
 def _missing(v) -> bool:
@@ -45,6 +49,16 @@ def fmt(value, spec: str) -> str:
     if spec == "bytes":
         return f"{value / 1e6:.2f}"
     return spec.format(value)
+
+
+def short(value, spec: str) -> str:
+    """Terminal form: 1.2M / 25.1k for counts, so the table fits 80 columns."""
+    if _missing(value) or spec not in ("{:,}", "{:,.0f}"):
+        return fmt(value, spec)
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= div:
+            return f"{value / div:.1f}{unit}"
+    return f"{value:.0f}"
 
 
 def sort_rows(rows: list[dict]) -> list[dict]:
@@ -66,23 +80,28 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def rich_table(rows: list[dict], title: str) -> Table:
-    present = [c for c in COLUMNS if any(not _missing(r.get(c[0])) for r in rows)]
-    table = Table(title=title)
+    present = [c for c in COLUMNS if c[0] in TERMINAL
+               and any(not _missing(r.get(c[0])) for r in rows)]
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True)
     table.add_column("#", justify="right")
     for key, header, _ in present:
-        table.add_column(header, justify="left" if key == "name" else "right")
+        table.add_column(header, justify="left" if key == "name" else "right",
+                         no_wrap=key == "name")
     for i, r in enumerate(rows):
         rank = "T" if r.get("role") == "teacher" else str(i + (0 if rows[0].get("role") ==
                                                               "teacher" else 1))
-        table.add_row(rank, *(fmt(r.get(k), f) for k, _, f in present))
+        table.add_row(rank, *(short(r.get(k), f) for k, _, f in present))
     return table
 
 
 def print_leaderboard(results: dict, report_dir: Path, console: Console | None = None) -> None:
     console = console or Console()
-    console.print(rich_table(results["rows"], f"leaderboard: {results['dataset']['path']} "
-                             f"(validation, {results['dataset']['positions']:,} positions)"))
-    console.print(f"report: {report_dir / REPORT_MD}", highlight=False, soft_wrap=True)
+    d = results["dataset"]
+    console.print(rich_table(results["rows"], f"leaderboard ({d['split']}, "
+                             f"{d['positions']:,} positions)"))
+    console.print(f"dataset: {d['path']}", highlight=False, soft_wrap=True)
+    console.print(f"report:  {report_dir / REPORT_MD}", highlight=False, soft_wrap=True)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -119,7 +138,8 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
     ax.scatter([x for x, _ in xy], [y for _, y in xy], color="tab:blue", label="student")
     front = [xy[i] for i in pareto_front(xy)]
     if len(front) > 1:
-        ax.plot(*zip(*front), color="tab:blue", alpha=0.4, label="Pareto front")
+        ax.plot([x for x, _ in front], [y for _, y in front], color="tab:blue", alpha=0.4,
+                label="Pareto front")
     for r in pts:
         ax.annotate(r["name"], (r["parameters"], r[metric]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
@@ -157,14 +177,11 @@ def plot_training_curves(rows: list[dict], path: Path) -> bool:
         if r.get("role") == "teacher" or not r.get("path"):
             continue
         recs = read_metrics_jsonl(Path(r["path"]) / "metrics.jsonl")
-        train = [(x["step"], x["loss"]) for x in recs if "step" in x and "loss" in x]
-        val = [(x["step"], x["val_loss"]) for x in recs if "step" in x and "val_loss" in x]
-        if train:
-            ax_train.plot(*zip(*train), label=r["name"])
-            drawn = True
-        if val:
-            ax_val.plot(*zip(*val), marker="o", label=r["name"])
-            drawn = True
+        for ax, key, style in ((ax_train, "loss", {}), (ax_val, "val_loss", {"marker": "o"})):
+            pts = [(x["step"], x[key]) for x in recs if "step" in x and key in x]
+            if pts:
+                ax.plot([s for s, _ in pts], [v for _, v in pts], label=r["name"], **style)
+                drawn = True
     for ax, title in ((ax_train, "training loss"), (ax_val, "validation loss")):
         ax.set_xlabel("step")
         ax.set_title(title)
@@ -198,7 +215,7 @@ def render_markdown(results: dict, has_curves: bool) -> str:
         f"{d['labels']}), validation split: {d['rows']:,} rows, {d['positions']:,} positions. "
         f"Created {results['created_at']}.", "",
         markdown_table(results["rows"]), "",
-        "- **KL tail**: mean per-position KL(teacher‖student) over the teacher's top-k ids plus "
+        "- **KL**: mean per-position KL(teacher‖student) over the teacher's top-k ids plus "
         "one tail bucket, nats (exact for that coarsening; the teacher's own is 0).",
         "- **agree**: share of positions where the student's top-1 is the teacher's top-1. "
         "**top-k mass**: student probability on the teacher's top-k ids.",
@@ -206,7 +223,7 @@ def render_markdown(results: dict, has_curves: bool) -> str:
         "next token. **ECE**: expected calibration error of the top-1 prediction, 15 bins.",
         f"- **tok/s, ms/batch**: median of {bench['repeats']} forwards after {bench['warmup']} "
         f"warm-up, batch {bench['batch_size']}×{bench['seq_len']} on {bench['device']}. "
-        "**speedup** = tok/s ÷ teacher tok/s; **size** = params ÷ teacher params.", "",
+        "**speed** = tok/s ÷ teacher tok/s; **size** = params ÷ teacher params.", "",
         f"![fidelity vs size]({PARETO_PNG})", ""]
     if has_curves:
         parts += [f"![training curves]({CURVES_PNG})", ""]
