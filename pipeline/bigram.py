@@ -49,5 +49,6 @@ def bigram_cross_entropy(model: BigramModel, rows: np.ndarray) -> float:
     seen = cp > 0
     safe = np.where(seen, cp, 1.0)
     backoff_weight = np.where(seen, d * model.prev_types[prev] / safe, 1.0)
-    p = np.where(seen, np.maximum(c - d, 0.0) / safe, 0.0) + backoff_weight * model.continuation[nxt]
+    discounted = np.where(seen, np.maximum(c - d, 0.0) / safe, 0.0)
+    p = discounted + backoff_weight * model.continuation[nxt]
     return float(-np.log(p).mean())

@@ -7,7 +7,6 @@ Every user-facing failure is a PipelineError: printed as one red line on stderr,
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -29,9 +28,9 @@ def label(
     corpus: str = typer.Option(..., help="File, directory, glob of .parquet/.jsonl/.csv/.txt, "
                                "or builtin:bbc-news."),
     out_dir: Path = typer.Option(..., "--out", help="Dataset directory to create or resume."),
-    teacher: Optional[str] = typer.Option(None, help="Teacher model directory (config.json + "
+    teacher: str | None = typer.Option(None, help="Teacher model directory (config.json + "
                                           "model.safetensors + tokenizer.json)."),
-    tokenizer: Optional[Path] = typer.Option(None, help="tokenizers JSON; with --top-k 0 and no "
+    tokenizer: Path | None = typer.Option(None, help="tokenizers JSON; with --top-k 0 and no "
                                              "teacher, writes a tokenized dataset."),
     top_k: int = typer.Option(32, help="Soft-label entries kept per position; 0 = tokens only."),
     seq_len: int = typer.Option(256, help="Tokens per packed row."),
@@ -43,9 +42,9 @@ def label(
     logprob_encoding: str = typer.Option("fp16", help="fp16 or fp32 log-probabilities."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace a different dataset in --out."),
-    limit_docs: Optional[int] = typer.Option(None, help="Read only the first N documents."),
+    limit_docs: int | None = typer.Option(None, help="Read only the first N documents."),
     text_column: str = typer.Option("text", help="Text column of parquet/jsonl/csv files."),
-    id_column: Optional[str] = typer.Option(None, help="Document id column (default: "
+    id_column: str | None = typer.Option(None, help="Document id column (default: "
                                             "file:row)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -114,7 +113,7 @@ def tokenizer_train(
     vocab_size: int = typer.Option(8192, help="Vocabulary size including specials."),
     out_file: Path = typer.Option(..., "--out", help="Where to write tokenizer.json."),
     text_column: str = typer.Option("text", help="Text column of tabular corpora."),
-    limit_docs: Optional[int] = typer.Option(None, help="Use only the first N documents."),
+    limit_docs: int | None = typer.Option(None, help="Use only the first N documents."),
 ) -> None:
     """Train a byte-level BPE tokenizer (tokenizers) and save it as one JSON file."""
     from pipeline.corpus import CorpusSpec, read_texts

@@ -14,7 +14,6 @@ lands in the same split in every run and for every team.
 import csv
 import glob as globlib
 import hashlib
-
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field

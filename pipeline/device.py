@@ -16,7 +16,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as exc:
-        raise PipelineError(f"--device {name!r} is not a device: use auto, cpu or cuda[:N]") from exc
+        raise PipelineError(f"--device {name!r} is not a device: use auto, cpu or cuda[:N]"
+                            ) from exc
 
 
 def autocast(device: torch.device):

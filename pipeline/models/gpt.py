@@ -1,4 +1,4 @@
-"""A small GPT-style decoder-only transformer (nanoGPT shape), used for the demo teacher and students.
+"""A small GPT-style decoder-only transformer (nanoGPT shape), for the demo teacher and students.
 
 Pre-norm blocks, `scaled_dot_product_attention` with a causal mask (flash/SDPA kernels on CUDA),
 learned positions, tied input/output embeddings. Any size from one config.

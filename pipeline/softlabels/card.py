@@ -12,11 +12,12 @@ def render_card(m: dict) -> str:
     mass = summary.get("mean_topk_mass")
     return f"""# Soft-label dataset
 
-Made by softlabel-pipeline {m['tool']['version']} on {m['created_at']} (format {m['format_version']},
-spec: docs/FORMAT.md of softlabel-pipeline).
+Made by softlabel-pipeline {m['tool']['version']} on {m['created_at']}
+(format {m['format_version']}, spec: docs/FORMAT.md of softlabel-pipeline).
 
-- **Teacher**: {teacher.get('spec', 'none (tokenized only)')} · sha256 `{teacher.get('sha256', '-')}`
-  · {teacher.get('parameters', '-')} parameters · {teacher.get('dtype', '-')}
+- **Teacher**: {teacher.get('spec', 'none (tokenized only)')}
+  · sha256 `{teacher.get('sha256', '-')}` · {teacher.get('parameters', '-')} parameters
+  · {teacher.get('dtype', '-')}
 - **Tokenizer**: `tokenizer.json` · sha256 `{m['tokenizer']['sha256']}` · vocab
   {m['tokenizer']['vocab_size']}
 - **Corpus**: `{corpus['uri']}` · {corpus['documents_read']:,} documents read,

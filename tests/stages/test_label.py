@@ -7,7 +7,6 @@ import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from tests.conftest import make_teacher, run_cli
 
