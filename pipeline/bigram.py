@@ -52,3 +52,14 @@ def bigram_cross_entropy(model: BigramModel, rows: np.ndarray) -> float:
     discounted = np.where(seen, np.maximum(c - d, 0.0) / safe, 0.0)
     p = discounted + backoff_weight * model.continuation[nxt]
     return float(-np.log(p).mean())
+
+
+def split_rows(dataset, split: str, max_rows: int | None = None) -> np.ndarray:
+    """All token rows of one split of a SoftLabelDataset (checksums verified), as [rows, L]."""
+    parts, n = [], 0
+    for shard in dataset.split_shards(split):
+        if max_rows is not None and n >= max_rows:
+            break
+        parts.append(dataset.decode(dataset.read_table(shard))["input_ids"].numpy())
+        n += len(parts[-1])
+    return np.concatenate(parts)[:max_rows]

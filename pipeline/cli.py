@@ -107,6 +107,57 @@ def inspect(dataset: Path = typer.Argument(..., help="Dataset directory."),
     out.print(t)
 
 
+@app.command()
+def bigram(labels: Path = typer.Option(..., help="Dataset directory (any label mode)."),
+           max_rows: int | None = typer.Option(None, help="Fit on at most N train rows.")
+           ) -> None:
+    """Fit a count-based bigram LM on the train split; print its validation cross-entropy."""
+    from pipeline.bigram import bigram_cross_entropy, fit_bigram, split_rows
+    from pipeline.softlabels.reader import SoftLabelDataset
+
+    ds = SoftLabelDataset(labels)
+    model = fit_bigram(split_rows(ds, "train", max_rows), ds.vocab_size)
+    ce = bigram_cross_entropy(model, split_rows(ds, "validation"))
+    out.print(f"bigram validation cross-entropy: {ce:.4f} nats (perplexity {2.718281828**ce:.1f})")
+
+
+@app.command()
+def evaluate(
+    labels: Path = typer.Option(..., help="Soft-label dataset (its validation split is used)."),
+    runs: list[Path] = typer.Option(..., "--run", help="Run folder / model directory; repeat."),
+    teacher: Path | None = typer.Option(None, help="The labeling teacher: adds a teacher row "
+                                        "and speed/size ratios."),
+    report: Path = typer.Option(..., "--out", help="Report directory to write."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
+    max_rows: int | None = typer.Option(None, help="Score at most N validation rows."),
+    batch_size: int = typer.Option(8, help="Rows per forward (also the timed batch)."),
+    bench_repeats: int = typer.Option(5, help="Timed forwards per model (median reported)."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Fidelity, quality, calibration, speed and size of students against their teacher."""
+    from pipeline.report import print_leaderboard
+    from stages.evaluate import EvaluateConfig, run
+
+    results = run(EvaluateConfig(
+        labels=str(labels), runs=[str(r) for r in runs], out=str(report),
+        teacher=str(teacher) if teacher else None, device=device, max_rows=max_rows,
+        batch_size=batch_size, bench_repeats=bench_repeats, quiet=quiet))
+    print_leaderboard(results, report, out)
+
+
+@app.command("run")
+def run_job(
+    job: Path = typer.Argument(..., help="Job TOML (see data/jobs/example.toml)."),
+    dry_run: bool = typer.Option(False, help="Print the plan (what is complete, what would "
+                                 "run) and exit."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Run a job file: label → train → evaluate, skipping stages that are already complete."""
+    from stages.run import RunConfig, run
+
+    run(RunConfig(job=str(job), dry_run=dry_run, quiet=quiet), out)
+
+
 @tokenizer_app.command("train")
 def tokenizer_train(
     corpus: str = typer.Option(..., help="Corpus to learn merges from (same forms as label)."),
