@@ -64,6 +64,39 @@ def label(
 
 
 @app.command()
+def train(
+    labels: Path = typer.Option(..., help="Soft-label (or tokens-only) dataset directory."),
+    student: list[Path] = typer.Option(..., help="Student TOML file; repeat for more students "
+                                       "(all train from one read pass)."),
+    out_dir: Path = typer.Option(..., "--out", help="Runs directory: one folder per student."),
+    max_steps: int | None = typer.Option(None, help="Override every student's length: "
+                                            "stop after N optimizer steps."),
+    epochs: int | None = typer.Option(None, help="Override every student's length: E "
+                                         "passes over the train split."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
+    resume: bool = typer.Option(False, help="Continue unfinished run folders from their last "
+                                "checkpoint."),
+    num_workers: int = typer.Option(0, help="DataLoader worker processes reading shards."),
+    data_seed: int = typer.Option(0, help="Seed of the shard/row shuffle (the read order)."),
+    shuffle_rows: int = typer.Option(512, help="Rows shuffled together (shuffle buffer)."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Train students from a dataset, all in one read pass; resumable, skips finished ones."""
+    from stages.train import TrainConfig, run, summaries
+
+    runs = run(TrainConfig(labels=str(labels), students=[str(s) for s in student],
+                           out=str(out_dir), max_steps=max_steps, epochs=epochs, device=device,
+                           resume=resume, num_workers=num_workers, data_seed=data_seed,
+                           shuffle_rows=shuffle_rows, quiet=quiet))
+    for name, s in summaries(runs).items():
+        val = s.get("val_loss")
+        out.print(f"{name}: {s['step']} steps, {s['tokens']:,} tokens, final loss "
+                  f"{s['final'].get('loss', float('nan')):.4f}"
+                  + (f", val_loss {val:.4f}" if val is not None else "") + f" → {runs[name]}",
+                  soft_wrap=True)
+
+
+@app.command()
 def validate(dataset: Path = typer.Argument(..., help="Dataset directory.")) -> None:
     """Check every shard: checksum, schema, counts, id range, log-prob and tail-mass sanity."""
     from pipeline.softlabels.validate import validate_dataset

@@ -1,0 +1,252 @@
+"""`pipeline train`: many students from one read pass over a soft-label dataset, no teacher.
+
+Recipe: open and check the dataset → load, resolve and check every student (vocabulary,
+tokenizer, labels vs loss) → decide per run folder: skip (finished, same config), resume, or
+start → verify the checksums of every shard we will read → one pass per batch size: each
+decoded batch is moved to the device once and fed to every student of that batch size.
+Students with different batch sizes are grouped, one pass per group, so no student's batches
+are split or padded and its result does not depend on who it trained with.
+
+Each student's position in the stream is (epoch, batch) in the reader's canonical order. On
+resume the pass starts at the earliest student position; students further ahead skip batches
+they already saw, so every student sees exactly the batches of an unbroken run.
+"""
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+import torch
+
+from pipeline.device import resolve_device
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.hashing import sha256_file
+from pipeline.progress import positions_progress, rate_text
+from pipeline.softlabels.manifest import write_json_atomic
+from pipeline.softlabels.reader import SoftLabelDataset
+from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
+from pipeline.students import (
+    StudentSpec,
+    dumps_toml,
+    load_student,
+    resolve_for_dataset,
+    with_overrides,
+)
+from pipeline.tokenizer import load_tokenizer
+from pipeline.trainer import COMPLETE, StudentRun
+
+VALIDATION = "validation"
+
+
+@dataclass
+class TrainConfig:
+    labels: str
+    students: list[str] = field(default_factory=list)
+    out: str = "runs"
+    max_steps: int | None = None
+    epochs: int | None = None
+    device: str = "auto"
+    resume: bool = False
+    num_workers: int = 0
+    data_seed: int = 0
+    shuffle_rows: int = 512
+    quiet: bool = False
+
+
+def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
+    if not cfg.students:
+        raise ConfigError("no students: pass --student FILE.toml (see data/students/)")
+    specs, names = [], {}
+    for path in cfg.students:
+        spec = resolve_for_dataset(with_overrides(load_student(path), cfg.max_steps, cfg.epochs),
+                                   ds.vocab_size, ds.seq_len)
+        if spec.name in names:
+            raise ConfigError(f"{path}: student name {spec.name!r} is also used by "
+                              f"{names[spec.name]}; set a distinct `name` in one of them")
+        names[spec.name] = path
+        if spec.tokenizer:
+            check_compatible(ds, tokenizer_sha256=load_tokenizer(spec.tokenizer).sha256,
+                             who=f"student {path}")
+        if spec.loss.uses_labels and not ds.spec.has_labels:
+            raise ConfigError(f"{path}: [loss] kind {spec.loss.kind!r} needs soft labels but "
+                              f"dataset {ds.root} is tokens only (labels mode 'none'); set "
+                              "[loss] kind = \"ce\" or label the corpus with a teacher")
+        specs.append(spec)
+    return specs
+
+
+def resolved_config(spec: StudentSpec, ds: SoftLabelDataset, cfg: TrainConfig) -> dict:
+    """What config.toml records: the student with defaults filled, plus what data it saw."""
+    data = {"labels": str(Path(cfg.labels).resolve()),
+            "dataset_fingerprint": ds.manifest.get("plan_fingerprint", ""),
+            "tokenizer_sha256": ds.tokenizer_sha256, "seed": cfg.data_seed,
+            "shuffle_rows": cfg.shuffle_rows, "num_workers": cfg.num_workers}
+    return tomllib.loads(dumps_toml({**spec.as_dict(), "data": data}))
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += [f"{section}.{k}" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k) and k != "labels"]
+        elif a != b:
+            keys.append(section)
+    return keys
+
+
+def _prepare_dir(run_dir: Path, resolved: dict, resume: bool) -> str:
+    """'skip' (finished with this config), 'resume' or 'fresh'; refuse anything else."""
+    existing = run_dir / "config.toml"
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "fresh"
+    diff = (_differences(tomllib.loads(existing.read_text()), resolved)
+            if existing.is_file() else ["config.toml missing"])
+    if (run_dir / COMPLETE).is_file() and not diff:
+        return "skip"
+    if diff:
+        raise PipelineError(f"run folder {run_dir} holds a run with a different config "
+                            f"({', '.join(diff[:5])} differ); use another --out or delete it")
+    if not resume:
+        raise PipelineError(f"run folder {run_dir} holds an unfinished run; pass --resume to "
+                            "continue it from its last checkpoint, or delete it")
+    return "resume"
+
+
+def _total_steps(spec: StudentSpec, reader: StreamReader) -> int:
+    t = spec.train
+    if t.epochs is None:
+        return t.max_steps
+    steps = sum(reader.epoch_length(e) for e in range(t.epochs))
+    return min(steps, t.max_steps) if t.max_steps else steps
+
+
+def _validation_batches(ds: SoftLabelDataset, batch_size: int, n: int,
+                        device: torch.device) -> list[dict]:
+    if n == 0 or VALIDATION not in ds.shards or not ds.split_shards(VALIDATION):
+        return []
+    reader = StreamReader(ds, StreamConfig(VALIDATION, batch_size, seed=0), verify=False)
+    out = []
+    for pos, batch in reader.iter_epoch(0):
+        if pos >= n:
+            break
+        out.append({k: v.to(device) for k, v in batch.items()})
+    return out
+
+
+def _open_runs(todo, reader, ds, cfg, device) -> list[StudentRun]:
+    runs = []
+    tokenizer = ds.root / "tokenizer.json"
+    for spec, run_dir, resolved, action in todo:
+        run = StudentRun(spec, run_dir, device, tokenizer, _total_steps(spec, reader))
+        if action == "resume" and run.load_checkpoint() is not None:
+            pass
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run killed
+            shutil.rmtree(run_dir / "state", ignore_errors=True)  # before its first checkpoint
+            (run_dir / "config.toml").write_text(dumps_toml(resolved))
+            run.save_checkpoint(_stream_settings(reader.cfg))
+        runs.append(run)
+    return runs
+
+
+def _stream_settings(sc: StreamConfig) -> dict:
+    return {"seed": sc.seed, "batch_size": sc.batch_size, "shuffle_rows": sc.shuffle_rows,
+            "consumers": sc.consumers}
+
+
+def _after_step(run: StudentRun, val: list[dict], settings: dict, pass_rate: float) -> None:
+    t = run.spec.train
+    if run.step % t.log_every == 0 or run.done:
+        record = run.metrics_record()
+        if run.step % t.eval_every == 0 or run.done:
+            record.update(run.evaluate(val[:t.eval_batches]))
+        run.append_metrics(record)
+    if run.step % t.checkpoint_every == 0 or run.done:
+        run.save_checkpoint(settings)
+    if run.done:
+        _complete(run, pass_rate)
+
+
+def _complete(run: StudentRun, pass_rate: float | None) -> None:
+    """complete.json, written last: the orchestrator skips a student that has it."""
+    write_json_atomic(run.dir / COMPLETE, {**run.summary(),
+                                           "pass_tokens_per_s": pass_rate})
+
+
+def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
+                 device: torch.device) -> None:
+    batch_size = todo[0][0].train.batch_size
+    sc = StreamConfig("train", batch_size, cfg.data_seed, cfg.shuffle_rows, cfg.num_workers)
+    reader = StreamReader(ds, sc, verify=False, pin_memory=device.type == "cuda")
+    if reader.rows == 0:
+        raise PipelineError(f"dataset {ds.root} has no training rows (split 'train' is empty)")
+    runs = _open_runs(todo, reader, ds, cfg, device)
+    settings = _stream_settings(sc)
+    val = _validation_batches(ds, batch_size, max(r.spec.train.eval_batches for r in runs),
+                              device)
+    for r in runs:
+        if r.done and not (r.dir / COMPLETE).is_file():  # killed just before complete.json
+            _complete(r, None)
+    active = [r for r in runs if not r.done]
+    epoch, pos = min((r.position for r in active), default=(0, 0))
+    with positions_progress(disable=cfg.quiet) as progress:
+        tasks = {id(r): progress.add_task(r.spec.name, total=r.total_steps, completed=r.step,
+                                          rate="") for r in runs}
+        start, seen = time.perf_counter(), 0
+        while active:
+            length = reader.epoch_length(epoch)
+            for p, batch in reader.iter_epoch(epoch, pos):
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                seen += batch["input_ids"].numel()
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                for r in active:
+                    if r.position != (epoch, p):
+                        continue
+                    r.train_step(batch)
+                    r.epoch = epoch
+                    r.position = (epoch, p + 1) if p + 1 < length else (epoch + 1, 0)
+                    _after_step(r, val, settings, rate)
+                    progress.update(tasks[id(r)], completed=r.step,
+                                    rate=rate_text(seen, time.perf_counter() - start, "tok"))
+                active = [r for r in active if not r.done]
+                if not active:
+                    break
+            epoch, pos = epoch + 1, 0
+
+
+def run(cfg: TrainConfig) -> dict[str, Path]:
+    """Train (or resume, or skip when finished) every student; return {name: run folder}."""
+    ds = SoftLabelDataset(cfg.labels)
+    tok = ds.root / "tokenizer.json"
+    if not tok.is_file() or sha256_file(tok) != ds.tokenizer_sha256:
+        raise PipelineError(f"{tok} is missing or differs from the manifest's tokenizer sha256; "
+                            "the dataset is incomplete - relabel it")
+    if cfg.num_workers < 0 or cfg.shuffle_rows < 1:
+        raise PipelineError("--num-workers must be >= 0 and shuffle rows >= 1")
+    specs = _load_students(cfg, ds)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    todo = []
+    for spec in specs:
+        resolved = resolved_config(spec, ds, cfg)
+        action = _prepare_dir(out / spec.name, resolved, cfg.resume)
+        if action != "skip":
+            todo.append((spec, out / spec.name, resolved, action))
+    if todo:
+        for split in ("train", VALIDATION):  # every shard we will read, before the first step
+            for shard in ds.shards.get(split, []):
+                ds.verify_checksum(shard)
+        for size in sorted({t[0].train.batch_size for t in todo}):
+            _train_group(ds, [t for t in todo if t[0].train.batch_size == size], cfg, device)
+    return {spec.name: out / spec.name for spec in specs}
+
+
+def summaries(run_dirs: dict[str, Path]) -> dict[str, dict]:
+    """The complete.json of each run folder (for the CLI and the orchestrator)."""
+    return {name: json.loads((d / COMPLETE).read_text()) for name, d in run_dirs.items()}
