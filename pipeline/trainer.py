@@ -10,7 +10,8 @@ Checkpoints never use pickle: weights and optimizer tensors go to safetensors, t
 A checkpoint is a folder `state/step-N` written as `step-N.tmp` and renamed, then
 `state/latest.json` is replaced atomically to point at it, so a kill at any instant leaves
 either the old or the new checkpoint. The run folder's top-level `model.safetensors` is a hard
-link to the latest checkpoint's weights, so the run folder is a model directory throughout.
+link to the latest checkpoint's weights (config.json and tokenizer.json likewise), so the run
+folder is a model directory from the first checkpoint on.
 """
 
 import contextlib
@@ -28,7 +29,7 @@ from pipeline.device import autocast
 from pipeline.errors import PipelineError
 from pipeline.losses import compute_loss
 from pipeline.models import build_model, count_parameters
-from pipeline.models.checkpoint import WEIGHTS, load_state, save_model_dir
+from pipeline.models.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_state, save_model_dir
 from pipeline.softlabels.manifest import fsync_dir, write_json_atomic
 from pipeline.students import StudentSpec
 
@@ -170,13 +171,14 @@ class StudentRun:
         os.replace(tmp, state / name)
         fsync_dir(state)
         write_json_atomic(state / LATEST, {"checkpoint": name, "step": self.step})
-        link = self.dir / (WEIGHTS + ".tmp")
-        link.unlink(missing_ok=True)
-        try:
-            os.link(state / name / WEIGHTS, link)
-        except OSError:  # a filesystem without hard links: copy instead
-            shutil.copyfile(state / name / WEIGHTS, link)
-        os.replace(link, self.dir / WEIGHTS)
+        for fname in (CONFIG, TOKENIZER, WEIGHTS):  # weights last: the model dir is complete
+            link = self.dir / (fname + ".tmp")
+            link.unlink(missing_ok=True)
+            try:
+                os.link(state / name / fname, link)
+            except OSError:  # a filesystem without hard links: copy instead
+                shutil.copyfile(state / name / fname, link)
+            os.replace(link, self.dir / fname)
         for old in state.iterdir():
             if old.is_dir() and old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""Student TOML files: defaults, resolution against a dataset, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from pipeline.errors import ConfigError
+from pipeline.students import (
+    dumps_toml,
+    load_student,
+    parse_student,
+    resolve_for_dataset,
+    with_overrides,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path, text, name="stu.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_name_and_resolution(tmp_path):
+    spec = load_student(_write(tmp_path, "[model]\nfamily = 'gpt'\nd_model = 32\nn_head = 4\n"))
+    assert spec.name == "stu" and spec.loss.kind == "kl_tail" and spec.train.batch_size == 16
+    r = resolve_for_dataset(spec, vocab_size=320, seq_len=48)
+    assert r.model == {"family": "gpt", "d_model": 32, "n_head": 4, "vocab_size": 320,
+                       "context": 48}
+    assert r.train.epochs == 1 and r.train.max_steps is None
+    assert r.schedule.min_lr == pytest.approx(r.optimizer.lr / 10)
+    named = load_student(_write(tmp_path, 'name = "alice"\n[model]\nfamily = "gru"\n'))
+    assert named.name == "alice" and "context" not in resolve_for_dataset(named, 320, 8).model
+
+
+def test_resolved_file_round_trips(tmp_path):
+    spec = resolve_for_dataset(load_student(REPO / "data/students/gpt-tiny.toml"), 320, 32)
+    text = dumps_toml(spec.as_dict())
+    again = parse_student(tomllib.loads(text), "again.toml")
+    assert again.as_dict() == spec.as_dict()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "data/students").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_bundled_students_are_valid(path):
+    resolve_for_dataset(load_student(path), 8192, 256)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("colour = 1\n", r"unknown key 'colour'; valid top-level keys are \['name', 'tokenizer', "
+                     r"'model', 'optimizer'"),
+    ("[train]\nbatchsize = 8\n", r"\[train\]: unknown key 'batchsize'; valid keys are "
+                                 r"\['batch_size', 'max_steps'"),
+    ("[model]\nfamily = 'gru'\nn_head = 2\n", r"unknown \[model\] key 'n_head' for family gru; "
+                                             r"valid keys are \['family', 'vocab_size', "),
+    ("[model]\nfamily = 'lstm'\n", r"family 'lstm' is not a model family; valid are "
+                                   r"\['gpt', 'gru'\]"),
+    ("[loss]\nkind = 'kl_reverse'\n", r"kind 'kl_reverse' is not a loss; valid are "
+                                      r"\['kl_tail', 'kl_renorm', 'ce'\]"),
+    ("[train]\nbatch_size = '8'\n", r"key 'batch_size' must be int, got '8'"),
+    ("[train]\nbatch_size = 0\n", r"batch_size must be > 0"),
+    ("[optimizer]\nlr = true\n", r"key 'lr' must be float"),
+    ("[optimizer]\nbetas = [0.9]\n", r"betas must be two numbers"),
+    ("[loss]\nalpha = 1.5\n", r"alpha must be in \[0, 1\]"),
+    ("[train]\nepochs = 0\n", r"epochs must be >= 1"),
+    ("[model\n", r"is not valid TOML"),
+])
+def test_bad_student_files_name_the_problem(tmp_path, text, match):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_student(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_dataset_mismatches_are_refused(tmp_path):
+    pinned = load_student(_write(tmp_path, "[model]\nvocab_size = 500\n"))
+    with pytest.raises(ConfigError, match="vocab_size 500 != dataset vocab size 320"):
+        resolve_for_dataset(pinned, 320, 32)
+    short = load_student(_write(tmp_path, "[model]\ncontext = 16\n"))
+    with pytest.raises(ConfigError, match="context 16 < dataset seq_len 32"):
+        resolve_for_dataset(short, 320, 32)
+    with pytest.raises(ConfigError, match="student file .* not found"):
+        load_student(tmp_path / "missing.toml")
+
+
+def test_command_line_overrides_replace_both_lengths(tmp_path):
+    spec = load_student(_write(tmp_path, "[train]\nepochs = 3\n"))
+    assert with_overrides(spec, None, None) is spec
+    s = with_overrides(spec, 7, None)
+    assert (s.train.max_steps, s.train.epochs) == (7, None)
+    with pytest.raises(ConfigError, match="--epochs must be >= 1"):
+        with_overrides(spec, None, 0)
