@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.errors import PipelineError
@@ -47,6 +48,10 @@ def label(
     id_column: str | None = typer.Option(None, help="Document id column (default: "
                                             "file:row)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    workers: int | None = typer.Option(None, help="Label on a local dask cluster of N worker "
+                                       "processes (one shard per task; one GPU each if any)."),
+    scheduler: str | None = typer.Option(None, help="Label on an existing dask cluster: "
+                                         "tcp://HOST:PORT or a scheduler file."),
 ) -> None:
     """Run the teacher over a corpus once and write a soft-label dataset (resumable)."""
     from stages.label import LabelConfig, run
@@ -57,7 +62,7 @@ def label(
         batch_size=batch_size, shard_rows=shard_rows, row_group_rows=row_group_rows,
         validation_fraction=validation_fraction, logprob_encoding=logprob_encoding,
         device=device, overwrite=overwrite, limit_docs=limit_docs, text_column=text_column,
-        id_column=id_column, quiet=quiet))
+        id_column=id_column, quiet=quiet, workers=workers, scheduler=scheduler))
     s = manifest["summary"]
     out.print(f"dataset {out_dir}: {s['rows']:,} rows, {s['positions']:,} positions, "
               f"{s['bytes']:,} bytes ({s['bytes_per_position']:.2f} B/position)")
@@ -212,7 +217,8 @@ def main() -> None:
     try:
         app()
     except PipelineError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # escape: messages name TOML sections like [corpus], which rich would eat as markup
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

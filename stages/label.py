@@ -3,13 +3,14 @@
 Recipe: plan (tokenize + pack, fingerprint) → refuse a different plan in the same folder →
 label every shard not already complete (teacher forward on the main thread, Parquet encoding on a
 writer thread so the two overlap) → manifest last. Rerunning a finished job does nothing;
-rerunning an interrupted one finishes it.
+rerunning an interrupted one finishes it. With `--workers N` / `--scheduler ADDR` the shards run
+as dask tasks instead (stages/label_shards.py); planning, resume and the manifest stay here, so
+both paths produce the same dataset.
 """
 
+import contextlib
 import json
-import queue
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -22,16 +23,21 @@ from pipeline.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, sha256_json
-from pipeline.labeling import label_tokens
 from pipeline.locking import DirLock
 from pipeline.models.checkpoint import load_model_dir
 from pipeline.packing import iter_shard_inputs
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.card import write_card
-from pipeline.softlabels.manifest import MANIFEST, PLAN, PROGRESS_DIR, write_json_atomic
-from pipeline.softlabels.writer import ShardLabels, build_table, write_shard
+from pipeline.softlabels.manifest import (
+    MANIFEST,
+    PLAN,
+    PROGRESS_DIR,
+    shard_relpath,
+    write_json_atomic,
+)
 from pipeline.tokenizer import load_tokenizer
+from stages.label_shards import ShardWork, label_in_process, label_on_cluster
 
 
 @dataclass
@@ -53,6 +59,8 @@ class LabelConfig:
     text_column: str = "text"
     id_column: str | None = None
     quiet: bool = False
+    workers: int | None = None  # dask LocalCluster of N worker processes
+    scheduler: str | None = None  # tcp://HOST:PORT or a scheduler file of an existing cluster
 
 
 def _check_args(cfg: LabelConfig) -> None:
@@ -68,6 +76,10 @@ def _check_args(cfg: LabelConfig) -> None:
     for name in ("seq_len", "batch_size", "shard_rows", "row_group_rows"):
         if getattr(cfg, name) < 1:
             raise PipelineError(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise PipelineError(f"--workers {cfg.workers} must be >= 1")
+    if cfg.workers and cfg.scheduler:
+        raise PipelineError("pass either --workers N or --scheduler ADDR, not both")
     if cfg.logprob_encoding not in S.LOGPROB_ENCODINGS:
         raise PipelineError(f"--logprob-encoding {cfg.logprob_encoding!r}: valid are "
                             f"{sorted(S.LOGPROB_ENCODINGS)}")
@@ -151,36 +163,6 @@ def _completed(out: Path, shard: dict) -> dict | None:
     return rec if ok else None
 
 
-class _BackgroundWriter:
-    """Encodes and writes shards on a thread so Parquet work overlaps the next teacher forward."""
-
-    def __init__(self, write_fn):
-        self._q: queue.Queue = queue.Queue(maxsize=2)
-        self._write, self._error, self.records = write_fn, None, []
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while (item := self._q.get()) is not None:
-            if self._error is None:
-                try:
-                    self.records.append(self._write(*item))
-                except BaseException as exc:  # re-raised on the main thread
-                    self._error = exc
-
-    def submit(self, *item) -> None:
-        if self._error:
-            raise self._error
-        self._q.put(item)
-
-    def close(self) -> list[dict]:
-        self._q.put(None)
-        self._thread.join()
-        if self._error:
-            raise self._error
-        return self.records
-
-
 def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
     splits: dict[str, list] = {}
     for rec in sorted(records, key=lambda r: r["path"]):
@@ -214,12 +196,14 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
 def run(cfg: LabelConfig) -> dict:
     """Label (or resume labeling) a dataset; return its manifest."""
     _check_args(cfg)
-    device = resolve_device(cfg.device)
+    distributed = bool(cfg.workers or cfg.scheduler)
+    # On a cluster the client only plans and describes the teacher; workers pick their own device.
+    device = torch.device("cpu") if distributed else resolve_device(cfg.device)
     teacher, tokenizer = _load_inputs(cfg, device)
     spec = S.LabelSpec("topk" if cfg.top_k else "none", cfg.top_k, tokenizer.vocab_size,
                        S.id_type_for_vocab(tokenizer.vocab_size), cfg.logprob_encoding)
     out = Path(cfg.out)
-    with DirLock(out):
+    with _client(cfg) as client, DirLock(out):
         plan = _plan(cfg, tokenizer, teacher, spec)
         _prepare_out(out, plan, cfg.overwrite)
         manifest_path = out / MANIFEST
@@ -230,8 +214,10 @@ def run(cfg: LabelConfig) -> dict:
         if manifest_path.is_file() and len(records) == len(plan["shards"]):
             return json.loads(manifest_path.read_text())
         manifest_path.unlink(missing_ok=True)
-        new = _label_missing(cfg, plan, spec, tokenizer, teacher, device, set(records))
+        work = _shard_work(cfg, plan, spec, tokenizer, teacher)
+        new = _label_missing(cfg, plan, work, tokenizer, teacher, device, set(records), client)
         all_records = list(records.values()) + new
+        _check_complete(plan, all_records)
         shutil.copyfile(tokenizer.path, out / "tokenizer.json")
         manifest = _manifest(cfg, plan, spec, tokenizer, teacher, all_records)
         write_card(out, manifest)
@@ -239,25 +225,42 @@ def run(cfg: LabelConfig) -> dict:
         return manifest
 
 
-def _label_missing(cfg, plan, spec, tokenizer, teacher, device, done: set) -> list[dict]:
-    out = Path(cfg.out)
+def _client(cfg: LabelConfig):
+    """A dask client with --workers/--scheduler, else nothing (the in-process path)."""
+    if not (cfg.workers or cfg.scheduler):
+        return contextlib.nullcontext()
+    from pipeline.cluster import open_client
+
+    return open_client(cfg.workers, cfg.scheduler)
+
+
+def _shard_work(cfg, plan, spec, tokenizer, teacher) -> ShardWork:
     kv = {"format_version": S.FORMAT_VERSION, "mode": spec.mode, "k": spec.k,
           "vocab_size": spec.vocab_size, "id_type": spec.id_type,
           "logprob_encoding": spec.logprob_encoding, "seq_len": cfg.seq_len,
           "tokenizer_sha256": tokenizer.sha256,
           "teacher_sha256": teacher.weights_sha256 if teacher else "",
           "plan_fingerprint": plan["fingerprint"]}
+    return ShardWork(cfg.out, spec, kv, cfg.batch_size, cfg.row_group_rows,
+                     cfg.teacher if teacher else None,
+                     teacher.weights_sha256 if teacher else None, cfg.device)
 
-    def write(shard_input, labels):
-        table = build_table(spec, shard_input.tokens, shard_input.doc_ids, labels)
-        return write_shard(out, shard_input.split, shard_input.index, table, kv,
-                           cfg.row_group_rows, shard_input.input_sha256)
 
-    todo = [s for s in plan["shards"] if (s["split"], s["index"]) not in done]
-    total = sum(s["rows"] for s in todo) * cfg.seq_len
-    writer = _BackgroundWriter(write)
-    corpus = CorpusSpec(cfg.corpus, cfg.text_column, cfg.id_column)
-    with positions_progress(disable=cfg.quiet) as progress:
+def _check_complete(plan: dict, records: list[dict]) -> None:
+    """Exactly one record per planned shard, whichever path (or retries) produced them."""
+    got = sorted(r["path"] for r in records)
+    want = sorted(shard_relpath(s["split"], s["index"]) for s in plan["shards"])
+    if got != want:
+        missing = sorted(set(want) - set(got))[:5]
+        raise PipelineError(f"labeling finished with {len(got)} shard records for {len(want)} "
+                            f"planned shards (missing {missing}); rerun `pipeline label` to "
+                            "complete the dataset")
+
+
+@contextlib.contextmanager
+def _progress(total: int, quiet: bool):
+    """A positions/s bar; yields `advance(n)` for teacher batches or finished tasks."""
+    with positions_progress(disable=quiet) as progress:
         task = progress.add_task("labeling", total=total, rate="")
         start = time.perf_counter()
 
@@ -266,22 +269,21 @@ def _label_missing(cfg, plan, spec, tokenizer, teacher, device, done: set) -> li
             done_n = progress.tasks[task].completed
             progress.update(task, rate=rate_text(done_n, time.perf_counter() - start))
 
-        try:
-            for shard_input in iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
-                                                 cfg.validation_fraction, cfg.limit_docs):
-                if (shard_input.split, shard_input.index) in done:
-                    continue
-                labels = None
-                if teacher is not None:
-                    name = f"{shard_input.split}/part-{shard_input.index:05d}"
-                    labels = ShardLabels(*label_tokens(teacher.model, shard_input.tokens, spec.k,
-                                                       cfg.batch_size, device, name, advance))
-                else:
-                    advance(shard_input.tokens.size)
-                writer.submit(shard_input, labels)
-        finally:
-            records = writer.close()
-    return records
+        yield advance
+
+
+def _label_missing(cfg, plan, work, tokenizer, teacher, device, done: set,
+                   client=None) -> list[dict]:
+    todo = [s for s in plan["shards"] if (s["split"], s["index"]) not in done]
+    total = sum(s["rows"] for s in todo) * cfg.seq_len
+    corpus = CorpusSpec(cfg.corpus, cfg.text_column, cfg.id_column)
+    inputs = (s for s in iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
+                                           cfg.validation_fraction, cfg.limit_docs)
+              if (s.split, s.index) not in done)
+    with _progress(total, cfg.quiet) as advance:
+        if client is not None:
+            return label_on_cluster(client, work, inputs, advance)
+        return label_in_process(work, inputs, teacher and teacher.model, device, advance)
 
 
 def config_dict(cfg: LabelConfig) -> dict:
