@@ -143,9 +143,8 @@ def _open_runs(todo, reader, ds, cfg, device) -> list[StudentRun]:
     tokenizer = ds.root / "tokenizer.json"
     for spec, run_dir, resolved, action in todo:
         run = StudentRun(spec, run_dir, device, tokenizer, _total_steps(spec, reader))
-        if action == "resume" and run.load_checkpoint() is not None:
-            pass
-        else:
+        resumed = action == "resume" and run.load_checkpoint() is not None
+        if not resumed:  # fresh, or killed before its first checkpoint: start over
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run killed
             shutil.rmtree(run_dir / "state", ignore_errors=True)  # before its first checkpoint
@@ -162,9 +161,10 @@ def _stream_settings(sc: StreamConfig) -> dict:
 
 def _after_step(run: StudentRun, val: list[dict], settings: dict, pass_rate: float) -> None:
     t = run.spec.train
-    if run.step % t.log_every == 0 or run.done:
+    evaluate = run.step % t.eval_every == 0 or run.done
+    if run.step % t.log_every == 0 or evaluate:
         record = run.metrics_record()
-        if run.step % t.eval_every == 0 or run.done:
+        if evaluate:
             record.update(run.evaluate(val[:t.eval_batches]))
         run.append_metrics(record)
     if run.step % t.checkpoint_every == 0 or run.done:

@@ -136,13 +136,10 @@ def test_student_with_another_tokenizer_is_refused(tmp_path, labeled):
     from pipeline.tokenizer import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(["some other text entirely"] * 20, 300, tmp_path / "tok.json")
-    path = student(tmp_path, "t")
-    with open(path, "a") as f:
-        f.write("")
-    text = f'tokenizer = "{other.path}"\n' + open(path).read()
-    open(path, "w").write(text)
+    path = tmp_path / "t.toml"
+    path.write_text(f'tokenizer = "{other.path}"\n' + GPT)
     with pytest.raises(PipelineError, match=rf"tokenizer sha256 {other.sha256[:12]} != dataset "):
-        run(TrainConfig(labels=str(labeled), students=[path], out=str(tmp_path / "r")))
+        run(TrainConfig(labels=str(labeled), students=[str(path)], out=str(tmp_path / "r")))
 
 
 def test_cli_bad_student_file_exits_2_with_one_line(tmp_path, labeled):
