@@ -1,11 +1,11 @@
 """Inference cost of a model, measured the same way for every model so the numbers compare.
 
 Method: the same fixed batch of random token ids (seeded, [batch, seq_len]) for every model;
-`warmup` untimed forwards (kernel selection, caches, lazy init); then `repeats` timed forwards
-under `torch.inference_mode()` and the device's autocast, with a CUDA synchronize around each
-one; the **median** latency is reported (robust to a noisy neighbour on a shared machine) and
-tokens/s = batch × seq_len / median latency. Size is the unique parameter count and the bytes
-of `model.safetensors` on disk.
+`warmup` untimed forwards per model (kernel selection, caches, lazy init); then `repeats` rounds
+in which every model runs one timed forward under `torch.inference_mode()` and the device's
+autocast, with a CUDA synchronize after each; the **median** latency is reported (robust to a
+noisy neighbour on a shared machine) and tokens/s = batch × seq_len / median latency.
+Size is the unique parameter count and the bytes of `model.safetensors` on disk.
 """
 
 import statistics
@@ -41,33 +41,42 @@ def bench_batch(vocab_size: int, settings: BenchSettings, device: torch.device) 
 
 
 @torch.inference_mode()
-def measure_latency(model: torch.nn.Module, batch: torch.Tensor, device: torch.device,
-                    warmup: int, repeats: int) -> list[float]:
-    """Seconds per forward of `batch`, one value per timed repeat."""
-    model.eval()
+def interleaved_latencies(models: list[torch.nn.Module], batch: torch.Tensor,
+                          device: torch.device, warmup: int, repeats: int) -> list[list[float]]:
+    """Seconds per forward of `batch` for each model, `repeats` values each.
+
+    Timed in rounds (model 1, 2, …, then again) rather than model after model, so a load
+    spike on a shared machine hits every model alike instead of skewing one of them.
+    """
+    for m in models:
+        m.eval()
+    times: list[list[float]] = [[] for _ in models]
     with autocast(device):
-        for _ in range(warmup):
-            model(batch)
+        for m in models:
+            for _ in range(warmup):
+                m(batch)
         _sync(device)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(batch)
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        for _ in range(max(repeats, 1)):
+            for i, m in enumerate(models):
+                start = time.perf_counter()
+                m(batch)
+                _sync(device)
+                times[i].append(time.perf_counter() - start)
     return times
 
 
-def measure_cost(model: torch.nn.Module, weights: Path, vocab_size: int, settings: BenchSettings,
-                 device: torch.device) -> dict:
-    """Parameter count, checkpoint bytes, median latency per batch (ms) and tokens/s."""
+def measure_costs(models: list[tuple[torch.nn.Module, Path]], vocab_size: int,
+                  settings: BenchSettings, device: torch.device) -> list[dict]:
+    """Per (model, weights file): parameters, checkpoint bytes, median latency per batch (ms)
+    and tokens/s — all models timed on the same batch, in interleaved rounds."""
     batch = bench_batch(vocab_size, settings, device)
-    times = measure_latency(model, batch, device, settings.warmup, max(settings.repeats, 1))
-    median = statistics.median(times)
-    return {"parameters": count_parameters(model),
-            "checkpoint_bytes": Path(weights).stat().st_size,
-            "latency_ms": median * 1000.0,
-            "tokens_per_s": batch.numel() / median if median > 0 else float("inf"),
-            "bench": {"device": str(device), "batch_size": settings.batch_size,
-                      "seq_len": settings.seq_len, "warmup": settings.warmup,
-                      "repeats": settings.repeats}}
+    all_times = interleaved_latencies([m for m, _ in models], batch, device, settings.warmup,
+                                      settings.repeats)
+    out = []
+    for (model, weights), times in zip(models, all_times, strict=True):
+        median = statistics.median(times)
+        out.append({"parameters": count_parameters(model),
+                    "checkpoint_bytes": Path(weights).stat().st_size,
+                    "latency_ms": median * 1000.0,
+                    "tokens_per_s": batch.numel() / median if median > 0 else float("inf")})
+    return out

@@ -169,7 +169,8 @@ def evaluate(
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
     max_rows: int | None = typer.Option(None, help="Score at most N validation rows."),
     batch_size: int = typer.Option(8, help="Rows per forward (also the timed batch)."),
-    bench_repeats: int = typer.Option(5, help="Timed forwards per model (median reported)."),
+    bench_repeats: int = typer.Option(10, help="Timed forwards per model, in interleaved "
+                                      "rounds (median reported)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Fidelity, quality, calibration, speed and size of students against their teacher."""

@@ -52,12 +52,13 @@ def fmt(value, spec: str) -> str:
 
 
 def short(value, spec: str) -> str:
-    """Terminal form: 1.2M / 25.1k for counts, so the table fits 80 columns."""
+    """Terminal form: 1.2M / 25.1k / 385k for counts, so the table fits 80 columns."""
     if _missing(value) or spec not in ("{:,}", "{:,.0f}"):
         return fmt(value, spec)
     for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= div:
-            return f"{value / div:.1f}{unit}"
+            v = value / div
+            return f"{v:.0f}{unit}" if abs(v) >= 100 else f"{v:.1f}{unit}"
     return f"{value:.0f}"
 
 

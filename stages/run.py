@@ -1,0 +1,251 @@
+"""`pipeline run JOB.toml`: label → train → evaluate, skipping whatever is already complete.
+
+Each stage is idempotent on its own (label resumes by shard, train resumes from its last
+checkpoint, evaluate rewrites its report); on top of that the orchestrator checks cheaply,
+before starting a stage, whether its outputs already match the job, so a rerun of a finished
+job does no work at all and a rerun of a broken one finishes it:
+
+- label is complete when the dataset's manifest exists and its plan matches the job's corpus,
+  teacher weights and labeling options (the corpus is not re-read: a changed file under the
+  same path is not noticed — label into a new folder for a new corpus);
+- a student is complete when its run folder has `complete.json` and a config.toml equal to
+  what train would resolve now (same student, length and dataset);
+- evaluate is complete when the report's inputs fingerprint matches (pipeline/report.py).
+
+A stage failure is one line naming the stage (exit 1, or 2 for a bad student/job setting);
+an unexpected crash also leaves its traceback in OUT/run-error.log for the bug report.
+"""
+
+import contextlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import tomllib
+from rich.console import Console
+
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.hashing import sha256_file
+from pipeline.jobs import Job, StudentEntry, load_job
+from pipeline.models.checkpoint import WEIGHTS
+from pipeline.report import print_leaderboard
+from pipeline.softlabels.manifest import MANIFEST, PLAN
+from pipeline.softlabels.reader import SoftLabelDataset
+from stages.evaluate import COMPLETE, EvaluateConfig, is_up_to_date, load_results
+from stages.label import LabelConfig
+
+ERROR_LOG = "run-error.log"
+
+
+@dataclass
+class RunConfig:
+    job: str
+    dry_run: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class StageState:
+    name: str
+    done: bool
+    detail: str
+
+
+def _pick(cls, values: dict) -> dict:
+    """The keys of a job section that are fields of a stage config (drops job-only keys)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def label_config(job: Job, quiet: bool = False) -> LabelConfig:
+    c = job.corpus
+    return LabelConfig(**{"device": job.device, **_pick(LabelConfig, job.label)},
+                       corpus=c["source"], out=str(job.labels_dir), teacher=str(job.teacher),
+                       text_column=c.get("text_column", "text"), id_column=c.get("id_column"),
+                       limit_docs=c.get("limit_docs"), quiet=quiet)
+
+
+def student_path(job: Job, s: StudentEntry) -> Path:
+    """A student's TOML file; an inline [[students]] table is written under OUT/students/."""
+    if s.path is not None:
+        return s.path
+    from pipeline.students import dumps_toml
+
+    path = job.out / "students" / f"{s.name}.toml"
+    text = dumps_toml(s.inline)
+    if not path.is_file() or path.read_text() != text:  # unchanged file: unchanged mtime
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
+
+
+def train_config(job: Job, students: list[Path], quiet: bool = False):
+    from stages.train import TrainConfig
+
+    return TrainConfig(**{"device": job.device, **_pick(TrainConfig, job.train)},
+                       labels=str(job.labels_dir), students=[str(p) for p in students],
+                       out=str(job.runs_dir), resume=True, quiet=quiet)
+
+
+def evaluate_config(job: Job, quiet: bool = False) -> EvaluateConfig:
+    teacher = str(job.teacher) if job.evaluate.get("teacher_row", True) else None
+    return EvaluateConfig(**{"device": job.device, **_pick(EvaluateConfig, job.evaluate)},
+                          labels=str(job.labels_dir), out=str(job.report_dir), teacher=teacher,
+                          runs=[str(job.runs_dir / s.name) for s in job.students], quiet=quiet)
+
+
+def _label_state(job: Job) -> StageState:
+    cfg = label_config(job)
+    where = f"{cfg.corpus} with {cfg.teacher} → {cfg.out} (top_k {cfg.top_k}, seq_len " \
+            f"{cfg.seq_len})"
+    out = Path(cfg.out)
+    try:
+        params = json.loads((out / PLAN).read_text())["params"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return StageState("label", False, where)
+    weights = Path(cfg.teacher) / WEIGHTS
+    wanted = {"seq_len": cfg.seq_len, "shard_rows": cfg.shard_rows,
+              "validation_fraction": cfg.validation_fraction,
+              "teacher_sha256": sha256_file(weights) if weights.is_file() else None,
+              "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
+                         "id_column": cfg.id_column, "limit_docs": cfg.limit_docs}}
+    labels = params.get("labels", {})
+    same = (all(params.get(k) == v for k, v in wanted.items()) and labels.get("k") == cfg.top_k
+            and labels.get("logprob_encoding") == cfg.logprob_encoding)
+    return StageState("label", same and (out / MANIFEST).is_file(), where)
+
+
+def _student_complete(job: Job, s: StudentEntry, ds, tcfg) -> bool:
+    """Finished (complete.json) with the config train would resolve now: the same test train
+    uses to skip a run, so a changed student file, length or dataset means "to run"."""
+    from pipeline.students import load_student, parse_student, resolve_for_dataset, with_overrides
+    from stages.train import resolved_config
+
+    run_dir = job.runs_dir / s.name
+    if not (run_dir / COMPLETE).is_file() or not (run_dir / "config.toml").is_file():
+        return False
+    try:
+        spec = load_student(s.path) if s.path else parse_student(s.inline, s.name)
+        spec = resolve_for_dataset(with_overrides(spec, tcfg.max_steps, tcfg.epochs),
+                                   ds.vocab_size, ds.seq_len)
+        want = resolved_config(spec, ds, tcfg)
+        have = tomllib.loads((run_dir / "config.toml").read_text())
+    except (PipelineError, tomllib.TOMLDecodeError):
+        return False  # train will report it
+    for cfg in (want, have):  # the dataset path may be spelled differently; its hash may not
+        cfg.get("data", {}).pop("labels", None)
+    return want == have
+
+
+def _train_state(job: Job) -> tuple[StageState, list[StudentEntry]]:
+    try:
+        ds = SoftLabelDataset(job.labels_dir)
+    except PipelineError:
+        ds = None
+    tcfg = train_config(job, [])
+    todo = [s for s in job.students if ds is None or not _student_complete(job, s, ds, tcfg)]
+    names = ", ".join(f"{s.name}{'' if s in todo else ' (complete)'}" for s in job.students)
+    return StageState("train", not todo, f"{len(job.students)} students → {job.runs_dir}: "
+                      f"{names}"), todo
+
+
+def _evaluate_state(job: Job, upstream_done: bool) -> StageState:
+    teacher = " + teacher" if job.evaluate.get("teacher_row", True) else ""
+    detail = f"{len(job.students)} students{teacher} → {job.report_dir}"
+    if not upstream_done:
+        return StageState("evaluate", False, detail)
+    try:
+        return StageState("evaluate", is_up_to_date(evaluate_config(job)), detail)
+    except PipelineError:
+        return StageState("evaluate", False, detail)
+
+
+def plan(job: Job) -> list[StageState]:
+    label = _label_state(job)
+    train, _ = _train_state(job)
+    return [label, train, _evaluate_state(job, label.done and train.done)]
+
+
+@contextlib.contextmanager
+def _stage(name: str, job: Job):
+    """Turn any failure inside a stage into one line that names the stage."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"stage {name} failed: {exc}") from exc
+    except PipelineError as exc:
+        raise PipelineError(f"stage {name} failed: {exc}") from exc
+    except Exception as exc:  # a bug: one line here, the traceback in the log
+        log = job.out / ERROR_LOG
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        first = (str(exc).splitlines() or [""])[0]
+        raise PipelineError(f"stage {name} failed: {type(exc).__name__}: {first} "
+                            f"(traceback in {log})") from exc
+
+
+def print_plan(job: Job, states: list[StageState], console: Console) -> None:
+    console.print(f"job {job.name} ({job.path}) → {job.out}", highlight=False)
+    for i, s in enumerate(states, 1):
+        status = "[green]complete, skip[/green]" if s.done else "[yellow]to run[/yellow]"
+        console.print(f"  {i}. {s.name:<9} {status}  {s.detail}", highlight=False,
+                      soft_wrap=True)
+
+
+def _timed(console: Console, name: str, job: Job, fn) -> None:
+    console.print(f"{name}: running", highlight=False)
+    start = time.perf_counter()
+    with _stage(name, job):
+        fn()
+    console.print(f"{name}: done in {time.perf_counter() - start:.1f} s", highlight=False)
+
+
+def run(cfg: RunConfig, console: Console | None = None) -> dict:
+    """Run (or finish) a job. Returns {"stages": {name: "skipped"|"ran"|"planned"},
+    "results": results.json content or None, "report": report dir}."""
+    console = console or Console()
+    job = load_job(cfg.job)
+    if cfg.dry_run:
+        states = plan(job)
+        print_plan(job, states, console)
+        return {"stages": {s.name: "skipped" if s.done else "planned" for s in states},
+                "results": None, "report": str(job.report_dir)}
+    ran = {}
+    console.print(f"job {job.name} ({job.path}) → {job.out}", highlight=False)
+
+    from stages import evaluate as evaluate_stage
+    from stages import label as label_stage
+
+    label = _label_state(job)
+    if label.done:
+        console.print(f"label: complete, skipped ({job.labels_dir})", highlight=False)
+    else:
+        _timed(console, "label", job, lambda: label_stage.run(label_config(job, cfg.quiet)))
+    ran["label"] = "skipped" if label.done else "ran"
+
+    train, todo = _train_state(job)
+    if train.done:
+        console.print(f"train: all {len(job.students)} students complete, skipped",
+                      highlight=False)
+    else:
+        from stages import train as train_stage
+
+        with _stage("train", job):
+            paths = [student_path(job, s) for s in todo]
+        _timed(console, "train", job, lambda: train_stage.run(train_config(job, paths, cfg.quiet)))
+    ran["train"] = "skipped" if train.done else "ran"
+
+    ev_cfg = evaluate_config(job, cfg.quiet)
+    with _stage("evaluate", job):
+        fresh = is_up_to_date(ev_cfg)
+    if fresh:
+        console.print(f"evaluate: report up to date, skipped ({job.report_dir})",
+                      highlight=False)
+    else:
+        _timed(console, "evaluate", job, lambda: evaluate_stage.run(ev_cfg))
+    ran["evaluate"] = "skipped" if fresh else "ran"
+    results = load_results(job.report_dir)
+    print_leaderboard(results, job.report_dir, console)
+    return {"stages": ran, "results": results, "report": str(job.report_dir)}

@@ -1,0 +1,173 @@
+"""`pipeline evaluate` on a tiny labeled dataset with a really distilled student (stages.train)
+and a random-init one: every output file, sane values, and the refusals."""
+
+import json
+import math
+import shutil
+
+import polars as pl
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.tokenizer import train_bpe_tokenizer
+from stages.evaluate import EvaluateConfig, inputs_fingerprint, is_up_to_date, run
+from stages.label import LabelConfig
+from stages.label import run as label
+from stages.train import TrainConfig
+from stages.train import run as train
+from tests.conftest import make_teacher, run_cli
+
+STUDENT = """name = "{name}"
+[model]
+family = "gpt"
+n_layer = 1
+n_head = 2
+d_model = 16
+[train]
+batch_size = 8
+max_steps = {steps}
+eval_every = 25
+checkpoint_every = 1000
+[loss]
+kind = "kl_tail"
+alpha = 1.0
+"""
+MAX_ROWS, SEQ_LEN = 32, 32
+
+
+def student_file(tmp, name: str, steps: int):
+    path = tmp / f"{name}.toml"
+    path.write_text(STUDENT.format(name=name, steps=steps))
+    return path
+
+
+def fast(**kw) -> EvaluateConfig:
+    return EvaluateConfig(**{"max_rows": MAX_ROWS, "bench_warmup": 1, "bench_repeats": 2,
+                             "quiet": True, "device": "cpu", **kw})
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tiny_corpus, tiny_teacher, tiny_tokenizer):
+    """A dataset, a KD student trained on it for real, a random-init student, and the report."""
+    d = tmp_path_factory.mktemp("eval")
+    label(LabelConfig(corpus=str(tiny_corpus), out=str(d / "ds"), teacher=str(tiny_teacher),
+                      top_k=8, seq_len=SEQ_LEN, shard_rows=16, batch_size=8,
+                      validation_fraction=0.2, device="cpu", quiet=True))
+    train(TrainConfig(labels=str(d / "ds"), students=[str(student_file(d, "kd", 25))],
+                      out=str(d / "runs"), device="cpu", quiet=True))
+    make_teacher(tiny_tokenizer, d / "runs" / "random", seed=7, d_model=16, context=SEQ_LEN)
+    cfg = fast(labels=str(d / "ds"), runs=[str(d / "runs/random"), str(d / "runs/kd")],
+               teacher=str(tiny_teacher), out=str(d / "report"))
+    return d, cfg, run(cfg)
+
+
+@pytest.mark.slow
+def test_writes_every_output(pair):
+    d, cfg, results = pair
+    report = d / "report"
+    for name in ("results.json", "results.parquet", "report.md", "fidelity_vs_size.png",
+                 "training_curves.png"):
+        assert (report / name).is_file(), name
+    for png in report.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((report / "results.json").read_text()) == results
+    df = pl.read_parquet(report / "results.parquet")
+    assert df["name"].to_list() == [r["name"] for r in results["rows"]]
+    assert df["kl_tail"].to_list() == pytest.approx([r["kl_tail"] for r in results["rows"]])
+    md = (report / "report.md").read_text()
+    assert "| model |" in md and "(fidelity_vs_size.png)" in md and "(training_curves.png)" in md
+    for r in results["rows"]:
+        assert f"| {r['name']} |" in md
+
+
+@pytest.mark.slow
+def test_values_are_sane(pair, tiny_teacher):
+    d, cfg, results = pair
+    rows = {r["name"]: r for r in results["rows"]}
+    assert results["dataset"]["positions"] == MAX_ROWS * SEQ_LEN
+    teacher = rows[tiny_teacher.name]
+    assert teacher["role"] == "teacher" and teacher["kl_tail"] == 0.0
+    assert teacher["top1_agreement"] == 1.0 and teacher["speedup"] == 1.0
+    for r in rows.values():
+        assert r["kl_tail"] >= -1e-6 and 0 <= r["top1_agreement"] <= 1
+        assert 0 < r["topk_mass"] <= 1 and 0 <= r["top1_accuracy"] <= 1 and 0 <= r["ece"] <= 1
+        assert r["perplexity"] == pytest.approx(math.exp(r["ce"]))
+        assert r["positions"] == MAX_ROWS * (SEQ_LEN - 1)
+        assert r["tokens_per_s"] > 0 and r["latency_ms"] > 0
+        assert r["checkpoint_bytes"] == (d.parent / r["path"] / "model.safetensors").stat().st_size
+        assert r["size_ratio"] == pytest.approx(r["parameters"] / teacher["parameters"])
+        assert r["speedup"] == pytest.approx(r["tokens_per_s"] / teacher["tokens_per_s"])
+    assert rows["kd"]["parameters"] == rows["random"]["parameters"] < teacher["parameters"]
+
+
+@pytest.mark.slow
+def test_distilled_student_beats_random_init(pair):
+    _, _, results = pair
+    rows = {r["name"]: r for r in results["rows"]}
+    kd, rand = rows["kd"], rows["random"]
+    assert kd["top1_agreement"] > rand["top1_agreement"]
+    assert kd["kl_tail"] < rand["kl_tail"]
+    assert kd["topk_mass"] > rand["topk_mass"]
+    # leaderboard order: teacher, then most faithful first
+    assert [r["name"] for r in results["rows"]][1:] == ["kd", "random"]
+
+
+@pytest.mark.slow
+def test_fingerprint_tracks_inputs(pair, tmp_path):
+    d, cfg, _ = pair
+    assert is_up_to_date(cfg)
+    runs = tmp_path / "runs"
+    shutil.copytree(d / "runs", runs)
+    copy = fast(labels=cfg.labels, runs=[str(runs / "random"), str(runs / "kd")],
+                teacher=cfg.teacher, out=cfg.out)
+    assert inputs_fingerprint(copy) == inputs_fingerprint(cfg)  # same content, same name
+    before = inputs_fingerprint(copy)
+    complete = runs / "kd" / "complete.json"
+    complete.write_text(complete.read_text().replace("{", '{"retrained": 1, ', 1))
+    assert inputs_fingerprint(copy) != before
+    assert inputs_fingerprint(fast(**{**cfg.__dict__, "max_rows": 8})) != before
+
+
+@pytest.mark.slow
+def test_cli_prints_leaderboard_and_report_path(pair, tmp_path, tiny_teacher):
+    d, _, _ = pair
+    proc = run_cli("evaluate", "--labels", d / "ds", "--run", d / "runs/kd", "--teacher",
+                   tiny_teacher, "--out", tmp_path / "rep", "--max-rows", 4, "--bench-repeats",
+                   1, "--device", "cpu", "--quiet")
+    lines = proc.stdout.strip().splitlines()
+    assert any("kd" in line for line in lines) and "leaderboard" in proc.stdout
+    assert lines[-1].endswith(str(tmp_path / "rep" / "report.md"))
+
+
+def test_refuses_other_tokenizer_naming_both(pair, tmp_path, tiny_corpus):
+    d, cfg, _ = pair
+    texts = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
+    other_tok = tmp_path / "other.json"
+    train_bpe_tokenizer(texts, 330, other_tok)
+    other = make_teacher(other_tok, tmp_path / "other")
+    with pytest.raises(PipelineError) as info:
+        run(fast(labels=cfg.labels, runs=[str(other)], out=str(tmp_path / "r")))
+    msg = str(info.value)
+    assert "vocab 330" in msg and "vocab 320" in msg and str(other) in msg
+    assert not (tmp_path / "r").exists()
+
+
+def test_refuses_a_teacher_that_did_not_label(pair, tmp_path, tiny_tokenizer):
+    _, cfg, _ = pair
+    impostor = make_teacher(tiny_tokenizer, tmp_path / "impostor", seed=3)
+    with pytest.raises(PipelineError, match="is not the teacher that labeled"):
+        run(fast(labels=cfg.labels, runs=[cfg.runs[0]], teacher=str(impostor),
+                 out=str(tmp_path / "r")))
+
+
+def test_tokens_only_dataset_has_quality_but_no_fidelity(tmp_path, tiny_corpus, tiny_tokenizer):
+    label(LabelConfig(corpus=str(tiny_corpus), out=str(tmp_path / "ds"), top_k=0,
+                      tokenizer=str(tiny_tokenizer), seq_len=SEQ_LEN, shard_rows=16,
+                      validation_fraction=0.2, quiet=True))
+    model = make_teacher(tiny_tokenizer, tmp_path / "m")
+    res = run(fast(labels=str(tmp_path / "ds"), runs=[str(model)], out=str(tmp_path / "r"),
+                   max_rows=4))
+    row = res["rows"][0]
+    assert row["kl_tail"] is None and row["top1_agreement"] is None
+    assert row["ce"] == pytest.approx(math.log(320), abs=0.1)  # random init ≈ uniform
+    assert (tmp_path / "r" / "fidelity_vs_size.png").is_file()
