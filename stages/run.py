@@ -12,8 +12,9 @@ job does no work at all and a rerun of a broken one finishes it:
   what train would resolve now (same student, length and dataset);
 - evaluate is complete when the report's inputs fingerprint matches (pipeline/report.py).
 
-A stage failure is one line naming the stage (exit 1, or 2 for a bad student/job setting);
-an unexpected crash also leaves its traceback in OUT/run-error.log for the bug report.
+A lock file in OUT stops two runs of one job from overlapping (a scheduler firing again
+before the last run ended). A stage failure is one line naming the stage (exit 1, or 2 for a
+bad student/job setting); an unexpected crash also leaves its traceback in OUT/run-error.log.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ from rich.console import Console
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.jobs import Job, StudentEntry, load_job
+from pipeline.locking import LOCK, DirLock
 from pipeline.models.checkpoint import WEIGHTS
 from pipeline.report import print_leaderboard
 from pipeline.softlabels.manifest import MANIFEST, PLAN
@@ -212,12 +214,30 @@ def run(cfg: RunConfig, console: Console | None = None) -> dict:
         print_plan(job, states, console)
         return {"stages": {s.name: "skipped" if s.done else "planned" for s in states},
                 "results": None, "report": str(job.report_dir)}
-    ran = {}
     console.print(f"job {job.name} ({job.path}) → {job.out}", highlight=False)
+    with _job_lock(job):
+        return _run_stages(job, cfg, console)
 
+
+@contextlib.contextmanager
+def _job_lock(job: Job):
+    try:
+        lock = DirLock(job.out).__enter__()
+    except PipelineError as exc:  # a scheduled rerun overlapping a run still in progress
+        raise PipelineError(f"job {job.name}: {job.out} is locked by a live process (another "
+                            f"`pipeline run` of this job?); wait for it, or remove "
+                            f"{job.out / LOCK} if that process is gone") from exc
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_stages(job: Job, cfg: RunConfig, console: Console) -> dict:
     from stages import evaluate as evaluate_stage
     from stages import label as label_stage
 
+    ran = {}
     label = _label_state(job)
     if label.done:
         console.print(f"label: complete, skipped ({job.labels_dir})", highlight=False)

@@ -2,7 +2,10 @@
 a rerun of a broken job finishes only what is missing; a failing stage is named (exit 1)."""
 
 import io
+import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from rich.console import Console
 import stages.evaluate
 import stages.label
 import stages.train
+from pipeline.errors import PipelineError
 from stages.run import RunConfig, run
 from tests.conftest import run_cli
 
@@ -155,6 +159,20 @@ def test_rerun_of_broken_job_finishes_only_what_is_missing(finished, tmp_path, t
     assert (tmp_path / "out" / "runs" / "inline-gru" / "complete.json").is_file()
     assert weights.stat().st_mtime_ns == mtime  # the finished student was not retrained
     assert run_job(job)[0]["stages"]["evaluate"] == "skipped"
+
+
+@pytest.mark.slow
+def test_overlapping_run_is_refused(finished):
+    d, job, _, _ = finished
+    lock = d / "out" / ".lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # alive
+    try:
+        with pytest.raises(PipelineError, match="locked by a live process"):
+            run_job(job)
+    finally:
+        lock.unlink()
+    assert run_job(job)[0]["stages"]["label"] == "skipped"  # and the lock is released after
+    assert not lock.exists()
 
 
 def test_failing_stage_exits_1_naming_it(tmp_path, tiny_teacher):
