@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.benchmarking import BenchSettings, measure_costs
 from pipeline.device import autocast, resolve_device
@@ -63,10 +64,10 @@ def _check_args(cfg: EvaluateConfig) -> None:
         raise PipelineError(f"--batch-size {cfg.batch_size} must be >= 1")
     if cfg.max_rows is not None and cfg.max_rows < 1:
         raise PipelineError(f"--max-rows {cfg.max_rows} must be >= 1")
-    names = [Path(r).name for r in cfg.runs]
+    names = [Path(r).name for r in cfg.runs] + ([Path(cfg.teacher).name] if cfg.teacher else [])
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise PipelineError(f"two --run folders share the name {dupes[0]!r}: run names label the "
+        raise PipelineError(f"two models share the folder name {dupes[0]!r}: names label the "
                             "rows of the report, so give each run folder a distinct name")
 
 
@@ -108,8 +109,9 @@ def _load_models(cfg: EvaluateConfig, ds: SoftLabelDataset, device) -> list[_Mod
         m = load_model_dir(run, device)
         _check_model(m, ds, "--run")
         if not (Path(run) / COMPLETE).is_file():
-            warn.print(f"[yellow]warning:[/yellow] {run} has no {COMPLETE} (training did not "
-                       "finish); evaluating its last checkpoint", highlight=False, soft_wrap=True)
+            warn.print(f"[yellow]warning:[/yellow] {escape(run)} has no {COMPLETE} (training "
+                       "did not finish); evaluating its last checkpoint", highlight=False,
+                       soft_wrap=True)
         models.append(_Model(Path(run).name, "student", m))
     return models
 

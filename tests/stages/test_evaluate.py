@@ -171,3 +171,9 @@ def test_tokens_only_dataset_has_quality_but_no_fidelity(tmp_path, tiny_corpus, 
     assert row["kl_tail"] is None and row["top1_agreement"] is None
     assert row["ce"] == pytest.approx(math.log(320), abs=0.1)  # random init ≈ uniform
     assert (tmp_path / "r" / "fidelity_vs_size.png").is_file()
+
+
+def test_refuses_two_models_with_one_name(tmp_path):
+    with pytest.raises(PipelineError, match="share the folder name 'kd'"):
+        run(fast(labels=str(tmp_path), runs=[str(tmp_path / "a/kd"), str(tmp_path / "b/kd")],
+                 out=str(tmp_path / "r")))
