@@ -14,6 +14,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
+from pipeline.softlabels import checks
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.manifest import load_manifest, safe_shard_path
 
@@ -35,10 +36,12 @@ class SoftLabelDataset:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
-        self.spec = S.LabelSpec.from_dict(self.manifest["labels"])
-        self.seq_len = int(self.manifest["seq_len"])
+        # Untrusted input: every field used below is type- and range-checked first.
+        self.spec, self.seq_len = checks.manifest_fields(self.manifest, self.root / "manifest.json")
         self.shards: dict[str, list[ShardInfo]] = {}
         for split, entries in self.manifest["splits"].items():
+            for e in entries:
+                checks.shard_entry(e, split, self.root / "manifest.json")
             self.shards[split] = [
                 ShardInfo(split, i, safe_shard_path(self.root, e["path"]), e["path"],
                           int(e["rows"]), e["sha256"], int(e["bytes"]))
@@ -74,18 +77,34 @@ class SoftLabelDataset:
             raise PipelineError(f"shard {shard.rel}: schema does not match format "
                                 f"{self.manifest['format_version']} for labels "
                                 f"{self.spec.as_dict()}")
+        checks.shard_metadata(pf.schema_arrow.metadata, shard.rel, shard.split, self.spec,
+                              self.seq_len, self.tokenizer_sha256)
         return pf
 
     def read_table(self, shard: ShardInfo, verify: bool = True) -> pa.Table:
         if verify:
             self.verify_checksum(shard)
         try:
-            return self.open_shard(shard).read()
+            table = self.open_shard(shard).read()
         except pa.ArrowException as exc:
             raise PipelineError(f"shard {shard.rel} could not be decoded: {exc}") from exc
+        if table.num_rows != shard.rows:
+            raise PipelineError(f"shard {shard.rel}: {table.num_rows} rows on disk but the "
+                                f"manifest says {shard.rows}; the dataset is corrupt")
+        return table
 
-    def decode(self, table: pa.Table | pa.RecordBatch) -> dict[str, torch.Tensor]:
-        return decode_batch(table, self.spec, self.seq_len)
+    def decode(self, table: pa.Table | pa.RecordBatch,
+               where: str = "") -> dict[str, torch.Tensor]:
+        """Decode rows to tensors, refusing malformed rows and out-of-range values (`where`,
+        e.g. "shard shards/train/part-00000.parquet row group 3", names them in the error)."""
+        where = where or f"dataset {self.root}"
+        checks.row_lengths(table, self.spec, self.seq_len, where)
+        try:
+            batch = decode_batch(table, self.spec, self.seq_len)
+        except (ValueError, RuntimeError) as exc:  # e.g. a values buffer of the wrong size
+            raise PipelineError(f"{where}: rows could not be decoded ({exc})") from exc
+        checks.values(batch, self.spec.vocab_size, where)
+        return batch
 
 
 def _flat_values(column, dtype=None) -> np.ndarray:

@@ -168,7 +168,7 @@ class SoftLabelStream(IterableDataset):
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise PipelineError(f"shard {rel} row group {row_group} could not be read: "
                                 f"{exc}") from exc
-        return self.dataset.decode(table)
+        return self.dataset.decode(table, f"shard {rel} row group {row_group}")
 
 
 class StreamReader:

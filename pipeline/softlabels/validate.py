@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
+from pipeline.softlabels import checks
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.reader import ShardInfo, SoftLabelDataset, _flat_values
 
@@ -26,10 +27,14 @@ def check_table(ds: SoftLabelDataset, shard: ShardInfo, table: pa.Table) -> list
     problems = []
     if table.num_rows != shard.rows:
         problems.append(f"{name}: {table.num_rows} rows, manifest says {shard.rows}")
+    try:  # per row, not just in total: rows must not shift into each other
+        checks.row_lengths(table, spec, L, name)
+    except PipelineError as exc:
+        return problems + [str(exc)]
     ids = _flat_values(table.column(S.COL_INPUT_IDS), np.int64)
     if ids.size != table.num_rows * L:
         return problems + [f"{name}: input_ids length is not rows x seq_len ({L})"]
-    if (bad := ids >= spec.vocab_size).any():
+    if (bad := (ids < 0) | (ids >= spec.vocab_size)).any():
         problems.append(f"{name} row {_first_row(bad, L)}: input id >= vocab {spec.vocab_size}")
     if not spec.has_labels:
         return problems
@@ -39,7 +44,7 @@ def check_table(ds: SoftLabelDataset, shard: ShardInfo, table: pa.Table) -> list
     tail = _flat_values(table.column(S.COL_TAIL), np.float32)
     if top.size != ids.size * k or lp.size != ids.size * k or tail.size != ids.size:
         return problems + [f"{name}: label columns are not rows x seq_len x k ({L} x {k})"]
-    if (bad := top >= spec.vocab_size).any():
+    if (bad := (top < 0) | (top >= spec.vocab_size)).any():
         problems.append(f"{name} row {_first_row(bad, L * k)}: topk id >= vocab "
                         f"{spec.vocab_size}")
     if (bad := ~np.isfinite(lp)).any():
