@@ -47,12 +47,18 @@ def fast(**kw) -> EvaluateConfig:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, tiny_corpus, tiny_teacher, tiny_tokenizer):
-    """A dataset, a KD student trained on it for real, a random-init student, and the report."""
+def labeled(tmp_path_factory, tiny_corpus, tiny_teacher):
     d = tmp_path_factory.mktemp("eval")
     label(LabelConfig(corpus=str(tiny_corpus), out=str(d / "ds"), teacher=str(tiny_teacher),
                       top_k=8, seq_len=SEQ_LEN, shard_rows=16, batch_size=8,
                       validation_fraction=0.2, device="cpu", quiet=True))
+    return d
+
+
+@pytest.fixture(scope="module")
+def pair(labeled, tiny_teacher, tiny_tokenizer):
+    """A KD student trained on the dataset for real, a random-init student, and the report."""
+    d = labeled
     train(TrainConfig(labels=str(d / "ds"), students=[str(student_file(d, "kd", 25))],
                       out=str(d / "runs"), device="cpu", quiet=True))
     make_teacher(tiny_tokenizer, d / "runs" / "random", seed=7, d_model=16, context=SEQ_LEN)
@@ -139,24 +145,23 @@ def test_cli_prints_leaderboard_and_report_path(pair, tmp_path, tiny_teacher):
     assert lines[-1].endswith(str(tmp_path / "rep" / "report.md"))
 
 
-def test_refuses_other_tokenizer_naming_both(pair, tmp_path, tiny_corpus):
-    d, cfg, _ = pair
+def test_refuses_other_tokenizer_naming_both(labeled, tmp_path, tiny_corpus):
     texts = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
     other_tok = tmp_path / "other.json"
     train_bpe_tokenizer(texts, 330, other_tok)
     other = make_teacher(other_tok, tmp_path / "other")
     with pytest.raises(PipelineError) as info:
-        run(fast(labels=cfg.labels, runs=[str(other)], out=str(tmp_path / "r")))
+        run(fast(labels=str(labeled / "ds"), runs=[str(other)], out=str(tmp_path / "r")))
     msg = str(info.value)
     assert "vocab 330" in msg and "vocab 320" in msg and str(other) in msg
     assert not (tmp_path / "r").exists()
 
 
-def test_refuses_a_teacher_that_did_not_label(pair, tmp_path, tiny_tokenizer):
-    _, cfg, _ = pair
+def test_refuses_a_teacher_that_did_not_label(labeled, tmp_path, tiny_tokenizer):
+    student = make_teacher(tiny_tokenizer, tmp_path / "student", seed=2, context=SEQ_LEN)
     impostor = make_teacher(tiny_tokenizer, tmp_path / "impostor", seed=3)
     with pytest.raises(PipelineError, match="is not the teacher that labeled"):
-        run(fast(labels=cfg.labels, runs=[cfg.runs[0]], teacher=str(impostor),
+        run(fast(labels=str(labeled / "ds"), runs=[str(student)], teacher=str(impostor),
                  out=str(tmp_path / "r")))
 
 
