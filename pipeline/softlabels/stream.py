@@ -139,7 +139,14 @@ class SoftLabelStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        yield from self.iter_consumer(self.cfg.local_consumers[worker])
+        try:
+            yield from self.iter_consumer(self.cfg.local_consumers[worker])
+        except PipelineError as exc:
+            if info is None:
+                raise
+            # torch would re-raise it with the worker's traceback in the message; send the one
+            # line to the main process instead, which raises it (StreamReader.iter_epoch)
+            yield {"error": str(exc)}
 
     def iter_consumer(self, consumer: int) -> Iterator[dict]:
         mine, starts, batches = consumer_plan(self.units, self.cfg, self.epoch, consumer)
@@ -208,5 +215,7 @@ class StreamReader:
         for pos in range(start, len(order)):
             while order[pos] not in pending:
                 b = next(source)
+                if "error" in b:
+                    raise PipelineError(b["error"])
                 pending[(int(b.pop("consumer")), int(b.pop("index")))] = b
             yield pos, pending.pop(order[pos])
