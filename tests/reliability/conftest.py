@@ -1,0 +1,93 @@
+"""Helpers shared by the reliability tests: a small labeled dataset, the CLI run in-process (real
+exit codes and stderr, without paying a torch import per call), tiny student files, and ways to
+tamper with a dataset the way an untrusted producer could (values changed, checksums fixed)."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.hashing import sha256_file
+from stages.label import LabelConfig
+from stages.label import run as label
+
+TINY_GPT = '[model]\nfamily = "gpt"\nn_layer = 1\nn_head = 2\nd_model = 16\n'
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_thread():
+    """Tiny models are fastest on one thread, the CPUs are shared, and one thread everywhere
+    keeps in-process and subprocess teachers numerically identical."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, tiny_corpus, tiny_teacher) -> Path:
+    """~60 train rows in 16-row shards with 8-row row groups, plus a validation split."""
+    out = tmp_path_factory.mktemp("reliability") / "ds"
+    label(LabelConfig(corpus=str(tiny_corpus), out=str(out), teacher=str(tiny_teacher), top_k=4,
+                      seq_len=16, shard_rows=16, row_group_rows=8, batch_size=16,
+                      validation_fraction=0.2, limit_docs=30, device="cpu", quiet=True))
+    return out
+
+
+def copy_dataset(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "ds"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def write_student(tmp_path: Path, name: str = "s", body: str = TINY_GPT, **train) -> Path:
+    train = {"batch_size": 8, "epochs": 1, "eval_batches": 1, "checkpoint_every": 2, **train}
+    text = body + "[schedule]\nwarmup_steps = 1\n[train]\n" + "".join(
+        f"{k} = {v}\n" for k, v in train.items() if v is not None)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def edit_manifest(root: Path, fn) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    fn(m)
+    (root / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def rewrite_shard(root: Path, rel: str, mutate) -> None:
+    """Replace a shard's table by mutate(table) and record the new checksum in the manifest, as
+    a producer who controls both files would: only content checks can catch it."""
+    path = root / rel
+    table = mutate(pq.read_table(path))
+    pq.write_table(table, path, row_group_size=8)
+
+    def fix(m):
+        entry = next(e for shards in m["splits"].values() for e in shards if e["path"] == rel)
+        entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+
+    edit_manifest(root, fix)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `pipeline ARGS` in this process through the console entry point; returns
+    (exit code, stdout, stderr)."""
+    from pipeline.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["pipeline", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
