@@ -5,6 +5,7 @@ Every user-facing failure is a PipelineError: printed as one red line on stderr,
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,14 +86,24 @@ def train(
     data_seed: int = typer.Option(0, help="Seed of the shard/row shuffle (the read order)."),
     shuffle_rows: int = typer.Option(512, help="Rows shuffled together (shuffle buffer)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    workers: int | None = typer.Option(None, help="Train on a local dask cluster of N worker "
+                                       "processes: one task per student."),
+    scheduler: str | None = typer.Option(None, help="Train on an existing dask cluster: "
+                                         "tcp://HOST:PORT or a scheduler file."),
 ) -> None:
-    """Train students from a dataset, all in one read pass; resumable, skips finished ones."""
+    """Train students from a dataset, all in one read pass; resumable, skips finished ones.
+
+    Under `torchrun --nproc-per-node N -m pipeline train ...` each student trains across the N
+    processes (DDP; rank 0 writes the run folder)."""
     from stages.train import TrainConfig, run, summaries
 
     runs = run(TrainConfig(labels=str(labels), students=[str(s) for s in student],
                            out=str(out_dir), max_steps=max_steps, epochs=epochs, device=device,
                            resume=resume, num_workers=num_workers, data_seed=data_seed,
-                           shuffle_rows=shuffle_rows, quiet=quiet))
+                           shuffle_rows=shuffle_rows, quiet=quiet, workers=workers,
+                           scheduler=scheduler))
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return
     for name, s in summaries(runs).items():
         val = s.get("val_loss")
         out.print(f"{name}: {s['step']} steps, {s['tokens']:,} tokens, final loss "

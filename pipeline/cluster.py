@@ -40,15 +40,16 @@ def local_cluster(n_workers: int, gpus: int | None = None):
         raise PipelineError(f"--workers {n_workers} must be >= 1")
     if gpus is None:
         gpus = _visible_gpus()
+    # ":0": a random dashboard port, so clusters of several users on one host never collide.
     quiet = {"silence_logs": logging.ERROR}
     if not gpus:
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                            dashboard_address=None, **quiet)
+                            dashboard_address=":0", **quiet)
     # LocalCluster gives every worker the same options; SpecCluster lets each get its own GPU.
     workers = {i: {"cls": Nanny, "options": {
         "nthreads": 1, "resources": {"GPU": 1},
         "env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}}} for i in range(n_workers)}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
     return SpecCluster(workers=workers, scheduler=scheduler, **quiet)
 
 

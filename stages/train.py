@@ -21,7 +21,7 @@ from pathlib import Path
 import tomllib
 import torch
 
-from pipeline.device import resolve_device
+from pipeline import ddp
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.progress import positions_progress, rate_text
@@ -54,6 +54,8 @@ class TrainConfig:
     data_seed: int = 0
     shuffle_rows: int = 512
     quiet: bool = False
+    workers: int | None = None  # one dask task per student on a LocalCluster of N processes
+    scheduler: str | None = None  # ... or on an existing dask cluster (stages/train_dask.py)
 
 
 def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
@@ -142,9 +144,9 @@ def _open_runs(todo, reader, ds, cfg, device) -> list[StudentRun]:
     runs = []
     tokenizer = ds.root / "tokenizer.json"
     for spec, run_dir, resolved, action in todo:
-        run = StudentRun(spec, run_dir, device, tokenizer, _total_steps(spec, reader))
+        run = ddp.student_run(spec, run_dir, device, tokenizer, _total_steps(spec, reader))
         resumed = action == "resume" and run.load_checkpoint() is not None
-        if not resumed:  # fresh, or killed before its first checkpoint: start over
+        if not resumed and ddp.is_main():  # fresh, or killed before its first checkpoint
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run killed
             shutil.rmtree(run_dir / "state", ignore_errors=True)  # before its first checkpoint
@@ -175,15 +177,17 @@ def _after_step(run: StudentRun, val: list[dict], settings: dict, pass_rate: flo
 
 def _complete(run: StudentRun, pass_rate: float | None) -> None:
     """complete.json, written last: the orchestrator skips a student that has it."""
-    write_json_atomic(run.dir / COMPLETE, {**run.summary(),
-                                           "pass_tokens_per_s": pass_rate})
+    if ddp.is_main():  # under torchrun only rank 0 writes
+        write_json_atomic(run.dir / COMPLETE, {**run.summary(),
+                                               "pass_tokens_per_s": pass_rate})
 
 
 def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
                  device: torch.device) -> None:
     batch_size = todo[0][0].train.batch_size
-    sc = StreamConfig("train", batch_size, cfg.data_seed, cfg.shuffle_rows, cfg.num_workers)
-    reader = StreamReader(ds, sc, verify=False, pin_memory=device.type == "cuda")
+    sc = ddp.for_rank(StreamConfig("train", batch_size, cfg.data_seed, cfg.shuffle_rows,
+                                   cfg.num_workers))  # torchrun: this rank's rows only
+    reader = ddp.reader(ds, sc, verify=False, pin_memory=device.type == "cuda")
     if reader.rows == 0:
         raise PipelineError(f"dataset {ds.root} has no training rows (split 'train' is empty)")
     runs = _open_runs(todo, reader, ds, cfg, device)
@@ -195,7 +199,7 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
             _complete(r, None)
     active = [r for r in runs if not r.done]
     epoch, pos = min((r.position for r in active), default=(0, 0))
-    with positions_progress(disable=cfg.quiet) as progress:
+    with positions_progress(disable=cfg.quiet or not ddp.is_main()) as progress:
         tasks = {id(r): progress.add_task(r.spec.name, total=r.total_steps, completed=r.step,
                                           rate="") for r in runs}
         start, seen = time.perf_counter(), 0
@@ -230,7 +234,7 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
     if cfg.num_workers < 0 or cfg.shuffle_rows < 1:
         raise PipelineError("--num-workers must be >= 0 and shuffle rows >= 1")
     specs = _load_students(cfg, ds)
-    device = resolve_device(cfg.device)
+    device = ddp.setup(cfg.device)  # torchrun: join the process group, one device per rank
     out = Path(cfg.out)
     todo = []
     for spec in specs:
@@ -238,12 +242,18 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
         action = _prepare_dir(out / spec.name, resolved, cfg.resume)
         if action != "skip":
             todo.append((spec, out / spec.name, resolved, action))
-    if todo:
+    if todo and (cfg.workers or cfg.scheduler):  # one dask task per student
+        from stages.train_dask import train_on_cluster
+
+        train_on_cluster(cfg, [spec.path for spec, *_ in todo])
+    elif todo:
+        ddp.barrier()  # torchrun: every rank has read the run folders before rank 0 writes
         for split in ("train", VALIDATION):  # every shard we will read, before the first step
             for shard in ds.shards.get(split, []):
                 ds.verify_checksum(shard)
         for size in sorted({t[0].train.batch_size for t in todo}):
             _train_group(ds, [t for t in todo if t[0].train.batch_size == size], cfg, device)
+        ddp.barrier()  # complete.json exists before any rank returns
     return {spec.name: out / spec.name for spec in specs}
 
 
