@@ -110,7 +110,8 @@ class SoftLabelDataset:
 def _flat_values(column, dtype=None) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    values = column.values.to_numpy(zero_copy_only=False)
+    # flatten() honours slice offsets (a sliced ListArray's .values would not).
+    values = column.flatten().to_numpy(zero_copy_only=False)
     if dtype is not None:
         values = values.astype(dtype, copy=False)
     # Arrow buffers are read-only; torch tensors must own writable memory (one memcpy at most).

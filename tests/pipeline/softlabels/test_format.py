@@ -155,3 +155,12 @@ def test_decode_shapes_and_dtypes(dataset):
     b = ds.decode(ds.read_table(ds.split_shards("validation")[0]))
     assert b["input_ids"].dtype == torch.int64 and b["topk_logprobs"].dtype == torch.float32
     assert np.isfinite(b["topk_logprobs"].numpy()).all()
+
+
+def test_decode_respects_arrow_slices(dataset):
+    ds = SoftLabelDataset(dataset)
+    table = ds.read_table(ds.split_shards("train")[0])
+    full = ds.decode(table)
+    part = ds.decode(table.slice(3, 5))
+    for key, value in full.items():
+        assert torch.equal(part[key], value[3:8]), key
