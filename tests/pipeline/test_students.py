@@ -45,7 +45,7 @@ def test_resolved_file_round_trips(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "data/students").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_bundled_students_are_valid(path):
-    resolve_for_dataset(load_student(path), 8192, 256)
+    resolve_for_dataset(load_student(path), 8192, 32)
 
 
 @pytest.mark.parametrize("text,match", [
