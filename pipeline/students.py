@@ -8,10 +8,9 @@ Every run folder gets the *resolved* file (all defaults filled in) as `config.to
 """
 
 import math
+import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-import tomllib
 
 from pipeline.errors import ConfigError
 from pipeline.losses import KINDS, LossSpec

@@ -98,6 +98,9 @@ class StudentRun:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One optimizer step on a batch already on this run's device; returns loss parts."""
         start = time.perf_counter()
+        # A live teacher runs under inference_mode; autograd cannot save its tensors (the
+        # gathered top-k ids), so take ordinary copies (k-sized, cheap).
+        batch = {k: v.clone() if v.is_inference() else v for k, v in batch.items()}
         lr = lr_at(self.step, self.total_steps, self.spec)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

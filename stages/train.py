@@ -15,10 +15,10 @@ they already saw, so every student sees exactly the batches of an unbroken run.
 import json
 import shutil
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
 import torch
 
 from pipeline import ddp

@@ -1,9 +1,9 @@
 """Student TOML files: defaults, resolution against a dataset, and errors that name the key."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from pipeline.errors import ConfigError
 from pipeline.students import (

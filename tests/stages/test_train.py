@@ -181,3 +181,24 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, labeled):
     assert _metrics(run_dir) == [  # same losses at every step, each step logged once
         {**r, "tokens_per_s": g["tokens_per_s"]}
         for r, g in zip(_metrics(ref), _metrics(run_dir), strict=True)]
+
+
+def test_train_step_takes_a_live_teachers_topk(tmp_path, labeled, tiny_teacher):
+    """Online KD: the same step function trains from a teacher run on the fly."""
+    from pipeline.labeling import topk_from_logits
+    from pipeline.softlabels.reader import SoftLabelDataset
+    from pipeline.students import load_student, resolve_for_dataset
+    from pipeline.trainer import StudentRun
+
+    ds = SoftLabelDataset(labeled)
+    path = student(tmp_path, "online", loss="alpha = 1.0")
+    spec = resolve_for_dataset(load_student(path), ds.vocab_size, 16)
+    stu = StudentRun(spec, tmp_path / "online", torch.device("cpu"), labeled / "tokenizer.json",
+                     total_steps=8)
+    teacher = load_model_dir(tiny_teacher).model
+    ids = ds.decode(ds.read_table(ds.split_shards("train")[0]))["input_ids"][:8]
+    with torch.inference_mode():
+        top_ids, top_lp, tail = topk_from_logits(teacher(ids), 4)
+    batch = {"input_ids": ids, "topk_ids": top_ids, "topk_logprobs": top_lp, "tail_mass": tail}
+    losses = [float(stu.train_step(batch)["kd"]) for _ in range(8)]
+    assert losses[-1] < losses[0] and stu.step == 8
