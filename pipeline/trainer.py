@@ -214,8 +214,14 @@ class StudentRun:
         path = self.dir / METRICS
         if not path.is_file():
             return
-        keep = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the line a kill cut short
+                continue
+            if record["step"] <= self.step:
+                keep.append(line)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, path)

@@ -202,3 +202,20 @@ def test_train_step_takes_a_live_teachers_topk(tmp_path, labeled, tiny_teacher):
     batch = {"input_ids": ids, "topk_ids": top_ids, "topk_logprobs": top_lp, "tail_mass": tail}
     losses = [float(stu.train_step(batch)["kd"]) for _ in range(8)]
     assert losses[-1] < losses[0] and stu.step == 8
+
+
+def test_resume_drops_metrics_after_the_checkpoint_and_a_cut_line(tmp_path, labeled):
+    from pipeline.students import load_student, resolve_for_dataset
+    from pipeline.trainer import StudentRun
+
+    spec = resolve_for_dataset(load_student(student(tmp_path, "m")), 320, 16)
+    d = tmp_path / "m"
+    d.mkdir()
+    first = StudentRun(spec, d, torch.device("cpu"), labeled / "tokenizer.json", 10)
+    first.step = 2
+    first.save_checkpoint({})
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3)]
+    (d / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')  # killed mid-line
+    again = StudentRun(spec, d, torch.device("cpu"), labeled / "tokenizer.json", 10)
+    assert again.load_checkpoint()["step"] == 2 and again.step == 2
+    assert [r["step"] for r in _metrics(d)] == [1, 2]
