@@ -4,6 +4,7 @@ Every user-facing failure is a PipelineError: printed as one red line on stderr,
 (2 for a bad job/student file). Tracebacks are reserved for bugs.
 """
 
+import errno
 import json
 import os
 import sys
@@ -15,6 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.errors import PipelineError
+
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline teacher labeling for knowledge distillation: label a corpus once "
@@ -41,7 +44,8 @@ def label(
     row_group_rows: int = typer.Option(128, help="Rows per Parquet row group."),
     validation_fraction: float = typer.Option(0.02, help="Share of documents (by id hash) in "
                                               "the validation split."),
-    logprob_encoding: str = typer.Option("fp16", help="fp16 or fp32 log-probabilities."),
+    logprob_encoding: str = typer.Option("fp16", help="fp16, fp32 or u8 log-probabilities "
+                                         "(u8: linear on [--u8-min-logprob, 0], docs/FORMAT.md)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace a different dataset in --out."),
     limit_docs: int | None = typer.Option(None, help="Read only the first N documents."),
@@ -53,6 +57,16 @@ def label(
                                        "processes (one shard per task; one GPU each if any)."),
     scheduler: str | None = typer.Option(None, help="Label on an existing dask cluster: "
                                          "tcp://HOST:PORT or a scheduler file."),
+    mode: str = typer.Option("topk", help="topk (k per position), topp (smallest set reaching "
+                             "--top-p) or sampled (--samples draws, importance weights)."),
+    top_p: float = typer.Option(0.95, help="topp: mass each position's set must reach."),
+    min_k: int = typer.Option(1, help="topp: fewest entries per position."),
+    max_k: int = typer.Option(64, help="topp: most entries per position."),
+    samples: int = typer.Option(64, help="sampled: draws N per position."),
+    proposal_temperature: float = typer.Option(1.0, help="sampled: draw from the teacher at "
+                                               "this temperature (weights stay unbiased)."),
+    seed: int = typer.Option(0, help="sampled: seed of the draws (recorded; reproducible)."),
+    u8_min_logprob: float = typer.Option(-16.0, help="u8: log-probability of the lowest code."),
 ) -> None:
     """Run the teacher over a corpus once and write a soft-label dataset (resumable)."""
     from stages.label import LabelConfig, run
@@ -63,7 +77,9 @@ def label(
         batch_size=batch_size, shard_rows=shard_rows, row_group_rows=row_group_rows,
         validation_fraction=validation_fraction, logprob_encoding=logprob_encoding,
         device=device, overwrite=overwrite, limit_docs=limit_docs, text_column=text_column,
-        id_column=id_column, quiet=quiet, workers=workers, scheduler=scheduler))
+        id_column=id_column, quiet=quiet, workers=workers, scheduler=scheduler, mode=mode,
+        top_p=top_p, min_k=min_k, max_k=max_k, samples=samples,
+        proposal_temperature=proposal_temperature, seed=seed, u8_min_logprob=u8_min_logprob))
     s = manifest["summary"]
     out.print(f"dataset {out_dir}: {s['rows']:,} rows, {s['positions']:,} positions, "
               f"{s['bytes']:,} bytes ({s['bytes_per_position']:.2f} B/position)")
@@ -157,6 +173,32 @@ def inspect(dataset: Path = typer.Argument(..., help="Dataset directory."),
 
 
 @app.command()
+def audit(labels: Path = typer.Option(..., help="Soft-label dataset directory."),
+          teacher: Path = typer.Option(..., help="The teacher that labeled it (sha256 checked)."),
+          rows: int = typer.Option(64, help="Rows of the split to re-run the teacher on."),
+          split: str = typer.Option("validation", help="Split to read rows from."),
+          batch_size: int = typer.Option(8, help="Rows per teacher forward."),
+          device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
+          as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")
+          ) -> None:
+    """Re-run the teacher on N rows: full-vocabulary KL of the stored labels, coverage, bytes."""
+    from stages.audit import AuditConfig, run
+
+    r = run(AuditConfig(labels=str(labels), teacher=str(teacher), rows=rows, split=split,
+                        batch_size=batch_size, device=device))
+    if as_json:
+        sys.stdout.write(json.dumps(r, indent=2, sort_keys=True) + "\n")
+        return
+    t = Table(title=f"label audit {labels} ({r['mode']}, {r['logprob_encoding']})",
+              show_header=False)
+    for key in ("positions", "kl_mean", "kl_max", "coverage", "entries_per_position",
+                "tail_mass_max_error", "bytes_per_position"):
+        v = r[key]
+        t.add_row(key, f"{v:.6g}" if isinstance(v, float) else str(v))
+    out.print(t)
+
+
+@app.command()
 def bigram(labels: Path = typer.Option(..., help="Dataset directory (any label mode)."),
            max_rows: int | None = typer.Option(None, help="Fit on at most N train rows.")
            ) -> None:
@@ -232,6 +274,14 @@ def main() -> None:
         # escape: messages name TOML sections like [corpus], which rich would eat as markup
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        # A full disk can hit any write (a tokenizer copy, a report): not a bug, so one line.
+        where = exc.filename2 or exc.filename or "a file"
+        msg = f"writing {where} failed: {exc.strerror} (disk full? free space and rerun)"
+        err.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import pipeline
+from pipeline import labelmodes
 from pipeline.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
@@ -61,6 +62,15 @@ class LabelConfig:
     quiet: bool = False
     workers: int | None = None  # dask LocalCluster of N worker processes
     scheduler: str | None = None  # tcp://HOST:PORT or a scheduler file of an existing cluster
+    # label modes (format 1.1, pipeline/labelmodes.py); topk with fp16/fp32 writes format 1.0
+    mode: str = "topk"  # topk | topp | sampled
+    top_p: float = 0.95
+    min_k: int = 1
+    max_k: int = 64
+    samples: int = 64
+    proposal_temperature: float = 1.0
+    seed: int = 0
+    u8_min_logprob: float = S.U8_DEFAULT_MIN_LOGPROB  # --logprob-encoding u8: value of code 255
 
 
 def _check_args(cfg: LabelConfig) -> None:
@@ -83,6 +93,7 @@ def _check_args(cfg: LabelConfig) -> None:
     if cfg.logprob_encoding not in S.LOGPROB_ENCODINGS:
         raise PipelineError(f"--logprob-encoding {cfg.logprob_encoding!r}: valid are "
                             f"{sorted(S.LOGPROB_ENCODINGS)}")
+    labelmodes.check_args(cfg)
 
 
 def _load_inputs(cfg: LabelConfig, device: torch.device):
@@ -136,7 +147,9 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool) -> None:
     existing = None
     if plan_file.is_file():
         existing = json.loads(plan_file.read_text()).get("fingerprint")
-    foreign = [p.name for p in out.iterdir() if p.name not in (".lock",)] if out.exists() else []
+    # plan.json.tmp: left by a labeler killed while writing the plan; it is rewritten below
+    ignore = (".lock", PLAN + ".tmp")
+    foreign = [p.name for p in out.iterdir() if p.name not in ignore] if out.exists() else []
     if existing == plan["fingerprint"]:
         return
     if foreign and not overwrite:
@@ -174,7 +187,7 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
     mass = (sum(r["topk_mass_sum"] for r in records) / positions) if spec.has_labels else None
     stats = plan["corpus_stats"]
     return {
-        "format_version": S.FORMAT_VERSION,
+        "format_version": spec.format_version,
         "tool": {"name": "softlabel-pipeline", "version": pipeline.__version__},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan_fingerprint": plan["fingerprint"],
@@ -189,7 +202,8 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
         "summary": {"rows": sum(r["rows"] for r in records), "positions": positions,
                     "bytes": nbytes, "mean_topk_mass": mass,
                     "bytes_per_position": nbytes / max(positions, 1),
-                    "bytes_per_entry": nbytes / max(positions * max(spec.k, 1), 1)},
+                    "bytes_per_entry": nbytes / max(positions * max(spec.k, 1), 1),
+                    **labelmodes.summary_extras(spec, records, nbytes)},
     }
 
 
@@ -200,8 +214,7 @@ def run(cfg: LabelConfig) -> dict:
     # On a cluster the client only plans and describes the teacher; workers pick their own device.
     device = torch.device("cpu") if distributed else resolve_device(cfg.device)
     teacher, tokenizer = _load_inputs(cfg, device)
-    spec = S.LabelSpec("topk" if cfg.top_k else "none", cfg.top_k, tokenizer.vocab_size,
-                       S.id_type_for_vocab(tokenizer.vocab_size), cfg.logprob_encoding)
+    spec = labelmodes.build_spec(cfg, tokenizer.vocab_size)
     out = Path(cfg.out)
     with _client(cfg) as client, DirLock(out):
         plan = _plan(cfg, tokenizer, teacher, spec)
@@ -235,7 +248,7 @@ def _client(cfg: LabelConfig):
 
 
 def _shard_work(cfg, plan, spec, tokenizer, teacher) -> ShardWork:
-    kv = {"format_version": S.FORMAT_VERSION, "mode": spec.mode, "k": spec.k,
+    kv = {"format_version": spec.format_version, **spec.extras(), "mode": spec.mode, "k": spec.k,
           "vocab_size": spec.vocab_size, "id_type": spec.id_type,
           "logprob_encoding": spec.logprob_encoding, "seq_len": cfg.seq_len,
           "tokenizer_sha256": tokenizer.sha256,

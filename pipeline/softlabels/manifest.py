@@ -4,6 +4,7 @@ A dataset without a manifest is not a dataset (a labeler was interrupted); reade
 shards the manifest does not list, and never at paths outside the dataset directory.
 """
 
+import contextlib
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -21,11 +22,17 @@ def write_json_atomic(path: str | Path, obj) -> None:
     """tmp → fsync → rename → fsync dir: a reader sees the old file or the new one, never half."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, read-only: one line, and no half-written .tmp
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise PipelineError(f"writing {path} failed: {exc.strerror or exc} (disk full? free "
+                            "space and rerun)") from exc
     fsync_dir(path.parent)
 
 
