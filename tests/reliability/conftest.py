@@ -91,3 +91,48 @@ def cli(capsys, monkeypatch):
         return code, captured.out, captured.err
 
     return run
+
+
+# ---- labeling the same dataset in a subprocess (to kill or starve) and in-process -------------
+
+def label_opts(**overrides) -> dict:
+    """Tiny labeling settings: 16 documents, many small shards, seconds of CPU."""
+    return {"top_k": 4, "seq_len": 32, "batch_size": 8, "shard_rows": 16,
+            "validation_fraction": 0.2, "limit_docs": 16, "device": "cpu", "quiet": True,
+            **overrides}
+
+
+def label_argv(corpus, teacher, out, **opts) -> list[str]:
+    """`python -m pipeline.cli label ...` with the same settings as label_opts(**opts)."""
+    argv = [sys.executable, "-m", "pipeline.cli", "label", "--corpus", str(corpus), "--teacher",
+            str(teacher), "--out", str(out)]
+    for key, value in label_opts(**opts).items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def label_here(corpus, teacher, out, **opts) -> dict:
+    return label(LabelConfig(corpus=str(corpus), out=str(out), teacher=str(teacher),
+                             **label_opts(**opts)))
+
+
+def snapshot(root: Path) -> tuple[dict, dict]:
+    """(manifest without its timestamp, {shard path: pyarrow table}) of a finished dataset;
+    asserts the manifest lists every shard on disk and no temp file is left."""
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("created_at")
+    listed = [e["path"] for shards in m["splits"].values() for e in shards]
+    on_disk = sorted(p.relative_to(root).as_posix() for p in (root / "shards").rglob("*")
+                     if p.is_file())
+    assert sorted(listed) == on_disk, (listed, on_disk)
+    assert not [p for p in root.rglob("*.tmp")], list(root.rglob("*.tmp"))
+    return m, {rel: pq.read_table(root / rel) for rel in listed}
+
+
+def assert_same_dataset(got: Path, want: Path) -> None:
+    (m1, t1), (m2, t2) = snapshot(got), snapshot(want)
+    assert m1 == m2
+    assert t1.keys() == t2.keys()
+    for rel in t1:
+        assert t1[rel].equals(t2[rel], check_metadata=True), rel
