@@ -58,7 +58,7 @@ def test_bundled_students_are_valid(path):
     ("[model]\nfamily = 'lstm'\n", r"family 'lstm' is not a model family; valid are "
                                    r"\['gpt', 'gru'\]"),
     ("[loss]\nkind = 'kl_reverse'\n", r"kind 'kl_reverse' is not a loss; valid are "
-                                      r"\['kl_tail', 'kl_renorm', 'ce'\]"),
+                                      r"\['kl_tail', 'kl_renorm', 'ce'"),
     ("[train]\nbatch_size = '8'\n", r"key 'batch_size' must be int, got '8'"),
     ("[train]\nbatch_size = 0\n", r"batch_size must be > 0"),
     ("[optimizer]\nlr = true\n", r"key 'lr' must be float"),
