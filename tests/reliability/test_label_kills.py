@@ -1,0 +1,181 @@
+"""SIGKILL `pipeline label` at 10 seeded moments; each rerun must give the uninterrupted dataset.
+
+A kill can land in four places, and each leaves a different state behind:
+  before the first shard  - planning, loading, or interpreter start-up; maybe a plan.json
+  mid-shard               - some shards complete, one half-written as part-NNNNN.parquet.tmp
+  after the last shard    - every shard complete, no manifest yet
+  during the manifest     - every shard complete, a half-written manifest.json.tmp
+The moments are drawn by seed inside each phase of the measured timeline of an uninterrupted
+run (all within [0, its duration]). The first two phases are hit by timing alone; the last two
+last microseconds, so the labeler runs under a tiny test shim that pauses (and, for "during",
+first writes half of the manifest to manifest.json.tmp) just before the manifest is committed,
+and the kill lands in that pause. The process and the signal are real either way.
+
+After every kill, the state must match its phase and must not read as a dataset; after the
+rerun, every shard (as a pyarrow table, metadata included) and the manifest (all but
+created_at) must equal the uninterrupted run's, with no temp file left.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.softlabels.reader import SoftLabelDataset
+from tests.conftest import REPO
+from tests.reliability.conftest import assert_same_dataset, label_argv, label_here
+
+SEED = 20240610
+OPTS = {"shard_rows": 2, "batch_size": 2}  # 16 docs -> ~44 shards of 2 rows: a few seconds
+PHASES = ["before first shard"] * 3 + ["mid-shard"] * 4 + ["after last shard"] + \
+         ["during manifest write"] * 2
+
+# Runs the real CLI; only wraps the manifest commit point with an optional pause.
+SHIM = """
+import json, os, sys, time
+from pathlib import Path
+import stages.label as L
+from pipeline.cli import main
+phase, marker, real = os.environ.get("KILL_TEST_PHASE"), os.environ.get("KILL_TEST_MARKER"), \\
+    L.write_json_atomic
+def commit(path, obj):
+    if phase and Path(path).name == "manifest.json":
+        if phase == "during manifest write":
+            text = json.dumps(obj, indent=2, sort_keys=True)
+            with open(Path(path).with_name("manifest.json.tmp"), "w") as f:
+                f.write(text[: len(text) // 2]); f.flush(); os.fsync(f.fileno())
+        Path(marker).write_text(phase)
+        time.sleep(120)
+    return real(path, obj)
+L.write_json_atomic = commit
+sys.argv = ["pipeline", *sys.argv[1:]]
+main()
+"""
+
+
+def shim_cmd(corpus, teacher, out) -> list[str]:
+    argv = label_argv(corpus, teacher, out, **OPTS)
+    return [argv[0], "-c", SHIM, *argv[3:]]
+
+
+def records(out: Path) -> int:
+    return sum(len(os.listdir(d)) for d in (out / "_progress").glob("*")) \
+        if (out / "_progress").is_dir() else 0
+
+
+@dataclass
+class Timeline:
+    total: float  # start to exit of an uninterrupted run
+    first: float  # first completion record
+    last: float  # last completion record
+    shards: int
+
+
+def measure(corpus, teacher, out: Path, env: dict) -> Timeline:
+    start = time.monotonic()
+    proc = subprocess.Popen(shim_cmd(corpus, teacher, out), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = last = None
+    seen = 0
+    while proc.poll() is None:
+        n = records(out)
+        now = time.monotonic() - start
+        if n and first is None:
+            first = now
+        if n > seen:
+            seen, last = n, now
+        time.sleep(0.002)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    n = records(out)
+    return Timeline(time.monotonic() - start, first or 0.0, last or 0.0, n)
+
+
+@dataclass
+class Kill:
+    phase: str
+    delay: float  # seconds after the trigger
+    after_records: int = 0  # mid-shard trigger: this many shards complete
+
+
+def schedule(t: Timeline, rng: random.Random) -> list[Kill]:
+    per_shard = (t.last - t.first) / max(t.shards - 1, 1)
+    kills = []
+    for phase in PHASES:
+        if phase == "before first shard":  # well before the first record, whatever the load
+            kills.append(Kill(phase, rng.uniform(0.0, 0.6 * t.first)))
+        elif phase == "mid-shard":
+            kills.append(Kill(phase, rng.uniform(0.0, per_shard),
+                              rng.randint(1, max(1, t.shards - 3))))
+        else:  # the shim holds the process at the manifest until the kill
+            kills.append(Kill(phase, rng.uniform(0.0, 0.2)))
+    return kills
+
+
+def kill_at(kill: Kill, cmd: list[str], out: Path, marker: Path, env: dict) -> float:
+    """Start the labeler, wait for the kill's trigger, SIGKILL it; returns seconds run."""
+    hold = kill.phase in ("after last shard", "during manifest write")
+    env = {**env, "KILL_TEST_PHASE": kill.phase if hold else "",
+           "KILL_TEST_MARKER": str(marker)}
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = start + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if kill.phase == "before first shard" or (hold and marker.exists()) or \
+                (kill.phase == "mid-shard" and records(out) >= kill.after_records):
+            break
+        time.sleep(0.002)
+    time.sleep(kill.delay)
+    assert proc.poll() is None, f"labeler exited before the {kill.phase} kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return time.monotonic() - start
+
+
+def observed_phase(out: Path, shards: int) -> str:
+    n = records(out)
+    if n == 0:
+        return "before first shard"
+    if n < shards:
+        return "mid-shard"
+    if (out / "manifest.json.tmp").exists():
+        return "during manifest write"
+    return "after last shard"
+
+
+@pytest.mark.slow
+def test_sigkill_at_seeded_moments_then_rerun_equals_uninterrupted(tmp_path, tiny_corpus,
+                                                                   tiny_teacher):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = tmp_path / "ref"
+    timeline = measure(tiny_corpus, tiny_teacher, ref, env)
+    assert timeline.shards >= 20 and 0 < timeline.first < timeline.last < timeline.total
+    kills = schedule(timeline, random.Random(SEED))
+    assert all(k.delay <= timeline.total for k in kills)
+
+    outs = [tmp_path / f"killed-{i}" for i in range(len(kills))]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # 2 CPUs: overlap start-up, not compute
+        list(pool.map(lambda i: kill_at(kills[i], shim_cmd(tiny_corpus, tiny_teacher, outs[i]),
+                                        outs[i], tmp_path / f"marker-{i}", env),
+                      range(len(kills))))
+
+    for kill, out in zip(kills, outs):
+        tmps = sorted(q.name for q in out.rglob("*.tmp"))
+        print(f"{kill.phase:<22} +{kill.delay:.3f}s: {records(out)}/{timeline.shards} shards "
+              f"complete, temp files {tmps}")  # shown with pytest -s
+        assert observed_phase(out, timeline.shards) == kill.phase, (kill, records(out))
+        assert not (out / "manifest.json").exists()
+        with pytest.raises(PipelineError, match="no manifest.json"):
+            SoftLabelDataset(out)  # a killed run never reads as a dataset, tmp files or not
+        if kill.phase == "during manifest write":
+            assert (out / "manifest.json.tmp").stat().st_size > 0
+    for out in outs:
+        label_here(tiny_corpus, tiny_teacher, out, **OPTS)
+        assert_same_dataset(out, ref)
