@@ -35,18 +35,23 @@ def check_finite(logits: torch.Tensor, row_offset: int, shard_name: str) -> None
 @torch.inference_mode()
 def label_tokens(model: torch.nn.Module, tokens: np.ndarray, k: int, batch_size: int,
                  device: torch.device, shard_name: str = "shard",
-                 on_batch=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the teacher over [rows, seq] tokens in batches; return numpy ids, logprobs, tail."""
-    ids_out, lp_out, tail_out = [], [], []
+                 on_batch=None, select=None) -> tuple[np.ndarray, ...]:
+    """Run the teacher over [rows, seq] tokens in batches; return numpy ids, logprobs, tail.
+
+    `select(logits, first_row)` → a tuple of tensors replaces top-k (the other label modes,
+    pipeline/labelmodes.py); each element is concatenated over batches (int64 → int32).
+    """
+    if select is None:
+        def select(logits, _):
+            return topk_from_logits(logits, k)
+    parts = []
     for lo in range(0, tokens.shape[0], batch_size):
         batch = torch.from_numpy(tokens[lo:lo + batch_size].astype(np.int64)).to(device)
         with autocast(device):
             logits = model(batch)
         check_finite(logits, lo, shard_name)
-        ids, lp, tail = topk_from_logits(logits, k)
-        ids_out.append(ids.to(torch.int32).cpu().numpy())
-        lp_out.append(lp.cpu().numpy())
-        tail_out.append(tail.cpu().numpy())
+        parts.append([(t.to(torch.int32) if t.dtype == torch.int64 else t).cpu().numpy()
+                      for t in select(logits, lo)])
         if on_batch is not None:
             on_batch(batch.numel())
-    return np.concatenate(ids_out), np.concatenate(lp_out), np.concatenate(tail_out)
+    return tuple(np.concatenate(column) for column in zip(*parts))

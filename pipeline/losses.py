@@ -10,6 +10,10 @@ vocabulary and log-probabilities s = z - logsumexp(z); its tail is q_r = 1 - sum
 - `kl_renorm` (**biased**): KL between p and s each renormalised over S (what axolotl does). It
   ignores how much mass either model puts outside S, so it miscalibrates (arXiv 2503.16870).
 - `ce`: hard next-token cross-entropy on the tokens themselves (exact, needs no labels).
+- `sampled` (for `sampled` labels, pipeline/labelmodes.py): −Σ_j w_j s_j over the stored draws
+  with their importance weights; an **unbiased** estimate of the teacher cross-entropy
+  −Σ_v p_v s_v = H(p) + KL(p || q) (so it is offset from kl_tail by the teacher entropy).
+  Temperature does not apply to it.
 - Mix: alpha * KD + (1 - alpha) * CE.
 
 Temperature tau "scales within S": both coarsened distributions keep their S-vs-tail split
@@ -37,8 +41,10 @@ from dataclasses import dataclass
 
 import torch
 
-KINDS = ("kl_tail", "kl_renorm", "ce")
-KD_KINDS = ("kl_tail", "kl_renorm")
+from pipeline.softlabels.ragged import PAD_LOGPROB
+
+KINDS = ("kl_tail", "kl_renorm", "ce", "sampled")
+KD_KINDS = ("kl_tail", "kl_renorm", "sampled")
 # Smallest student tail mass we take a log of: keeps log q_r (and its gradient) finite when the
 # student puts all its mass inside S (k = vocab, or a confident student). Error <= r * 14.
 MIN_STUDENT_TAIL = 1e-6
@@ -129,7 +135,11 @@ def compute_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
     if spec.kind not in KD_KINDS:
         raise ValueError(f"unknown loss kind {spec.kind!r}: valid are {KINDS}")
     s = _student_logprobs_at(logits, lse, batch["topk_ids"])
-    if spec.kind == "kl_tail":
+    if "label_mask" in batch:  # variable-length labels (topp, sampled): padding counts as p = 0
+        s = s.masked_fill(~batch["label_mask"], PAD_LOGPROB)
+    if spec.kind == "sampled":
+        kd = -(batch["sample_weights"] * s).sum(-1).mean()
+    elif spec.kind == "kl_tail":
         kd = kl_tail_from_gathered(s, batch["topk_logprobs"], batch["tail_mass"],
                                    spec.temperature).mean()
     else:

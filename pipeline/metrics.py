@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.losses import kl_tail_from_gathered
+from pipeline.softlabels.ragged import PAD_LOGPROB
 
 ECE_BINS = 15
 
@@ -125,6 +126,8 @@ class MetricSums:
             self.fid_positions += batch["tail_mass"].numel()
         elif "topk_ids" in batch:
             on_topk = student_topk_logprobs(logprobs, batch["topk_ids"])
+            if "label_mask" in batch:  # topp/sampled padding: p = 0 for teacher and student
+                on_topk = on_topk.masked_fill(~batch["label_mask"], PAD_LOGPROB)
             self.kl += float(tail_kl(batch["topk_logprobs"], batch["tail_mass"],
                                      on_topk).double().sum())
             self.agree += float(top1_agreement(batch["topk_ids"][..., 0], logits).sum())

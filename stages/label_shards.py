@@ -22,6 +22,7 @@ from pathlib import Path
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.labeling import label_tokens
+from pipeline.labelmodes import selector
 from pipeline.packing import ShardInput
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.writer import ShardLabels, build_table, write_shard
@@ -46,8 +47,9 @@ class ShardWork:
                 on_batch(shard_input.tokens.size)
             return None
         name = f"{shard_input.split}/part-{shard_input.index:05d}"
+        select = selector(self.spec, shard_input.split, shard_input.index)  # None: top-k
         return ShardLabels(*label_tokens(model, shard_input.tokens, self.spec.k, self.batch_size,
-                                         device, name, on_batch))
+                                         device, name, on_batch, select))
 
     def write(self, shard_input: ShardInput, labels: ShardLabels | None) -> dict:
         """Atomic write named by (split, index); returns the completion record."""

@@ -24,6 +24,7 @@ import torch
 from pipeline import ddp
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.hashing import sha256_file
+from pipeline.labelmodes import match_loss
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.manifest import write_json_atomic
 from pipeline.softlabels.reader import SoftLabelDataset
@@ -76,6 +77,7 @@ def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
             raise ConfigError(f"{path}: [loss] kind {spec.loss.kind!r} needs soft labels but "
                               f"dataset {ds.root} is tokens only (labels mode 'none'); set "
                               "[loss] kind = \"ce\" or label the corpus with a teacher")
+        spec = match_loss(spec, ds.spec)  # sampled labels → `sampled` loss; refuse mismatches
         specs.append(spec)
     return specs
 

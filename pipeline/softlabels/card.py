@@ -24,7 +24,7 @@ Made by softlabel-pipeline {m['tool']['version']} on {m['created_at']}
   {corpus['documents_skipped_empty']:,} empty skipped, {corpus['non_utf8_documents']:,} with
   non-UTF-8 bytes replaced · validation fraction {corpus['validation_fraction']}
 - **Labels**: mode `{labels['mode']}` · k = {labels['k']} · ids `{labels['id_type']}` ·
-  log-probs `{labels['logprob_encoding']}` · seq_len {m['seq_len']}
+  log-probs `{labels['logprob_encoding']}` · seq_len {m['seq_len']}{_extras(labels)}
 - **Mean top-k mass**: {'-' if mass is None else f'{mass:.4f}'} ·
   **bytes/position**: {summary['bytes_per_position']:.2f}
 
@@ -46,6 +46,14 @@ Position t's `topk_ids`/`topk_logprobs` (flattened, k per position) describe the
 distribution of token t+1; `tail_mass` is the probability outside the stored ids.
 Check integrity with `pipeline validate .`.
 """
+
+
+def _extras(labels: dict) -> str:
+    """Format 1.1 mode/encoding parameters (top_p, samples, ...), if any."""
+    from pipeline.softlabels.schema import OPTIONAL_FIELDS
+
+    extra = [f"{k} = {labels[k]}" for k in OPTIONAL_FIELDS if k in labels]
+    return (" · " + " · ".join(extra)) if extra else ""
 
 
 def write_card(root: Path, manifest: dict) -> None:

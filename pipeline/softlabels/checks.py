@@ -8,6 +8,8 @@ a NaN loss many steps later. They are vectorised: a few reductions per row group
 Python, so the trainer can afford them on every batch it decodes.
 """
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -45,10 +47,46 @@ def manifest_fields(manifest: dict, path) -> tuple[S.LabelSpec, int]:
         problem = f"seq_len {seq_len!r} must be a positive integer"
     elif not isinstance(sha, str):
         problem = f"tokenizer.sha256 {sha!r} must be a string"
+    else:
+        problem = mode_fields(spec)
     if problem:
         raise PipelineError(f"{path}: {problem}; the dataset is corrupt - re-download or "
                             "relabel it")
     return spec, seq_len
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def mode_fields(spec: S.LabelSpec) -> str | None:
+    """The 1.1 fields (top-p, sampled, u8): present exactly when used, typed and in range."""
+    want = set()
+    if spec.logprob_encoding == "u8":
+        want.add("logprob_u8_min")
+        if not (_is_num(spec.logprob_u8_min) and spec.logprob_u8_min < 0):
+            return f"labels.logprob_u8_min {spec.logprob_u8_min!r} must be a number < 0"
+    if spec.variable and not spec.k <= min(spec.vocab_size, np.iinfo(np.uint16).max):
+        return f"labels.k {spec.k} exceeds the vocabulary (or 65535) for mode {spec.mode!r}"
+    if spec.mode == "topp":
+        want |= {"top_p", "min_k"}
+        if not (_is_num(spec.top_p) and 0 < spec.top_p <= 1):
+            return f"labels.top_p {spec.top_p!r} must be in (0, 1]"
+        if not (_is_int(spec.min_k) and 1 <= spec.min_k <= spec.k):
+            return f"labels.min_k {spec.min_k!r} must be an integer in [1, k = {spec.k}]"
+    if spec.mode == "sampled":
+        want |= {"samples", "proposal_temperature", "seed"}
+        if not (_is_int(spec.samples) and 1 <= spec.samples <= np.iinfo(np.uint16).max
+                and spec.k == min(spec.samples, spec.vocab_size)):
+            return (f"labels.samples {spec.samples!r} must be an integer in [1, 65535] with "
+                    f"k = min(samples, vocab_size) (k is {spec.k!r})")
+        if not (_is_num(spec.proposal_temperature) and spec.proposal_temperature > 0):
+            return f"labels.proposal_temperature {spec.proposal_temperature!r} must be > 0"
+        if not (_is_int(spec.seed) and spec.seed >= 0):
+            return f"labels.seed {spec.seed!r} must be an integer >= 0"
+    if extra := sorted(set(spec.extras()) - want):
+        return f"labels.{extra[0]} does not belong to mode {spec.mode!r} / {spec.logprob_encoding}"
+    return None
 
 
 def shard_entry(entry: dict, split: str, path) -> None:
@@ -73,7 +111,8 @@ def shard_metadata(metadata: dict | None, rel: str, split: str, spec: S.LabelSpe
                             "upgrade softlabel-pipeline or relabel")
     want = {"mode": spec.mode, "k": str(spec.k), "vocab_size": str(spec.vocab_size),
             "id_type": spec.id_type, "logprob_encoding": spec.logprob_encoding,
-            "seq_len": str(seq_len), "tokenizer_sha256": tokenizer_sha256, "split": split}
+            "seq_len": str(seq_len), "tokenizer_sha256": tokenizer_sha256, "split": split,
+            **{k: str(v) for k, v in spec.extras().items()}}  # 1.1 fields, when used
     for key, value in want.items():
         got = meta.get(f"softlabels.{key}")
         if got != value:
@@ -90,6 +129,8 @@ def row_lengths(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec, seq_len: in
     """Every row holds exactly seq_len positions (x k entries): rows cannot shift into each
     other even when the flat totals add up."""
     widths = {S.COL_INPUT_IDS: seq_len}
+    if spec.variable:
+        return _variable_lengths(table, spec, seq_len, where)
     if spec.has_labels:
         widths.update({S.COL_TOPK_IDS: seq_len * spec.k, S.COL_TOPK_LOGPROBS: seq_len * spec.k,
                        S.COL_TAIL: seq_len})
@@ -104,6 +145,42 @@ def row_lengths(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec, seq_len: in
             row = int(np.flatnonzero(bad)[0])
             raise PipelineError(f"{where} row {row}: column {name} has {lengths[row]} values, "
                                 f"expected {width} (seq_len {seq_len}, k {spec.k})")
+
+
+def _lengths(table, name: str, where: str) -> tuple[pa.ListArray, np.ndarray]:
+    col = table.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.null_count or col.values.null_count:
+        raise PipelineError(f"{where}: column {name} holds nulls; the shard is corrupt")
+    return col, np.diff(np.asarray(col.offsets))
+
+
+def _variable_lengths(table, spec: S.LabelSpec, seq_len: int, where: str) -> None:
+    """1.1 topp/sampled: seq_len per-position columns; label_counts in [1, k]; each entry
+    column holds, per row, exactly the sum of that row's counts."""
+    per_position = [S.COL_INPUT_IDS, S.COL_TAIL, S.COL_COUNTS]
+    per_entry = [S.COL_TOPK_IDS, S.COL_TOPK_LOGPROBS]
+    per_position += [S.COL_LOG_NORM] if spec.tempered else []
+    per_entry += [S.COL_SAMPLE_COUNTS] if spec.mode == "sampled" else []
+    for name in per_position:
+        _, lengths = _lengths(table, name, where)
+        if (bad := lengths != seq_len).any():
+            row = int(np.flatnonzero(bad)[0])
+            raise PipelineError(f"{where} row {row}: column {name} has {lengths[row]} values, "
+                                f"expected seq_len {seq_len}")
+    col, _ = _lengths(table, S.COL_COUNTS, where)
+    counts = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    if (bad := (counts < 1) | (counts > spec.k)).any():
+        raise PipelineError(f"{where} row {int(np.flatnonzero(bad)[0]) // seq_len}: "
+                            f"{S.COL_COUNTS} outside [1, k = {spec.k}]")
+    want = counts.reshape(-1, seq_len).sum(axis=1)
+    for name in per_entry:
+        _, lengths = _lengths(table, name, where)
+        if (bad := lengths != want).any():
+            row = int(np.flatnonzero(bad)[0])
+            raise PipelineError(f"{where} row {row}: column {name} has {lengths[row]} values, "
+                                f"its {S.COL_COUNTS} sum to {want[row]}")
 
 
 def values(batch: dict[str, torch.Tensor], vocab_size: int, where: str) -> None:
@@ -122,3 +199,6 @@ def values(batch: dict[str, torch.Tensor], vocab_size: int, where: str) -> None:
     tail = batch.get("tail_mass")
     if tail is not None and tail.numel() and (bad := ~((tail >= 0) & (tail <= 1))).any():
         raise PipelineError(f"{where} row {_first_row(bad)}: tail mass outside [0, 1]")
+    w = batch.get("sample_weights")
+    if w is not None and w.numel() and (bad := ~(torch.isfinite(w) & (w >= 0))).any():
+        raise PipelineError(f"{where} row {_first_row(bad)}: sample weight not finite and >= 0")

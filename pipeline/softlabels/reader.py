@@ -14,8 +14,9 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
-from pipeline.softlabels import checks
+from pipeline.softlabels import checks, ragged
 from pipeline.softlabels import schema as S
+from pipeline.softlabels.encodings import decode_logprobs, importance_weights
 from pipeline.softlabels.manifest import load_manifest, safe_shard_path
 
 
@@ -121,16 +122,50 @@ def _flat_values(column, dtype=None) -> np.ndarray:
 def decode_batch(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec,
                  seq_len: int) -> dict[str, torch.Tensor]:
     """Arrow rows → {input_ids [R, L] int64, topk_ids [R, L, K] int64,
-    topk_logprobs [R, L, K] float32, tail_mass [R, L] float32}."""
+    topk_logprobs [R, L, K] float32, tail_mass [R, L] float32}.
+
+    Variable modes (topp, sampled) are padded to K = spec.k and add `label_mask` [R, L, K] bool
+    (padding: id 0, log-probability ragged.PAD_LOGPROB); sampled adds `sample_weights`
+    [R, L, K] float32 (importance weights, 0 at padding; encodings.importance_weights)."""
     rows = table.num_rows
     out = {"input_ids": torch.from_numpy(
         _flat_values(table.column(S.COL_INPUT_IDS), np.int64).reshape(rows, seq_len))}
+    if spec.variable:
+        return {**out, **_decode_variable(table, spec, seq_len)}
     if spec.has_labels:
         k = spec.k
         out["topk_ids"] = torch.from_numpy(
             _flat_values(table.column(S.COL_TOPK_IDS), np.int64).reshape(rows, seq_len, k))
-        out["topk_logprobs"] = torch.from_numpy(
-            _flat_values(table.column(S.COL_TOPK_LOGPROBS), np.float32).reshape(rows, seq_len, k))
+        out["topk_logprobs"] = torch.from_numpy(decode_logprobs(
+            _flat_values(table.column(S.COL_TOPK_LOGPROBS)), spec).reshape(rows, seq_len, k))
         out["tail_mass"] = torch.from_numpy(
             _flat_values(table.column(S.COL_TAIL), np.float32).reshape(rows, seq_len))
+    return out
+
+
+def _decode_variable(table, spec: S.LabelSpec, seq_len: int) -> dict[str, torch.Tensor]:
+    """Flat entries + label_counts → padded [R, L, k] tensors and a mask (offsets arithmetic)."""
+    rows, k = table.num_rows, spec.k
+    counts = _flat_values(table.column(S.COL_COUNTS), np.int64)
+    pos, rank, mask = ragged.unpad_index(counts, k)
+    n = counts.size
+
+    def padded(column: str, flat: np.ndarray, fill) -> np.ndarray:
+        if flat.size != pos.size:
+            raise ValueError(f"{column} holds {flat.size} entries, label_counts sum to {pos.size}")
+        return ragged.to_padded(flat, pos, rank, n, k, fill).reshape(rows, seq_len, k)
+
+    ids = padded(S.COL_TOPK_IDS, _flat_values(table.column(S.COL_TOPK_IDS), np.int64), 0)
+    lp = padded(S.COL_TOPK_LOGPROBS, decode_logprobs(
+        _flat_values(table.column(S.COL_TOPK_LOGPROBS)), spec), ragged.PAD_LOGPROB)
+    out = {"topk_ids": torch.from_numpy(ids), "topk_logprobs": torch.from_numpy(lp),
+           "tail_mass": torch.from_numpy(
+               _flat_values(table.column(S.COL_TAIL), np.float32).reshape(rows, seq_len)),
+           "label_mask": torch.from_numpy(mask.reshape(rows, seq_len, k))}
+    if spec.mode == "sampled":
+        draws = padded(S.COL_SAMPLE_COUNTS,
+                       _flat_values(table.column(S.COL_SAMPLE_COUNTS), np.float32), 0.0)
+        log_norm = (_flat_values(table.column(S.COL_LOG_NORM), np.float32).reshape(rows, seq_len)
+                    if spec.tempered else None)
+        out["sample_weights"] = torch.from_numpy(importance_weights(draws, lp, log_norm, spec))
     return out

@@ -3,6 +3,11 @@
 One Parquet row = one packed sequence of `seq_len` tokens. Per-position label arrays are stored
 flattened in row-major order (position-major, then rank within the position) so a whole row group
 decodes with one `numpy` view per column and no per-row Python.
+
+Format 1.1 adds label modes with a variable number of entries per position (`topp`, `sampled`,
+with a per-position `label_counts` column) and the `u8` log-probability encoding. A dataset is
+stamped with the lowest version whose features it uses, so top-k fp16/fp32 datasets stay 1.0
+and readable by 1.0 readers.
 """
 
 from dataclasses import asdict, dataclass
@@ -10,17 +15,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # the newest version this code reads and writes
 FORMAT_MAJOR = 1
-LOGPROB_ENCODINGS = {"fp32": pa.float32(), "fp16": pa.float16()}
+LOGPROB_ENCODINGS = {"fp32": pa.float32(), "fp16": pa.float16(), "u8": pa.uint8()}
 ID_TYPES = {"uint16": pa.uint16(), "int32": pa.int32()}
-MODES = ("topk", "none")
+MODES = ("topk", "topp", "sampled", "none")
+VARIABLE_MODES = ("topp", "sampled")  # a per-position count of stored entries
+U8_DEFAULT_MIN_LOGPROB = -16.0
 
 COL_INPUT_IDS = "input_ids"
 COL_DOC_IDS = "doc_ids"
 COL_TOPK_IDS = "topk_ids"
 COL_TOPK_LOGPROBS = "topk_logprobs"
 COL_TAIL = "tail_mass"
+COL_COUNTS = "label_counts"  # 1.1, topp/sampled: entries stored at each position
+COL_SAMPLE_COUNTS = "sample_counts"  # 1.1, sampled: draws (of N) that hit each stored id
+COL_LOG_NORM = "proposal_log_norm"  # 1.1, sampled with T != 1: log sum_v p_v^(1/T)
 
 
 def id_type_for_vocab(vocab_size: int) -> str:
@@ -28,26 +38,65 @@ def id_type_for_vocab(vocab_size: int) -> str:
     return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "int32"
 
 
+BASE_FIELDS = ("mode", "k", "vocab_size", "id_type", "logprob_encoding")
+# 1.1 fields, present in the manifest only when the mode/encoding uses them (None otherwise)
+OPTIONAL_FIELDS = ("top_p", "min_k", "samples", "proposal_temperature", "seed",
+                   "logprob_u8_min")
+
+
 @dataclass(frozen=True)
 class LabelSpec:
-    """What a dataset stores: `mode` topk with k entries per position, or none (tokens only)."""
+    """What a dataset stores. `k` is the most entries a position holds: exactly k for topk,
+    1..k for topp (k = max_k) and sampled (k = min(samples, vocab)); 0 for none (tokens only)."""
 
     mode: str
     k: int
     vocab_size: int
     id_type: str
     logprob_encoding: str = "fp16"
+    top_p: float | None = None  # topp
+    min_k: int | None = None  # topp
+    samples: int | None = None  # sampled: draws N per position
+    proposal_temperature: float | None = None  # sampled: draws come from p^(1/T)
+    seed: int | None = None  # sampled
+    logprob_u8_min: float | None = None  # u8: the log-probability of code 255
 
     @property
     def has_labels(self) -> bool:
         return self.mode != "none"
 
+    @property
+    def variable(self) -> bool:
+        """Entries per position vary (a label_counts column says how many)."""
+        return self.mode in VARIABLE_MODES
+
+    @property
+    def tempered(self) -> bool:
+        return self.mode == "sampled" and self.proposal_temperature != 1.0
+
+    @property
+    def format_version(self) -> str:
+        """The lowest format version that has every feature this dataset uses."""
+        new = self.mode not in ("topk", "none") or self.logprob_encoding not in ("fp16", "fp32")
+        return "1.1" if new else "1.0"
+
+    def extras(self) -> dict:
+        """The 1.1 fields this spec sets (empty for a 1.0 dataset)."""
+        return {k: getattr(self, k) for k in OPTIONAL_FIELDS if getattr(self, k) is not None}
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        return {**{k: d[k] for k in BASE_FIELDS}, **self.extras()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSpec":
-        return cls(**{k: d[k] for k in ("mode", "k", "vocab_size", "id_type", "logprob_encoding")})
+        return cls(**{k: d[k] for k in BASE_FIELDS},
+                   **{k: d[k] for k in OPTIONAL_FIELDS if k in d})
+
+
+def count_type(n: int) -> pa.DataType:
+    """Narrowest unsigned type for counts up to n (entries per position, draws per id)."""
+    return pa.uint8() if n <= np.iinfo(np.uint8).max else pa.uint16()
 
 
 def arrow_schema(spec: LabelSpec) -> pa.Schema:
@@ -57,6 +106,12 @@ def arrow_schema(spec: LabelSpec) -> pa.Schema:
         fields += [pa.field(COL_TOPK_IDS, pa.list_(ID_TYPES[spec.id_type])),
                    pa.field(COL_TOPK_LOGPROBS, pa.list_(LOGPROB_ENCODINGS[spec.logprob_encoding])),
                    pa.field(COL_TAIL, pa.list_(pa.float32()))]
+    if spec.variable:
+        fields.append(pa.field(COL_COUNTS, pa.list_(count_type(spec.k))))
+    if spec.mode == "sampled":
+        fields.append(pa.field(COL_SAMPLE_COUNTS, pa.list_(count_type(spec.samples or 0))))
+    if spec.tempered:
+        fields.append(pa.field(COL_LOG_NORM, pa.list_(pa.float32())))
     return pa.schema(fields)
 
 

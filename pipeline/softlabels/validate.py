@@ -10,11 +10,13 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
-from pipeline.softlabels import checks
+from pipeline.softlabels import checks, ragged
 from pipeline.softlabels import schema as S
+from pipeline.softlabels.encodings import decode_logprobs
 from pipeline.softlabels.reader import ShardInfo, SoftLabelDataset, _flat_values
 
-LOGPROB_SLACK = {"fp32": 1e-6, "fp16": 1e-3}  # rounding can make equal values look unordered
+LOGPROB_SLACK = {"fp32": 1e-6, "fp16": 1e-3, "u8": 1e-6}  # rounding can reorder equal values
+TOPP_SLACK = 1e-6  # stored mass is 1 - tail, and tail is float32
 
 
 def _first_row(mask_per_position: np.ndarray, per_row: int) -> int:
@@ -38,26 +40,69 @@ def check_table(ds: SoftLabelDataset, shard: ShardInfo, table: pa.Table) -> list
         problems.append(f"{name} row {_first_row(bad, L)}: input id >= vocab {spec.vocab_size}")
     if not spec.has_labels:
         return problems
-    k = spec.k
+    counts = (_flat_values(table.column(S.COL_COUNTS), np.int64) if spec.variable
+              else np.full(ids.size, spec.k, dtype=np.int64))
     top = _flat_values(table.column(S.COL_TOPK_IDS), np.int64)
-    lp = _flat_values(table.column(S.COL_TOPK_LOGPROBS), np.float32)
+    lp = decode_logprobs(_flat_values(table.column(S.COL_TOPK_LOGPROBS)), spec)
     tail = _flat_values(table.column(S.COL_TAIL), np.float32)
-    if top.size != ids.size * k or lp.size != ids.size * k or tail.size != ids.size:
-        return problems + [f"{name}: label columns are not rows x seq_len x k ({L} x {k})"]
+    if top.size != counts.sum() or lp.size != top.size or tail.size != ids.size:
+        return problems + [f"{name}: label columns are not rows x seq_len x k ({L} x {spec.k})"]
+    pos, _ = ragged.entry_positions(counts)  # the position of every stored entry
+
+    def entry_row(bad: np.ndarray) -> int:
+        return int(pos[np.flatnonzero(bad)[0]] // L)
+
     if (bad := (top < 0) | (top >= spec.vocab_size)).any():
-        problems.append(f"{name} row {_first_row(bad, L * k)}: topk id >= vocab "
-                        f"{spec.vocab_size}")
+        problems.append(f"{name} row {entry_row(bad)}: topk id >= vocab {spec.vocab_size}")
+    elif (bad := _duplicates(pos, top, spec.vocab_size)).any():
+        problems.append(f"{name} row {entry_row(bad)}: an id is stored twice at one position")
     if (bad := ~np.isfinite(lp)).any():
-        problems.append(f"{name} row {_first_row(bad, L * k)}: non-finite log-probability")
+        problems.append(f"{name} row {entry_row(bad)}: non-finite log-probability")
     elif (bad := lp > 0).any():
-        problems.append(f"{name} row {_first_row(bad, L * k)}: positive log-probability")
+        problems.append(f"{name} row {entry_row(bad)}: positive log-probability")
     else:
         slack = LOGPROB_SLACK.get(spec.logprob_encoding, 1e-3)
-        lp2 = lp.reshape(-1, k)
-        if (bad := (np.diff(lp2, axis=1) > slack).any(axis=1)).any():
-            problems.append(f"{name} row {_first_row(bad, L)}: log-probabilities not descending")
+        bad = np.concatenate([[False], (np.diff(lp) > slack) & (pos[1:] == pos[:-1])])
+        if bad.any():
+            problems.append(f"{name} row {entry_row(bad)}: log-probabilities not descending")
     if (bad := ~((tail >= 0) & (tail <= 1))).any():
         problems.append(f"{name} row {_first_row(bad, L)}: tail mass outside [0, 1]")
+    return problems + _mode_problems(ds, table, name, counts, tail, pos)
+
+
+def _duplicates(pos: np.ndarray, ids: np.ndarray, vocab: int) -> np.ndarray:
+    """Per entry: is (position, id) stored more than once? (a sort, no per-row Python)"""
+    key = pos * vocab + ids
+    order = np.argsort(key, kind="stable")
+    dup = np.zeros(key.size, dtype=bool)
+    dup[order[1:]] = np.diff(key[order]) == 0
+    return dup
+
+
+def _mode_problems(ds: SoftLabelDataset, table: pa.Table, name: str, counts: np.ndarray,
+                   tail: np.ndarray, pos: np.ndarray) -> list[str]:
+    """1.1: top-p sets reach p (unless max_k cut them) and hold >= min_k entries; sampled
+    draws are >= 1 per stored id and sum to N per position; log-norms are finite."""
+    spec, L = ds.spec, ds.seq_len
+    problems = []
+    if spec.mode == "topp":
+        short = (1.0 - tail.astype(np.float64) < spec.top_p - TOPP_SLACK) & (counts < spec.k)
+        if (bad := short | (counts < spec.min_k)).any():
+            problems.append(f"{name} row {_first_row(bad, L)}: top-p set holds less than "
+                            f"top_p {spec.top_p} of the mass (or fewer than min_k entries)")
+    if spec.mode == "sampled":
+        draws = _flat_values(table.column(S.COL_SAMPLE_COUNTS), np.int64)
+        total = np.bincount(pos, weights=draws, minlength=counts.size)
+        if (bad := draws < 1).any():
+            problems.append(f"{name} row {int(pos[np.flatnonzero(bad)[0]] // L)}: a stored "
+                            "sampled id has 0 draws")
+        elif (bad := total != spec.samples).any():
+            problems.append(f"{name} row {_first_row(bad, L)}: sample_counts do not sum to "
+                            f"samples = {spec.samples}")
+    if spec.tempered:
+        log_norm = _flat_values(table.column(S.COL_LOG_NORM), np.float64)
+        if (bad := ~np.isfinite(log_norm)).any():
+            problems.append(f"{name} row {_first_row(bad, L)}: non-finite proposal_log_norm")
     return problems
 
 

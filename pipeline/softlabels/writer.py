@@ -18,16 +18,26 @@ import pyarrow.parquet as pq
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.softlabels import schema as S
+from pipeline.softlabels.encodings import encode_logprobs
 from pipeline.softlabels.manifest import PROGRESS_DIR, shard_relpath, write_json_atomic
+from pipeline.softlabels.ragged import pack, row_offsets
 
 
 @dataclass
 class ShardLabels:
-    """Teacher labels for a whole shard: ids/logprobs [rows, seq, k], tail [rows, seq]."""
+    """Teacher labels for a whole shard: ids/logprobs [rows, seq, k], tail [rows, seq].
+
+    Variable modes (1.1) pad ids/logprobs to k and add `counts` [rows, seq] (valid entries per
+    position); `sampled` adds `sample_counts` [rows, seq, k] and, with T != 1, `log_norm`
+    [rows, seq]. Only the valid entries are written.
+    """
 
     ids: np.ndarray
     logprobs: np.ndarray
     tail: np.ndarray
+    counts: np.ndarray | None = None
+    sample_counts: np.ndarray | None = None
+    log_norm: np.ndarray | None = None
 
 
 def _list_column(values: np.ndarray, rows: int, arrow_type: pa.DataType) -> pa.ListArray:
@@ -46,13 +56,42 @@ def build_table(spec: S.LabelSpec, tokens: np.ndarray, doc_ids: list[list[str]],
     if spec.has_labels:
         if labels is None:
             raise ValueError("a labeled dataset needs labels for every shard")
-        lp_type = S.LOGPROB_ENCODINGS[spec.logprob_encoding]
-        cols[S.COL_TOPK_IDS] = _list_column(labels.ids.astype(S.numpy_dtype(id_type)), rows,
-                                            id_type)
-        cols[S.COL_TOPK_LOGPROBS] = _list_column(
-            labels.logprobs.astype(S.numpy_dtype(lp_type)), rows, lp_type)
+        if spec.variable:
+            cols.update(_variable_columns(spec, labels, rows))
+        else:
+            lp_type = S.LOGPROB_ENCODINGS[spec.logprob_encoding]
+            cols[S.COL_TOPK_IDS] = _list_column(labels.ids.astype(S.numpy_dtype(id_type)), rows,
+                                                id_type)
+            cols[S.COL_TOPK_LOGPROBS] = _list_column(encode_logprobs(labels.logprobs, spec),
+                                                     rows, lp_type)
         cols[S.COL_TAIL] = _list_column(labels.tail.astype(np.float32), rows, pa.float32())
+    if spec.variable:  # after tail_mass: the column order is the schema's
+        cols[S.COL_COUNTS] = _list_column(labels.counts.astype(
+            S.numpy_dtype(S.count_type(spec.k))), rows, S.count_type(spec.k))
+    if spec.mode == "sampled":
+        sc_type = S.count_type(spec.samples)
+        cols[S.COL_SAMPLE_COUNTS] = _ragged_column(
+            pack(labels.sample_counts, labels.counts).astype(S.numpy_dtype(sc_type)),
+            labels.counts, sc_type)
+    if spec.tempered:
+        cols[S.COL_LOG_NORM] = _list_column(labels.log_norm.astype(np.float32), rows,
+                                            pa.float32())
     return pa.table(cols, schema=S.arrow_schema(spec))
+
+
+def _ragged_column(flat: np.ndarray, counts: np.ndarray, arrow_type: pa.DataType) -> pa.ListArray:
+    """Flat position-major entries → one list per row (lengths from the per-position counts)."""
+    offsets = pa.array(row_offsets(counts), type=pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(flat, type=arrow_type))
+
+
+def _variable_columns(spec: S.LabelSpec, labels: ShardLabels, rows: int) -> dict:
+    id_type = S.ID_TYPES[spec.id_type]
+    lp_type = S.LOGPROB_ENCODINGS[spec.logprob_encoding]
+    ids = pack(labels.ids, labels.counts).astype(S.numpy_dtype(id_type))
+    lps = encode_logprobs(pack(labels.logprobs, labels.counts), spec)
+    return {S.COL_TOPK_IDS: _ragged_column(ids, labels.counts, id_type),
+            S.COL_TOPK_LOGPROBS: _ragged_column(lps, labels.counts, lp_type)}
 
 
 def write_shard(root: Path, split: str, index: int, table: pa.Table, kv_metadata: dict,
@@ -90,4 +129,6 @@ def shard_record(table: pa.Table, rel: str, path: Path, input_sha256: str) -> di
     if S.COL_TAIL in table.column_names:
         tail = table.column(S.COL_TAIL).combine_chunks().values.to_numpy()
         record["topk_mass_sum"] = float((1.0 - tail.astype(np.float64)).sum())
+    if S.COL_COUNTS in table.column_names:  # 1.1 variable modes: how many entries were stored
+        record["entries"] = len(table.column(S.COL_TOPK_IDS).combine_chunks().values)
     return record
