@@ -1,7 +1,11 @@
 """`pipeline train` on dask: 2 students as 2 tasks on 2 workers give the run folders (layout,
-config, metrics, weights) of the in-process run."""
+config, metrics, weights) of the in-process run; a worker SIGKILLed mid-student changes nothing."""
 
 import json
+import os
+import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -30,6 +34,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(2, gpus=0) as c, Client(c, set_as_default=False) as client:
+        client.wait_for_workers(2)
+        yield c, client
+
+
+@pytest.fixture(scope="module")
 def labeled(tmp_path_factory, tiny_corpus, tiny_teacher):
     out = tmp_path_factory.mktemp("ds") / "ds"
     label(LabelConfig(corpus=str(tiny_corpus), out=str(out), teacher=str(tiny_teacher), top_k=4,
@@ -48,7 +59,7 @@ def metrics(run_dir):
 
 
 @pytest.mark.slow
-def test_two_students_on_two_workers_match_in_process(tmp_path, labeled, one_thread):
+def test_two_students_on_two_workers_match_in_process(tmp_path, labeled, one_thread, cluster):
     students = []
     for name, model in (("gpt", GPT), ("gru", GRU)):
         students.append(tmp_path / f"{name}.toml")
@@ -56,25 +67,61 @@ def test_two_students_on_two_workers_match_in_process(tmp_path, labeled, one_thr
     cfg = dict(labels=str(labeled), students=[str(s) for s in students], device="cpu",
                quiet=True)
     ref = run(TrainConfig(out=str(tmp_path / "ref"), **cfg))
-    with local_cluster(2, gpus=0) as cluster, Client(cluster, set_as_default=False) as client:
-        with get_task_stream(client) as stream:
-            got = run(TrainConfig(out=str(tmp_path / "dask"), scheduler=cluster.scheduler_address,
-                                  **cfg))
-        workers = {t["worker"] for t in stream.data if str(t["key"]).startswith("train-")}
-        assert len(workers) == 2  # one student per worker
-        # finished runs are skipped: a rerun submits nothing
-        with get_task_stream(client) as again:
-            run(TrainConfig(out=str(tmp_path / "dask"), scheduler=cluster.scheduler_address,
-                            **cfg))
-        assert not again.data
+    cluster, client = cluster
+    with get_task_stream(client) as stream:
+        got = run(TrainConfig(out=str(tmp_path / "dask"), scheduler=cluster.scheduler_address,
+                              **cfg))
+    workers = {t["worker"] for t in stream.data if str(t["key"]).startswith("train-")}
+    assert len(workers) == 2  # one student per worker
+    with get_task_stream(client) as again:  # finished runs are skipped: nothing is submitted
+        run(TrainConfig(out=str(tmp_path / "dask"), scheduler=cluster.scheduler_address, **cfg))
+    assert not again.data
     assert set(got) == set(ref) == {"gpt", "gru"}
     for name in ref:
         assert tree(got[name]) == tree(ref[name])
         assert (got[name] / "config.toml").read_text() == (ref[name] / "config.toml").read_text()
         assert metrics(got[name]) == metrics(ref[name])
-        a, b = load_file(str(got[name] / "model.safetensors")), load_file(
-            str(ref[name] / "model.safetensors"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert_same_weights(got[name], ref[name])
+
+
+def assert_same_weights(a, b):
+    a, b = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_student_resumes_to_the_same_weights(tmp_path, labeled, one_thread,
+                                                               cluster):
+    path = tmp_path / "gpt.toml"
+    path.write_text(GPT + TRAIN.replace("max_steps = 20", "max_steps = 120"))
+    cfg = dict(labels=str(labeled), students=[str(path)], device="cpu", quiet=True)
+    ref = run(TrainConfig(out=str(tmp_path / "ref"), **cfg))["gpt"]
+    cluster, client = cluster
+    errors = []
+
+    def trainer():
+        try:
+            run(TrainConfig(out=str(tmp_path / "dask"), scheduler=cluster.scheduler_address,
+                            **cfg))
+        except BaseException as exc:  # surfaced by the assert below
+            errors.append(exc)
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    latest = tmp_path / "dask" / "gpt" / "state" / "latest.json"
+    deadline = time.monotonic() + 120
+    while thread.is_alive() and time.monotonic() < deadline and not (
+            latest.is_file() and json.loads(latest.read_text())["step"] >= 20):
+        time.sleep(0.01)
+    busy = [addr for addr, keys in client.processing().items() if keys]
+    assert thread.is_alive() and len(busy) == 1, "training ended before the kill"
+    os.kill(client.run(os.getpid)[busy[0]], signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive() and not errors, errors
+    got = tmp_path / "dask" / "gpt"
+    assert [r["step"] for r in metrics(got)] == list(range(1, 121))
+    assert metrics(got) == metrics(ref)
+    assert_same_weights(got, ref)
 
 
 def test_unfinished_run_without_resume_is_refused_before_any_cluster(tmp_path, labeled):
