@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -189,7 +189,7 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
     return {
         "format_version": spec.format_version,
         "tool": {"name": "softlabel-pipeline", "version": pipeline.__version__},
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan_fingerprint": plan["fingerprint"],
         "teacher": teacher.describe() if teacher else None,
         "tokenizer": tokenizer.describe(),
