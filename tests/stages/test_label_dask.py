@@ -2,7 +2,8 @@
 worker SIGKILLed mid-run changes nothing in the result.
 
 One LocalCluster (2 processes × 1 thread) is shared by the module; the kill test runs last because
-it leaves a restarted worker behind.
+it leaves a restarted worker behind. Cluster start-up and worker torch imports take seconds on a
+shared 2-core machine, hence `slow`.
 """
 
 import json
@@ -20,7 +21,7 @@ from pipeline.softlabels.validate import validate_dataset
 from stages.label import LabelConfig, run
 from tests.conftest import run_cli
 
-OPTS = dict(top_k=4, seq_len=32, shard_rows=4, batch_size=2, device="cpu", quiet=True,
+OPTS = dict(top_k=4, seq_len=32, shard_rows=8, batch_size=2, device="cpu", quiet=True,
             validation_fraction=0.2)
 
 
@@ -55,6 +56,7 @@ def label_on(client, out, tiny_corpus, tiny_teacher):
                            scheduler=client.scheduler.address, **OPTS))
 
 
+@pytest.mark.slow
 def test_two_workers_label_identical_to_in_process(client, reference, tmp_path, tiny_corpus,
                                                    tiny_teacher):
     out = tmp_path / "ds"
@@ -66,6 +68,7 @@ def test_two_workers_label_identical_to_in_process(client, reference, tmp_path, 
     assert validate_dataset(out)[0] == []
 
 
+@pytest.mark.slow
 def test_teacher_loaded_once_per_worker(client, tmp_path, tiny_corpus, tiny_teacher):
     client.run(clear_teacher_cache)
     m = label_on(client, tmp_path / "ds", tiny_corpus, tiny_teacher)
@@ -79,7 +82,7 @@ def test_teacher_loaded_once_per_worker(client, tmp_path, tiny_corpus, tiny_teac
 def test_cli_workers_flag_starts_its_own_cluster(reference, tmp_path, tiny_corpus, tiny_teacher):
     out = tmp_path / "ds"
     run_cli("label", "--corpus", tiny_corpus, "--teacher", tiny_teacher, "--out", out,
-            "--workers", "2", "--top-k", "4", "--seq-len", "32", "--shard-rows", "4",
+            "--workers", "2", "--top-k", "4", "--seq-len", "32", "--shard-rows", "8",
             "--batch-size", "2", "--device", "cpu", "--quiet", "--validation-fraction", "0.2")
     assert rows(out) == rows(reference)
     assert manifest(out) == manifest(reference)
