@@ -1,0 +1,585 @@
+"""The README's "Failure modes" table as data: each row is run here or names the test that does.
+
+Each case gives the bad input, the one line the user sees (`<name>` and `...` stand for the
+parts that vary), the exit code and what is kept; `test_failure_mode` sets the case up, runs the
+real CLI entry point and checks all four. `test_readme_table_matches` keeps README.md equal to
+this table. After changing a case, rewrite the README's table with
+
+    .venv/bin/python -m tests.reliability.test_failure_modes --write
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, make_teacher
+from tests.reliability.conftest import (
+    copy_dataset,
+    edit_manifest,
+    label_argv,
+    label_here,
+    rewrite_shard,
+    write_student,
+)
+
+# ---- what a case can use ----------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    tmp: Path
+    corpus: Path
+    teacher: Path
+    dataset: Path  # small labeled dataset (top-k 4, seq_len 16)
+    fixtures: dict  # lazily built, module-scoped: tokens-only dataset, trained run, ...
+    cli: Callable
+    monkeypatch: pytest.MonkeyPatch
+    saved: dict = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+    def __getattr__(self, name):
+        return self.fixtures[name]()
+
+
+def label_args(env: Env, **opts) -> list:
+    o = {"corpus": env.corpus, "teacher": env.teacher, "out": env.out, "top_k": 4,
+         "seq_len": 16, "shard_rows": 16, "batch_size": 8, "limit_docs": 16, "device": "cpu",
+         "validation_fraction": 0.2,
+         **opts}
+    return ["label", *[a for k, v in o.items() for a in (f"--{k.replace('_', '-')}", v)],
+            "--quiet"]
+
+
+def train_args(env: Env, student, labels=None, *extra) -> list:
+    return ["train", "--labels", labels or env.dataset, "--student", student, "--out",
+            env.tmp / "runs", "--device", "cpu", "--quiet", *extra]
+
+
+def files(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()} if root.exists() else {}
+
+
+def write(env: Env, name: str, text: str) -> Path:
+    path = env.tmp / name
+    path.write_text(text)
+    return path
+
+
+def teacher_copy(env: Env, edit) -> Path:
+    d = env.tmp / "teacher"
+    shutil.copytree(env.teacher, d)
+    edit(d)
+    return d
+
+
+def pickle_file(path: Path, marker: Path) -> None:
+    import torch
+
+    from tests.reliability.test_untrusted_input import _Payload
+
+    torch.save({"tok_emb.weight": _Payload(marker)}, path)
+
+
+# ---- checks of "what is kept" -----------------------------------------------------------------
+
+def nothing_written(env: Env) -> None:
+    assert files(env.out) == {}
+    assert not (env.tmp / "runs").exists() or files(env.tmp / "runs") == {}
+    assert not (env.tmp / "report").exists() and not (env.tmp / "pwned").exists()
+
+
+def unchanged(env: Env) -> None:
+    assert files(env.saved["root"]) == env.saved["before"]
+
+
+def remember(env: Env, root: Path) -> None:
+    env.saved["root"], env.saved["before"] = root, files(root)
+
+
+def completed_shards_kept(env: Env) -> None:
+    assert not (env.out / "manifest.json").exists()
+    recs = [json.loads(p.read_text()) for p in env.out.glob("_progress/*/*.json")]
+    assert recs, "no shard completed before the failure"
+    from pipeline.hashing import sha256_file
+    assert all(sha256_file(env.out / r["path"]) == r["sha256"] for r in recs)
+    assert not list(env.out.rglob("*.tmp"))
+
+
+def nothing_kept_by_validate(env: Env) -> None:
+    assert files(env.saved["root"]) == env.saved["before"]
+
+
+def no_complete_run(env: Env) -> None:
+    assert not list((env.tmp / "runs").rglob("complete.json"))
+
+
+# ---- set-ups ----------------------------------------------------------------------------------
+
+def nan_teacher(env: Env) -> Path:
+    """The real teacher, made to return NaN logits wherever the input is one token (as a
+    numerically unstable teacher would on some inputs; its weights are tied to the output head,
+    so poisoning a weight would hit every position). The token first appears in a later shard,
+    so earlier shards complete before the labeler refuses."""
+    import pyarrow.parquet as pq
+    import torch
+
+    import stages.label
+
+    clean = env.tmp / "clean"
+    label_here(env.corpus, env.teacher, clean, seq_len=16, limit_docs=16)
+    order = json.loads((clean / "plan.json").read_text())["shards"]
+    first_seen = {}
+    for i, s in enumerate(order):
+        rel = f"shards/{s['split']}/part-{s['index']:05d}.parquet"
+        ids = np.unique(pq.read_table(clean / rel, columns=["input_ids"])
+                        .column(0).combine_chunks().values.to_numpy())
+        for t in ids.tolist():
+            first_seen.setdefault(t, i)
+    token = max(first_seen, key=first_seen.get)
+    assert first_seen[token] >= 1
+
+    class NaNOn(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, ids):
+            return self.inner(ids).masked_fill((ids == token)[..., None], float("nan"))
+
+    real = stages.label.load_model_dir
+
+    def load(path, device="cpu"):
+        loaded = real(path, device)
+        loaded.model = NaNOn(loaded.model)
+        return loaded
+
+    env.monkeypatch.setattr(stages.label, "load_model_dir", load)
+    return env.teacher
+
+
+def run_copy(env: Env, complete: bool) -> Path:
+    student, trained = env.trained
+    runs = env.tmp / "runs"
+    shutil.copytree(trained, runs / "s")
+    if not complete:
+        (runs / "s" / "complete.json").unlink()
+    remember(env, runs)
+    return student
+
+
+def job(env: Env, extra: str = "", corpus=None) -> Path:
+    student = write_student(env.tmp, max_steps=2, epochs=None)
+    return write(env, "job.toml", f'students = ["{student}"]\n[job]\nname = "t"\nout = '
+                 f'"{env.tmp / "job"}"\ndevice = "cpu"\n[corpus]\nsource = '
+                 f'"{corpus or env.corpus}"\nlimit_docs = 16\n[teacher]\ndir = "{env.teacher}"\n'
+                 f'[label]\ntop_k = 4\nseq_len = 16\n{extra}')
+
+
+def validate_copy(env: Env, tamper) -> list:
+    ds = copy_dataset(env.dataset, env.tmp)
+    tamper(ds)
+    remember(env, ds)
+    return ["validate", ds]
+
+
+def flip_byte(ds: Path, rel: str = "shards/train/part-00000.parquet") -> None:
+    data = bytearray((ds / rel).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (ds / rel).write_bytes(bytes(data))
+
+
+def disk_full(env: Env):
+    from tests.reliability.test_disk_full import run_with_file_limit
+
+    proc = run_with_file_limit(label_argv(env.corpus, env.teacher, env.out), 5_000)
+    return proc.returncode, proc.stderr
+
+
+def shard_limit_kept(env: Env) -> None:
+    assert not (env.out / "manifest.json").exists() and not list(env.out.rglob("*.tmp"))
+    assert not list(env.out.glob("_progress/*/*.json"))  # the partial shard is not complete
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    command: str
+    bad_input: str
+    shows: str  # the stderr line; <name> and ... match anything
+    exit: int | str  # a str for rows where the process is killed
+    kept: str
+    setup: Callable[[Env], list] | None = None  # → CLI args
+    check_kept: Callable[[Env], None] | None = None
+    runner: Callable[[Env], tuple[int, str]] | None = None  # instead of setup + in-process CLI
+    checked_by: str | None = None  # "tests/...py::test_name" that checks this row instead
+    slow: bool = False
+
+
+SELF_PICKLE = "<dir>/model.safetensors is not a valid safetensors file (...); refusing to load " \
+              "it - re-export the weights with safetensors"
+
+CASES = [
+    Case("label", "missing `--corpus` path",
+         "error: corpus path <path> does not exist: pass a file, directory or glob of "
+         ".parquet/.jsonl/.csv/.txt files, or builtin:bbc-news", 1, "nothing written",
+         lambda e: label_args(e, corpus=e.tmp / "nope"), nothing_written),
+    Case("label", "empty corpus (only empty documents)",
+         "error: corpus <path> is empty: no non-empty documents (3 empty skipped)", 1,
+         "nothing written",
+         lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"text": ""}\n' * 3)),
+         nothing_written),
+    Case("label", "corpus without the text column",
+         "error: <file>: column 'text' not found (columns: ['body']); pass --text-column with "
+         "one of them", 1, "nothing written",
+         lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"body": "x"}\n')),
+         nothing_written),
+    Case("label", "a `.jsonl` line that is not JSON",
+         "error: <file>:2: not valid JSON (...); each line of a .jsonl corpus must be one JSON "
+         "object", 1, "nothing written",
+         lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"text": "a b"}\nnot json\n')),
+         nothing_written),
+    Case("label", "`--top-k` larger than the vocabulary",
+         "error: --top-k 500 exceeds the vocabulary size 320", 1, "nothing written",
+         lambda e: label_args(e, top_k=500), nothing_written),
+    Case("label", "negative `--top-k`",
+         "error: --top-k -1 is negative: use 0 (tokens only) or k >= 1", 1, "nothing written",
+         lambda e: label_args(e, top_k=-1), nothing_written),
+    Case("label", "teacher folder without `model.safetensors` (only a `model.pt`)",
+         "error: model directory <dir> has no model.safetensors: a model directory holds "
+         "config.json, model.safetensors and tokenizer.json", 1,
+         "nothing written; the `.pt` is never opened",
+         lambda e: label_args(e, teacher=teacher_copy(e, lambda d: (
+             (d / "model.safetensors").rename(d / "x"), pickle_file(d / "model.pt",
+                                                                    e.tmp / "pwned")))),
+         nothing_written),
+    Case("label", "a pickle renamed to `model.safetensors`", "error: " + SELF_PICKLE, 1,
+         "nothing written; nothing unpickled",
+         lambda e: label_args(e, teacher=teacher_copy(
+             e, lambda d: pickle_file(d / "model.safetensors", e.tmp / "pwned"))),
+         nothing_written),
+    Case("label", "teacher whose `tokenizer.json` has another vocabulary size",
+         "error: <dir>: tokenizer vocab size 300 != model vocab_size 320; the model and "
+         "tokenizer.json do not belong together", 1, "nothing written",
+         lambda e: label_args(e, teacher=teacher_copy(e, lambda d: shutil.copyfile(
+             e.other_tokenizer, d / "tokenizer.json"))), nothing_written),
+    Case("label", "`--out` holds a dataset made with other options",
+         "error: --out <dir> already holds a different labeling plan (corpus, teacher, "
+         "tokenizer or options differ); choose another --out or pass --overwrite", 1,
+         "the existing dataset, untouched",
+         lambda e: (label_here(e.corpus, e.teacher, e.out, seq_len=16, limit_docs=16),
+                    remember(e, e.out), label_args(e, seq_len=8))[-1], unchanged),
+    Case("label", "teacher that produces NaN/inf logits (on some inputs)",
+         "error: teacher produced NaN/inf logits for <shard> rows [...]; refusing the batch - "
+         "check the teacher weights (or use fp32)", 1,
+         "shards completed before it (a rerun resumes); no manifest",
+         lambda e: label_args(e, teacher=nan_teacher(e)), completed_shards_kept),
+    Case("label", "a second labeler on the same `--out`",
+         "error: <dir> is locked by pid <pid> on <host>: another labeler is writing it; wait "
+         "for it or remove <dir>/.lock if that process is gone", 1,
+         "the running labeler's files and lock",
+         lambda e: (e.out.mkdir(), (e.out / ".lock").write_text(json.dumps(
+             {"pid": os.getpid(), "host": socket.gethostname()})), remember(e, e.out),
+             label_args(e))[-1], unchanged),
+    Case("label", "disk full (or file size limit) while writing a shard",
+         "error: writing shard shards/train/part-00000.parquet failed: ... (disk full? free "
+         "space and rerun; completed shards are kept)", 1,
+         "completed shards; no record for the partial one; no manifest; a rerun finishes",
+         check_kept=shard_limit_kept, runner=disk_full, slow=True),
+    Case("label", "labeler killed (SIGKILL, power loss) at any moment", "(nothing: killed)",
+         "killed", "completed shards; a rerun gives the identical dataset",
+         checked_by="tests/reliability/test_label_kills.py::"
+                    "test_sigkill_at_seeded_moments_then_rerun_equals_uninterrupted"),
+    Case("label", "`--scheduler` that does not answer",
+         "error: --scheduler tcp://127.0.0.1:9: the dask scheduler did not answer within 5s "
+         "(...); start it with ...", 1, "nothing written",
+         lambda e: label_args(e, scheduler="tcp://127.0.0.1:9"), nothing_written),
+    Case("label", "`--scheduler F.json` that does not exist",
+         "error: --scheduler <file>: scheduler file not found; start one with `dask scheduler "
+         "--scheduler-file <file>` or pass ...", 1, "nothing written",
+         lambda e: label_args(e, scheduler=e.tmp / "sched.json"), nothing_written),
+    Case("label", "a dask worker killed mid-label", "(nothing: dask reschedules its shards, "
+         "which rewrite the same files)", 0, "an identical dataset",
+         checked_by="tests/stages/test_label_dask.py::"
+                    "test_worker_sigkilled_mid_run_still_yields_identical_dataset"),
+    Case("validate", "folder without `manifest.json` (labeling did not finish)",
+         "error: <dir> is not a soft-label dataset: no manifest.json (a labeling run did not "
+         "finish: rerun `pipeline label` to complete it)", 1, "— (validate only reads)",
+         lambda e: validate_copy(e, lambda d: (d / "manifest.json").unlink()),
+         nothing_kept_by_validate),
+    Case("validate", "corrupt or truncated shard",
+         "invalid: shard shards/train/part-00000.parquet: checksum mismatch with manifest.json "
+         "(the file changed or is corrupt); re-download or relabel it", 1, "—",
+         lambda e: validate_copy(e, flip_byte), nothing_kept_by_validate),
+    Case("validate", "shard rewritten with a positive log-probability and its sha256 updated",
+         "invalid: shards/train/part-00000.parquet row 1: positive log-probability", 1, "—",
+         lambda e: validate_copy(e, lambda d: rewrite_shard(
+             d, "shards/train/part-00000.parquet", _bad_logprob(0.5))),
+         nothing_kept_by_validate),
+    Case("validate", "manifest shard path outside the dataset (`../`, absolute, URL)",
+         "error: manifest shard path '../x.parquet' escapes the dataset directory <dir>; "
+         "refusing an untrusted manifest", 1, "—",
+         lambda e: validate_copy(e, lambda d: edit_manifest(
+             d, lambda m: m["splits"]["train"][0].update(path="../x.parquet"))),
+         nothing_kept_by_validate),
+    Case("validate", "dataset of a newer major format version",
+         "error: <dir>/manifest.json: format_version 2.0 is not supported (this reader reads "
+         "major version 1); upgrade softlabel-pipeline", 1, "—",
+         lambda e: validate_copy(e, lambda d: edit_manifest(
+             d, lambda m: m.update(format_version="2.0"))), nothing_kept_by_validate),
+    Case("train", "unknown key in a student file",
+         "error: <file> [train]: unknown key 'batch'; valid keys are [...]", 2,
+         "nothing written",
+         lambda e: train_args(e, write(e, "s.toml", "[train]\nbatch = 8\n")), nothing_written),
+    Case("train", "student key of the wrong type",
+         "error: <file> [train]: key 'batch_size' must be int, got 'eight'", 2,
+         "nothing written",
+         lambda e: train_args(e, write(e, "s.toml", '[train]\nbatch_size = "eight"\n')),
+         nothing_written),
+    Case("train", "student file that is not TOML",
+         "error: <file> is not valid TOML: ...", 2, "nothing written",
+         lambda e: train_args(e, write(e, "s.toml", "[train\n")), nothing_written),
+    Case("train", "student file that does not exist",
+         "error: student file <file> not found (see data/students/*.toml)", 2,
+         "nothing written", lambda e: train_args(e, e.tmp / "none.toml"), nothing_written),
+    Case("train", "student `tokenizer` ≠ the dataset's",
+         "error: student <file> tokenizer sha256 <a> != dataset <dir> tokenizer sha256 <b>: "
+         "train on a dataset labeled with this student's tokenizer", 1, "nothing written",
+         lambda e: train_args(e, write(e, "s.toml", f'tokenizer = "{e.other_tokenizer}"\n')),
+         nothing_written),
+    Case("train", "KD loss on a tokens-only dataset",
+         "error: <file>: [loss] kind 'kl_tail' needs soft labels but dataset <dir> is tokens "
+         "only (labels mode 'none'); set [loss] kind = \"ce\" or label the corpus with a "
+         "teacher", 2, "nothing written",
+         lambda e: train_args(e, write_student(e.tmp), e.tokens_only), nothing_written),
+    Case("train", "unfinished run folder without `--resume`",
+         "error: run folder <dir> holds an unfinished run; pass --resume to continue it from "
+         "its last checkpoint, or delete it", 1, "the run folder, untouched",
+         lambda e: train_args(e, run_copy(e, complete=False)), unchanged),
+    Case("train", "finished run folder, other settings",
+         "error: run folder <dir> holds a run with a different config (train.max_steps "
+         "differ); use another --out or delete it", 1, "the run folder, untouched",
+         lambda e: train_args(e, run_copy(e, complete=True), None, "--max-steps", "3"),
+         unchanged),
+    Case("train", "shard changed after labeling",
+         "error: shard shards/train/part-00001.parquet: checksum mismatch with manifest.json "
+         "(the file changed or is corrupt); re-download or relabel it", 1, "nothing written",
+         lambda e: train_args(e, write_student(e.tmp), _tampered(e, flip_byte,
+                                                                 "shards/train/part-00001.parquet")),
+         nothing_written),
+    Case("train", "shard with a NaN log-probability and its sha256 updated",
+         "error: shard shards/train/part-00000.parquet row group <g> row <r>: non-finite "
+         "log-probability", 1, "checkpoints so far; no complete.json",
+         lambda e: train_args(e, write_student(e.tmp), _tampered(e, lambda d: rewrite_shard(
+             d, "shards/train/part-00000.parquet", _bad_logprob(np.nan)))), no_complete_run),
+    Case("train", "a pickle in a run's resume state", "error: " + SELF_PICKLE, 1,
+         "the run folder, untouched; nothing unpickled",
+         lambda e: (e.saved.update(s=run_copy(e, complete=False)), pickle_file(
+             _latest(e.tmp / "runs" / "s") / "model.safetensors", e.tmp / "pwned"),
+             remember(e, e.tmp / "runs"),
+             train_args(e, e.saved["s"], None, "--resume"))[-1], unchanged),
+    Case("train", "training killed at any moment", "(nothing: killed)", "killed",
+         "the last checkpoint; `--resume` gives bit-identical weights",
+         checked_by="tests/reliability/test_train_kills.py::"
+                    "test_sigkill_then_resume_gives_identical_weights"),
+    Case("evaluate", "`--run` trained with another tokenizer",
+         "error: --run <dir>: tokenizer sha256 <a> (vocab 300) differs from dataset <dir> "
+         "tokenizer sha256 <b> (vocab 320); evaluate it on a dataset labeled with its "
+         "tokenizer", 1, "nothing written",
+         lambda e: _evaluate(e, make_teacher(e.other_tokenizer, e.tmp / "other")),
+         nothing_written),
+    Case("evaluate", "`--teacher` that did not label the dataset",
+         "error: --teacher <dir> (weights sha256 <a>) is not the teacher that labeled <dir> "
+         "(sha256 <b>); pass that teacher, or pass this model as a --run to measure its "
+         "fidelity", 1, "nothing written",
+         lambda e: _evaluate(e, e.trained[1], "--teacher", make_teacher(
+             e.dataset / "tokenizer.json", e.tmp / "t2", seed=1)), nothing_written),
+    Case("evaluate", "`--run` folder whose weights are a pickle", "error: " + SELF_PICKLE, 1,
+         "nothing written; nothing unpickled",
+         lambda e: _evaluate(e, _pickled_run(e)), nothing_written),
+    Case("evaluate", "dataset without validation rows",
+         "error: <dir> has no validation rows: relabel with --validation-fraction > 0 (e.g. "
+         "0.02)", 1, "nothing written",
+         lambda e: _evaluate(e, e.trained[1], labels=e.no_validation), nothing_written),
+    Case("run", "job file that does not exist",
+         "error: job file <file> not found; pass a TOML job file (see data/jobs/example.toml)",
+         2, "nothing run", lambda e: ["run", e.tmp / "none.toml"], nothing_written),
+    Case("run", "job with an unknown key",
+         "error: <file>: [label] has unknown key 'topk' (did you mean 'top_k'?); valid keys: "
+         "...", 2, "nothing run", lambda e: ["run", job(e, "topk = 4\n")],
+         lambda e: nothing_written(e) or _no_job_output(e)),
+    Case("run", "job with a missing section",
+         "error: <file>: missing section [teacher]; add it (see data/jobs/example.toml)", 2,
+         "nothing run",
+         lambda e: ["run", write(e, "j.toml", re.sub(r"\[teacher\]\ndir = .*\n", "",
+                                                     job(e).read_text()))],
+         lambda e: nothing_written(e) or _no_job_output(e)),
+    Case("run", "a stage fails",
+         "error: stage label failed: corpus path <path> does not exist: pass a file, "
+         "directory or glob of .parquet/.jsonl/.csv/.txt files, or builtin:bbc-news", 1,
+         "earlier stages' outputs; a rerun resumes",
+         lambda e: ["run", job(e, corpus=e.tmp / "nope"), "--quiet"],
+         lambda e: _no_job_output(e, "labels/manifest.json")),
+]
+
+
+def _bad_logprob(value):
+    from tests.reliability.test_untrusted_input import _set_flat
+
+    return _set_flat("topk_logprobs", 70, value)  # row 1 of a 16 x 4 layout
+
+
+def _tampered(env: Env, tamper, *args) -> Path:
+    ds = copy_dataset(env.dataset, env.tmp)
+    tamper(ds, *args)
+    return ds
+
+
+def _latest(run_dir: Path) -> Path:
+    return run_dir / "state" / json.loads((run_dir / "state/latest.json").read_text())[
+        "checkpoint"]
+
+
+def _pickled_run(env: Env) -> Path:
+    run = env.tmp / "pickled"
+    shutil.copytree(env.trained[1], run)
+    (run / "model.safetensors").unlink()
+    pickle_file(run / "model.safetensors", env.tmp / "pwned")
+    return run
+
+
+def _evaluate(env: Env, run, *extra, labels=None) -> list:
+    return ["evaluate", "--labels", labels or env.dataset, "--run", run, "--out",
+            env.tmp / "report", "--device", "cpu", "--quiet", *extra]
+
+
+def _no_job_output(env: Env, path: str = "labels") -> None:
+    assert not (env.tmp / "job" / path).exists()
+
+
+# ---- the tests --------------------------------------------------------------------------------
+
+def pattern(shows: str) -> str:
+    parts = re.split(r"(<[^<>\s]+>|\.\.\.)", shows)
+    return "".join(".*" if p == "..." else ".+?" if re.fullmatch(r"<[^<>\s]+>", p)
+                   else re.escape(p) for p in parts)
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory, tiny_corpus, tiny_tokenizer, tiny_teacher, small_dataset):
+    """Inputs several cases share, built on first use."""
+    from pipeline.tokenizer import train_bpe_tokenizer
+    from stages.label import LabelConfig
+    from stages.label import run as label
+    from stages.train import TrainConfig
+    from stages.train import run as train
+
+    tmp = tmp_path_factory.mktemp("modes")
+    built: dict = {}
+
+    def once(fn):
+        return lambda: built[fn.__name__] if fn.__name__ in built else \
+            built.setdefault(fn.__name__, fn())
+
+    def other_tokenizer():
+        texts = [f"other words {i} entirely unrelated text" for i in range(40)]
+        return train_bpe_tokenizer(texts, 300, tmp / "other.json").path
+
+    def tokens_only():
+        label(LabelConfig(corpus=str(tiny_corpus), out=str(tmp / "tok"), top_k=0,
+                          tokenizer=str(tiny_tokenizer), seq_len=16, limit_docs=16, quiet=True))
+        return tmp / "tok"
+
+    def no_validation():
+        label_here(tiny_corpus, tiny_teacher, tmp / "noval", seq_len=16, validation_fraction=0.0)
+        return tmp / "noval"
+
+    def trained():
+        student = write_student(tmp, max_steps=2, epochs=None)
+        runs = train(TrainConfig(labels=str(small_dataset), students=[str(student)],
+                                 out=str(tmp / "runs"), device="cpu", quiet=True))
+        return student, runs["s"]
+
+    return {f.__name__: once(f) for f in (other_tokenizer, tokens_only, no_validation, trained)}
+
+
+def _param(case: Case):
+    marks = [pytest.mark.slow] if case.slow else []
+    return pytest.param(case, id=f"{case.command}: {case.bad_input}", marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES if not c.checked_by])
+def test_failure_mode(case: Case, cli, monkeypatch, tmp_path, tiny_corpus, tiny_teacher,
+                      small_dataset, fixtures):
+    env = Env(tmp_path, tiny_corpus, tiny_teacher, small_dataset, fixtures, cli, monkeypatch)
+    if case.runner:
+        code, err = case.runner(env)
+    else:
+        code, _, err = cli(*case.setup(env))
+    lines = err.strip().splitlines()
+    assert code == case.exit, err
+    assert len(lines) == 1, err
+    assert re.fullmatch(pattern(case.shows), lines[0]), f"\n{lines[0]}\n{case.shows}"
+    case.check_kept(env)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES if c.checked_by])
+def test_failure_mode_checked_elsewhere_exists(case: Case):
+    path, name = case.checked_by.split("::")
+    assert re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), case.checked_by
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_table() -> str:
+    rows = ["| command | bad input | what you see (stderr, one line) | exit | what is kept |",
+            "|---|---|---|---|---|"]
+    for c in CASES:
+        shows = c.shows if c.shows.startswith("(") else (
+            f"`` {c.shows} ``" if "`" in c.shows else f"`{c.shows}`")
+        rows.append(f"| `{c.command}` | {_cell(c.bad_input)} | {_cell(shows)} | {c.exit} | "
+                    f"{_cell(c.kept)} |")
+    return "\n".join(rows) + "\n"
+
+
+def readme_table(text: str) -> tuple[int, int]:
+    """(start, end) offsets of the table in README.md's "## Failure modes" section."""
+    section = text.index("\n## Failure modes\n")
+    start = text.index("\n|", section) + 1
+    end = start
+    while end < len(text) and text.startswith("|", end):
+        end = text.index("\n", end) + 1
+    return start, end
+
+
+def test_readme_table_matches():
+    text = (REPO / "README.md").read_text()
+    start, end = readme_table(text)
+    assert text[start:end] == render_table(), (
+        "README.md's Failure modes table differs from tests/reliability/test_failure_modes.py; "
+        "run: .venv/bin/python -m tests.reliability.test_failure_modes --write")
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv:
+        readme = REPO / "README.md"
+        text = readme.read_text()
+        start, end = readme_table(text)
+        readme.write_text(text[:start] + render_table() + text[end:])
+    else:
+        sys.stdout.write(render_table())
