@@ -60,6 +60,7 @@ def split_rows(dataset, split: str, max_rows: int | None = None) -> np.ndarray:
     for shard in dataset.split_shards(split):
         if max_rows is not None and n >= max_rows:
             break
-        parts.append(dataset.decode(dataset.read_table(shard))["input_ids"].numpy())
+        parts.append(dataset.decode(dataset.read_table(shard), f"shard {shard.rel}")
+                     ["input_ids"].numpy())
         n += len(parts[-1])
     return np.concatenate(parts)[:max_rows]

@@ -134,7 +134,8 @@ def _score(cfg: EvaluateConfig, ds: SoftLabelDataset, models: list[_Model], devi
                     break
                 # slice the decoded tensors, not the Arrow batch: a sliced list column keeps
                 # its whole values buffer, which the vectorised decoder reads directly
-                batch = {k: v[:n].to(device) for k, v in ds.decode(rb).items()}
+                batch = {k: v[:n].to(device)
+                         for k, v in ds.decode(rb, f"shard {shard.rel}").items()}
                 for m in models:
                     with torch.inference_mode(), autocast(device):
                         logits = m.loaded.model(batch["input_ids"])
