@@ -101,6 +101,19 @@ def test_bad_shard_found_by_a_dataloader_worker_is_still_one_line(cli, small_dat
     assert f"error: shard {SHARD} row group 0 row 1: non-finite log-probability" in err
 
 
+def test_bad_validation_shard_refused_by_evaluate_and_bigram(cli, small_dataset, trained,
+                                                             tmp_path):
+    ds = copy_dataset(small_dataset, tmp_path)
+    val = "shards/validation/part-00000.parquet"
+    rewrite_shard(ds, val, _set_flat("input_ids", 5, 999))
+    code, _, err = cli("evaluate", "--labels", ds, "--run", trained[1], "--out",
+                       tmp_path / "report", "--device", "cpu", "--quiet")
+    assert code == 1 and f"error: shard {val} row 0: input_ids holds an id outside" in err, err
+    assert not (tmp_path / "report" / "results.json").exists()
+    code, _, err = cli("bigram", "--labels", ds)
+    assert code == 1 and f"error: shard {val} row 0: input_ids holds an id outside" in err, err
+
+
 def test_wrong_row_count_in_manifest_refused(cli, small_dataset, tmp_path):
     ds = copy_dataset(small_dataset, tmp_path)
     edit_manifest(ds, lambda m: m["splits"]["train"][0].update(rows=17))
