@@ -29,6 +29,7 @@ from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.validate import validate_dataset
 from pipeline.tokenizer import load_tokenizer
 from stages.label import LabelConfig, run
+from tests.conftest import run_cli
 
 
 def sharp_teacher(tokenizer, out, scale: float = 12.0):
@@ -300,3 +301,21 @@ def test_manifest_mode_fields_are_checked(tmp_path, topk_dataset, bad, message):
 def test_bad_mode_options_refused(tmp_path, tiny_corpus, tiny_teacher, kw, message):
     with pytest.raises(PipelineError, match=message):
         label(tiny_corpus, tiny_teacher, tmp_path / "ds", **kw)
+
+
+def test_cli_label_topp_u8_validates_and_inspects(tmp_path, tiny_corpus, sharp):
+    out = tmp_path / "ds"
+    run_cli("label", "--corpus", tiny_corpus, "--teacher", sharp, "--out", out, "--mode", "topp",
+            "--top-p", "0.7", "--max-k", "10", "--logprob-encoding", "u8", "--u8-min-logprob",
+            "-12", "--seq-len", "32", "--shard-rows", "16", "--limit-docs", "8", "--quiet",
+            "--device", "cpu")
+    assert "valid:" in run_cli("validate", out).stdout
+    info = json.loads(run_cli("inspect", out, "--json").stdout)
+    assert info["format_version"] == "1.1"
+    assert info["labels"] == {"mode": "topp", "k": 10, "vocab_size": 320, "id_type": "uint16",
+                              "logprob_encoding": "u8", "top_p": 0.7, "min_k": 1,
+                              "logprob_u8_min": -12.0}
+    assert "top_p = 0.7" in (out / "README.md").read_text()
+    proc = run_cli("label", "--corpus", tiny_corpus, "--teacher", sharp, "--out", tmp_path / "x",
+                   "--mode", "sampled", "--samples", "0", check=False)
+    assert proc.returncode == 1 and "--samples 0" in proc.stderr
