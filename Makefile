@@ -28,5 +28,22 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pipeline run data/jobs/demo.toml
 
+# The bundled teacher's recipe, with this repo's own commands (README: "The bundled teacher").
+TEACHER_BUILD := outputs/teacher-build
+teacher: $(STAMP)
+	$(BIN)/pipeline tokenizer train --corpus builtin:bbc-news --vocab-size 4096 \
+		--out $(TEACHER_BUILD)/tokenizer.json
+	$(BIN)/pipeline label --top-k 0 --tokenizer $(TEACHER_BUILD)/tokenizer.json \
+		--corpus builtin:bbc-news --seq-len 128 --validation-fraction 0.05 \
+		--out $(TEACHER_BUILD)/tokens --overwrite
+	$(BIN)/pipeline train --labels $(TEACHER_BUILD)/tokens --student data/students/teacher.toml \
+		--out $(TEACHER_BUILD)/runs --resume
+	$(BIN)/pipeline bigram --labels $(TEACHER_BUILD)/tokens
+	$(BIN)/pipeline evaluate --labels $(TEACHER_BUILD)/tokens --run $(TEACHER_BUILD)/runs/teacher \
+		--out $(TEACHER_BUILD)/report
+	mkdir -p data/teacher
+	cp $(TEACHER_BUILD)/runs/teacher/config.json $(TEACHER_BUILD)/runs/teacher/model.safetensors \
+		$(TEACHER_BUILD)/runs/teacher/tokenizer.json data/teacher/
+
 clean:
 	rm -rf outputs .pytest_cache
