@@ -73,6 +73,7 @@ def records(out: Path) -> int:
 @dataclass
 class Timeline:
     total: float  # start to exit of an uninterrupted run
+    plan: float  # plan.json written (planning done, labeling starts)
     first: float  # first completion record
     last: float  # last completion record
     shards: int
@@ -82,11 +83,13 @@ def measure(corpus, teacher, out: Path, env: dict) -> Timeline:
     start = time.monotonic()
     proc = subprocess.Popen(shim_cmd(corpus, teacher, out), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = last = None
+    plan = first = last = None
     seen = 0
     while proc.poll() is None:
         n = records(out)
         now = time.monotonic() - start
+        if plan is None and (out / "plan.json").exists():
+            plan = now
         if n and first is None:
             first = now
         if n > seen:
@@ -94,13 +97,13 @@ def measure(corpus, teacher, out: Path, env: dict) -> Timeline:
         time.sleep(0.002)
     assert proc.returncode == 0, proc.stderr.read().decode()
     n = records(out)
-    return Timeline(time.monotonic() - start, first or 0.0, last or 0.0, n)
+    return Timeline(time.monotonic() - start, plan or 0.0, first or 0.0, last or 0.0, n)
 
 
 @dataclass
 class Kill:
     phase: str
-    delay: float  # seconds after the trigger
+    delay: float  # seconds after the trigger (after the start for "before first shard")
     after_records: int = 0  # mid-shard trigger: this many shards complete
 
 
@@ -108,11 +111,11 @@ def schedule(t: Timeline, rng: random.Random) -> list[Kill]:
     per_shard = (t.last - t.first) / max(t.shards - 1, 1)
     kills = []
     for phase in PHASES:
-        if phase == "before first shard":  # well before the first record, whatever the load
-            kills.append(Kill(phase, rng.uniform(0.0, 0.6 * t.first)))
+        if phase == "before first shard":  # start-up or planning (at the latest: plan.json)
+            kills.append(Kill(phase, rng.uniform(0.0, t.plan)))
         elif phase == "mid-shard":
             kills.append(Kill(phase, rng.uniform(0.0, per_shard),
-                              rng.randint(1, max(1, t.shards - 3))))
+                              rng.randint(1, t.shards - 8)))
         else:  # the shim holds the process at the manifest until the kill
             kills.append(Kill(phase, rng.uniform(0.0, 0.2)))
     return kills
@@ -128,11 +131,14 @@ def kill_at(kill: Kill, cmd: list[str], out: Path, marker: Path, env: dict) -> f
                             stderr=subprocess.DEVNULL)
     deadline = start + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if kill.phase == "before first shard" or (hold and marker.exists()) or \
-                (kill.phase == "mid-shard" and records(out) >= kill.after_records):
+        if kill.phase == "before first shard":
+            # at the drawn moment, or when planning ends if this run is faster than measured
+            if time.monotonic() - start >= kill.delay or (out / "plan.json").exists():
+                break
+        elif marker.exists() if hold else records(out) >= kill.after_records:
+            time.sleep(kill.delay)
             break
-        time.sleep(0.002)
-    time.sleep(kill.delay)
+        time.sleep(0.001)
     assert proc.poll() is None, f"labeler exited before the {kill.phase} kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -156,7 +162,8 @@ def test_sigkill_at_seeded_moments_then_rerun_equals_uninterrupted(tmp_path, tin
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = tmp_path / "ref"
     timeline = measure(tiny_corpus, tiny_teacher, ref, env)
-    assert timeline.shards >= 20 and 0 < timeline.first < timeline.last < timeline.total
+    assert timeline.shards >= 20
+    assert 0 < timeline.plan < timeline.first < timeline.last < timeline.total
     kills = schedule(timeline, random.Random(SEED))
     assert all(k.delay <= timeline.total for k in kills)
 
