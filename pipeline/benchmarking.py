@@ -65,10 +65,11 @@ def interleaved_latencies(models: list[torch.nn.Module], batch: torch.Tensor,
     return times
 
 
-def measure_costs(models: list[tuple[torch.nn.Module, Path]], vocab_size: int,
+def measure_costs(models: list[tuple[torch.nn.Module, Path | int]], vocab_size: int,
                   settings: BenchSettings, device: torch.device) -> list[dict]:
-    """Per (model, weights file): parameters, checkpoint bytes, median latency per batch (ms)
-    and tokens/s — all models timed on the same batch, in interleaved rounds."""
+    """Per (model, weights file or its size in bytes): parameters, checkpoint bytes, median
+    latency per batch (ms) and tokens/s — all models timed on the same batch, in interleaved
+    rounds."""
     batch = bench_batch(vocab_size, settings, device)
     all_times = interleaved_latencies([m for m, _ in models], batch, device, settings.warmup,
                                       settings.repeats)
@@ -76,7 +77,8 @@ def measure_costs(models: list[tuple[torch.nn.Module, Path]], vocab_size: int,
     for (model, weights), times in zip(models, all_times, strict=True):
         median = statistics.median(times)
         out.append({"parameters": count_parameters(model),
-                    "checkpoint_bytes": Path(weights).stat().st_size,
+                    "checkpoint_bytes": weights if isinstance(weights, int)
+                    else Path(weights).stat().st_size,
                     "latency_ms": median * 1000.0,
                     "tokens_per_s": batch.numel() / median if median > 0 else float("inf")})
     return out

@@ -28,13 +28,28 @@ out = Console()
 err = Console(stderr=True)
 
 
+@app.callback()
+def _global_options(
+    endpoint_url: str | None = typer.Option(
+        None, "--endpoint-url", envvar="SOFTLABELS_ENDPOINT_URL",
+        help="S3-compatible endpoint for s3:// paths (e.g. http://minio:9000); sets "
+             "AWS_ENDPOINT_URL for this command. Credentials and region come from the usual AWS "
+             "environment."),
+) -> None:
+    from pipeline.storage import set_endpoint_url
+
+    set_endpoint_url(endpoint_url)
+
+
 @app.command()
 def label(
     corpus: str = typer.Option(..., help="File, directory, glob of .parquet/.jsonl/.csv/.txt, "
                                "or builtin:bbc-news."),
-    out_dir: Path = typer.Option(..., "--out", help="Dataset directory to create or resume."),
-    teacher: str | None = typer.Option(None, help="Teacher model directory (config.json + "
-                                          "model.safetensors + tokenizer.json)."),
+    out_dir: str = typer.Option(..., "--out", help="Dataset directory (or URI, e.g. "
+                                "s3://bucket/ds) to create or resume."),
+    teacher: str | None = typer.Option(None, help="Teacher: model directory (config.json + "
+                                          "model.safetensors + tokenizer.json), a Hugging Face "
+                                          "folder, hf:NAME_OR_PATH, or a URI of a folder."),
     tokenizer: Path | None = typer.Option(None, help="tokenizers JSON; with --top-k 0 and no "
                                              "teacher, writes a tokenized dataset."),
     top_k: int = typer.Option(32, help="Soft-label entries kept per position; 0 = tokens only."),
@@ -67,6 +82,8 @@ def label(
                                                "this temperature (weights stay unbiased)."),
     seed: int = typer.Option(0, help="sampled: seed of the draws (recorded; reproducible)."),
     u8_min_logprob: float = typer.Option(-16.0, help="u8: log-probability of the lowest code."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Let an hf: "
+                                           "teacher run the Python code its repo ships."),
 ) -> None:
     """Run the teacher over a corpus once and write a soft-label dataset (resumable)."""
     from stages.label import LabelConfig, run
@@ -79,7 +96,8 @@ def label(
         device=device, overwrite=overwrite, limit_docs=limit_docs, text_column=text_column,
         id_column=id_column, quiet=quiet, workers=workers, scheduler=scheduler, mode=mode,
         top_p=top_p, min_k=min_k, max_k=max_k, samples=samples,
-        proposal_temperature=proposal_temperature, seed=seed, u8_min_logprob=u8_min_logprob))
+        proposal_temperature=proposal_temperature, seed=seed, u8_min_logprob=u8_min_logprob,
+        trust_remote_code=trust_remote_code))
     s = manifest["summary"]
     out.print(f"dataset {out_dir}: {s['rows']:,} rows, {s['positions']:,} positions, "
               f"{s['bytes']:,} bytes ({s['bytes_per_position']:.2f} B/position)")
@@ -87,10 +105,12 @@ def label(
 
 @app.command()
 def train(
-    labels: Path = typer.Option(..., help="Soft-label (or tokens-only) dataset directory."),
+    labels: str = typer.Option(..., help="Soft-label (or tokens-only) dataset directory or "
+                               "URI."),
     student: list[Path] = typer.Option(..., help="Student TOML file; repeat for more students "
                                        "(all train from one read pass)."),
-    out_dir: Path = typer.Option(..., "--out", help="Runs directory: one folder per student."),
+    out_dir: str = typer.Option(..., "--out", help="Runs directory (local): one folder per "
+                                "student."),
     max_steps: int | None = typer.Option(None, help="Override every student's length: "
                                             "stop after N optimizer steps."),
     epochs: int | None = typer.Option(None, help="Override every student's length: E "
@@ -129,7 +149,7 @@ def train(
 
 
 @app.command()
-def validate(dataset: Path = typer.Argument(..., help="Dataset directory.")) -> None:
+def validate(dataset: str = typer.Argument(..., help="Dataset directory or URI.")) -> None:
     """Check every shard: checksum, schema, counts, id range, log-prob and tail-mass sanity."""
     from pipeline.softlabels.validate import validate_dataset
 
@@ -142,7 +162,7 @@ def validate(dataset: Path = typer.Argument(..., help="Dataset directory.")) -> 
 
 
 @app.command()
-def inspect(dataset: Path = typer.Argument(..., help="Dataset directory."),
+def inspect(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
             as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")
             ) -> None:
     """Show a dataset's card: teacher, tokenizer, corpus, labels, splits and sizes."""
@@ -173,8 +193,8 @@ def inspect(dataset: Path = typer.Argument(..., help="Dataset directory."),
 
 
 @app.command()
-def audit(labels: Path = typer.Option(..., help="Soft-label dataset directory."),
-          teacher: Path = typer.Option(..., help="The teacher that labeled it (sha256 checked)."),
+def audit(labels: str = typer.Option(..., help="Soft-label dataset directory or URI."),
+          teacher: str = typer.Option(..., help="The teacher that labeled it (sha256 checked)."),
           rows: int = typer.Option(64, help="Rows of the split to re-run the teacher on."),
           split: str = typer.Option("validation", help="Split to read rows from."),
           batch_size: int = typer.Option(8, help="Rows per teacher forward."),
@@ -199,7 +219,7 @@ def audit(labels: Path = typer.Option(..., help="Soft-label dataset directory.")
 
 
 @app.command()
-def bigram(labels: Path = typer.Option(..., help="Dataset directory (any label mode)."),
+def bigram(labels: str = typer.Option(..., help="Dataset directory or URI (any label mode)."),
            max_rows: int | None = typer.Option(None, help="Fit on at most N train rows.")
            ) -> None:
     """Fit a count-based bigram LM on the train split; print its validation cross-entropy."""
@@ -214,17 +234,20 @@ def bigram(labels: Path = typer.Option(..., help="Dataset directory (any label m
 
 @app.command()
 def evaluate(
-    labels: Path = typer.Option(..., help="Soft-label dataset (its validation split is used)."),
-    runs: list[Path] = typer.Option(..., "--run", help="Run folder / model directory; repeat."),
-    teacher: Path | None = typer.Option(None, help="The labeling teacher: adds a teacher row "
+    labels: str = typer.Option(..., help="Soft-label dataset (its validation split is used)."),
+    runs: list[str] = typer.Option(..., "--run", help="Run folder / model directory / "
+                                   "hf:NAME_OR_PATH / URI; repeat."),
+    teacher: str | None = typer.Option(None, help="The labeling teacher: adds a teacher row "
                                         "and speed/size ratios."),
-    report: Path = typer.Option(..., "--out", help="Report directory to write."),
+    report: str = typer.Option(..., "--out", help="Report directory (or URI) to write."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
     max_rows: int | None = typer.Option(None, help="Score at most N validation rows."),
     batch_size: int = typer.Option(8, help="Rows per forward (also the timed batch)."),
     bench_repeats: int = typer.Option(10, help="Timed forwards per model, in interleaved "
                                       "rounds (median reported)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Let hf: models "
+                                           "run the Python code their repos ship."),
 ) -> None:
     """Fidelity, quality, calibration, speed and size of students against their teacher."""
     from pipeline.report import print_leaderboard
@@ -233,7 +256,8 @@ def evaluate(
     results = run(EvaluateConfig(
         labels=str(labels), runs=[str(r) for r in runs], out=str(report),
         teacher=str(teacher) if teacher else None, device=device, max_rows=max_rows,
-        batch_size=batch_size, bench_repeats=bench_repeats, quiet=quiet))
+        batch_size=batch_size, bench_repeats=bench_repeats, quiet=quiet,
+        trust_remote_code=trust_remote_code))
     print_leaderboard(results, report, out)
 
 

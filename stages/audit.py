@@ -23,7 +23,7 @@ import torch
 
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import PipelineError
-from pipeline.models.checkpoint import load_model_dir
+from pipeline.models.hf import load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
 
 MIN_TAIL = 1e-12
@@ -98,7 +98,7 @@ def run(cfg: AuditConfig) -> dict:
     """Audit one dataset against its teacher; return the report as a dict."""
     ds = SoftLabelDataset(cfg.labels)
     device = resolve_device(cfg.device)
-    teacher = load_model_dir(cfg.teacher, device)
+    teacher = load_model_spec(cfg.teacher, device)  # native, hf:, HF folder or URI
     _check(ds, cfg, teacher)
     vocab = ds.vocab_size
     sums = {"kl": 0.0, "coverage": 0.0, "entries": 0.0}

@@ -8,12 +8,16 @@ Cost is measured by `pipeline.benchmarking`, identically for every model.
 The report's results.json carries an inputs fingerprint (dataset manifest, each run's weights
 and complete.json, the teacher, the settings) so `pipeline run` can skip an evaluation whose
 inputs have not changed.
+
+`--labels`, `--run`, `--teacher` and `--out` may be object-storage URIs (pipeline/storage.py:
+model folders are copied to a local cache; the report is written locally, then uploaded with
+results.json last); a model may be `hf:NAME_OR_PATH` or a Hugging Face folder.
 """
 
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -25,10 +29,12 @@ from pipeline.device import autocast, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, sha256_json
 from pipeline.metrics import MetricSums
-from pipeline.models.checkpoint import WEIGHTS, LoadedModel, load_model_dir
+from pipeline.models.checkpoint import WEIGHTS, LoadedModel
+from pipeline.models.hf import HF_PREFIX, is_hf_spec, load_model_spec
 from pipeline.progress import positions_progress, rate_text
 from pipeline.report import RESULTS_JSON, add_ratios, sort_rows, write_report
 from pipeline.softlabels.reader import SoftLabelDataset
+from pipeline.storage import Store, is_remote, temporary_dir
 
 SPLIT = "validation"
 COMPLETE = "complete.json"
@@ -47,6 +53,7 @@ class EvaluateConfig:
     bench_warmup: int = 3
     bench_repeats: int = 10
     quiet: bool = False
+    trust_remote_code: bool = False  # hf: models may run their repo's code only if set
 
 
 @dataclass
@@ -64,11 +71,18 @@ def _check_args(cfg: EvaluateConfig) -> None:
         raise PipelineError(f"--batch-size {cfg.batch_size} must be >= 1")
     if cfg.max_rows is not None and cfg.max_rows < 1:
         raise PipelineError(f"--max-rows {cfg.max_rows} must be >= 1")
-    names = [Path(r).name for r in cfg.runs] + ([Path(cfg.teacher).name] if cfg.teacher else [])
+    names = [model_name(r) for r in cfg.runs] + ([model_name(cfg.teacher)] if cfg.teacher
+                                                  else [])
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PipelineError(f"two models share the folder name {dupes[0]!r}: names label the "
                             "rows of the report, so give each run folder a distinct name")
+
+
+def model_name(spec: str) -> str:
+    """The report row's name: the folder name (of a path, URI or hf:NAME)."""
+    spec = str(spec)
+    return Path(spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec.rstrip("/")).name
 
 
 def _dataset(cfg: EvaluateConfig) -> SoftLabelDataset:
@@ -96,7 +110,7 @@ def _check_model(m: LoadedModel, ds: SoftLabelDataset, what: str) -> None:
 def _load_models(cfg: EvaluateConfig, ds: SoftLabelDataset, device) -> list[_Model]:
     models = []
     if cfg.teacher:
-        teacher = load_model_dir(cfg.teacher, device)
+        teacher = load_model_spec(cfg.teacher, device, cfg.trust_remote_code)
         _check_model(teacher, ds, "--teacher")
         labeled_by = (ds.manifest.get("teacher") or {}).get("sha256")
         if labeled_by and teacher.weights_sha256 != labeled_by:
@@ -104,15 +118,15 @@ def _load_models(cfg: EvaluateConfig, ds: SoftLabelDataset, device) -> list[_Mod
                 f"--teacher {cfg.teacher} (weights sha256 {teacher.weights_sha256[:12]}) is not "
                 f"the teacher that labeled {ds.root} (sha256 {labeled_by[:12]}); pass that "
                 "teacher, or pass this model as a --run to measure its fidelity")
-        models.append(_Model(Path(cfg.teacher).name, "teacher", teacher))
+        models.append(_Model(model_name(cfg.teacher), "teacher", teacher))
     for run in cfg.runs:
-        m = load_model_dir(run, device)
+        m = load_model_spec(run, device, cfg.trust_remote_code)
         _check_model(m, ds, "--run")
-        if not (Path(run) / COMPLETE).is_file():
+        if not is_hf_spec(run) and not (m.path / COMPLETE).is_file():
             warn.print(f"[yellow]warning:[/yellow] {escape(run)} has no {COMPLETE} (training "
                        "did not finish); evaluating its last checkpoint", highlight=False,
                        soft_wrap=True)
-        models.append(_Model(Path(run).name, "student", m))
+        models.append(_Model(model_name(run), "student", m))
     return models
 
 
@@ -154,17 +168,31 @@ def inputs_fingerprint(cfg: EvaluateConfig) -> str:
     settings and the device. Cheap (hashes files, loads no model)."""
     manifest = SoftLabelDataset(cfg.labels).manifest
 
-    def model_inputs(path):
-        p = Path(path)
-        complete = p / COMPLETE
-        return {"name": p.name, "weights": sha256_file(p / WEIGHTS) if (p / WEIGHTS).is_file()
-                else None, "complete": sha256_file(complete) if complete.is_file() else None}
-
     return sha256_json({
         "dataset": {"plan": manifest.get("plan_fingerprint"), "splits": manifest["splits"]},
-        "runs": [model_inputs(r) for r in cfg.runs],
-        "teacher": model_inputs(cfg.teacher) if cfg.teacher else None,
+        "runs": [_model_inputs(r) for r in cfg.runs],
+        "teacher": _model_inputs(cfg.teacher) if cfg.teacher else None,
         "settings": _settings(cfg)})
+
+
+def _model_inputs(spec: str) -> dict:
+    """A model's weights and completion record, hashed where they are (local or remote); a hub
+    model (hf:NAME) by name, a local HF folder by its safetensors files."""
+    target = spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
+    if is_hf_spec(spec) and not Path(target).is_dir() and not is_remote(target):
+        return {"name": spec, "weights": None, "complete": None}
+    store = Store(target)
+    if store.remote:
+        def sha(name):
+            return store.sha256(name) if store.isfile(name) else None
+    else:
+        def sha(name):
+            return sha256_file(store.path(name)) if store.path(name).is_file() else None
+    weights = sha(WEIGHTS)
+    if weights is None and not store.remote:  # a sharded HF folder
+        shards = sorted(Path(store.path()).glob("*.safetensors"))
+        weights = sha256_json([sha256_file(f) for f in shards]) if shards else None
+    return {"name": model_name(spec), "weights": weights, "complete": sha(COMPLETE)}
 
 
 def _settings(cfg: EvaluateConfig) -> dict:
@@ -175,8 +203,8 @@ def _settings(cfg: EvaluateConfig) -> dict:
 
 def load_results(out: str | Path) -> dict | None:
     try:
-        return json.loads((Path(out) / RESULTS_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
+        return json.loads(Store(out).read_bytes(RESULTS_JSON))
+    except (OSError, PipelineError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -206,17 +234,30 @@ def run(cfg: EvaluateConfig) -> dict:
     models = _load_models(cfg, ds, device)
     scored = _score(cfg, ds, models, device)
     bench = BenchSettings(cfg.batch_size, ds.seq_len, cfg.bench_warmup, cfg.bench_repeats)
-    costs = measure_costs([(m.loaded.model, m.loaded.path / WEIGHTS) for m in models],
+    costs = measure_costs([(m.loaded.model, m.loaded.weights_bytes) for m in models],
                           ds.vocab_size, bench, device)
     rows = [_row(m, m.sums.result(), cost) for m, cost in zip(models, costs, strict=True)]
     add_ratios(rows)
     teacher = ds.manifest.get("teacher") or {}
     results = {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs_fingerprint": fingerprint,
         "dataset": {"path": str(ds.root), "split": SPLIT, "teacher": teacher.get("spec"),
                     "labels": f"{ds.spec.mode} k={ds.spec.k}", **scored},
         "settings": {**_settings(cfg), "bench": {**asdict(bench), "device": str(device)}},
         "rows": sort_rows(rows)}
-    write_report(results, Path(cfg.out))
+    _write(results, cfg.out)
     return results
+
+
+def _write(results: dict, out: str) -> None:
+    """The report folder; on object storage written locally, then uploaded (results.json,
+    the completion record, last)."""
+    store = Store(out)
+    if not store.remote:
+        return write_report(results, Path(out))
+    with temporary_dir() as tmp:
+        write_report(results, Path(tmp))
+        names = sorted(p.name for p in Path(tmp).iterdir() if p.name != RESULTS_JSON)
+        for name in [*names, RESULTS_JSON]:
+            store.put_file(Path(tmp) / name, name)

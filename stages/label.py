@@ -6,15 +6,17 @@ writer thread so the two overlap) → manifest last. Rerunning a finished job do
 rerunning an interrupted one finishes it. With `--workers N` / `--scheduler ADDR` the shards run
 as dask tasks instead (stages/label_shards.py); planning, resume and the manifest stay here, so
 both paths produce the same dataset.
+
+`--out` and `--corpus` may be object-storage URIs (pipeline/storage.py): shards and records are
+then whole objects and the manifest is still written last. `--teacher` may be `hf:NAME_OR_PATH`
+or a Hugging Face folder (pipeline/models/hf.py).
 """
 
 import contextlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
 
@@ -37,6 +39,7 @@ from pipeline.softlabels.manifest import (
     shard_relpath,
     write_json_atomic,
 )
+from pipeline.storage import Store
 from pipeline.tokenizer import load_tokenizer
 from stages.label_shards import ShardWork, label_in_process, label_on_cluster
 
@@ -71,6 +74,7 @@ class LabelConfig:
     proposal_temperature: float = 1.0
     seed: int = 0
     u8_min_logprob: float = S.U8_DEFAULT_MIN_LOGPROB  # --logprob-encoding u8: value of code 255
+    trust_remote_code: bool = False  # hf: teachers may run the model repo's own code only if set
 
 
 def _check_args(cfg: LabelConfig) -> None:
@@ -96,8 +100,19 @@ def _check_args(cfg: LabelConfig) -> None:
     labelmodes.check_args(cfg)
 
 
+def _load_teacher(spec: str, device, trust_remote_code: bool = False):
+    """A local native model folder directly; hf:..., Hugging Face folders and URIs through
+    pipeline.models.hf.load_model_spec (the one loader of teacher specs)."""
+    from pipeline.models.hf import is_native_dir, load_model_spec
+
+    if is_native_dir(spec):
+        return load_model_dir(spec, device)
+    return load_model_spec(spec, device, trust_remote_code)
+
+
 def _load_inputs(cfg: LabelConfig, device: torch.device):
-    teacher = load_model_dir(cfg.teacher, device) if cfg.top_k > 0 else None
+    teacher = (_load_teacher(cfg.teacher, device, cfg.trust_remote_code) if cfg.top_k > 0
+               else None)
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     if teacher is not None:
         if tokenizer is not None and tokenizer.sha256 != teacher.tokenizer.sha256:
@@ -110,7 +125,7 @@ def _load_inputs(cfg: LabelConfig, device: torch.device):
         if context and cfg.seq_len > context:
             raise PipelineError(f"--seq-len {cfg.seq_len} exceeds the teacher context {context}")
     elif tokenizer is None:
-        tokenizer = load_model_dir(cfg.teacher, "cpu").tokenizer
+        tokenizer = _load_teacher(cfg.teacher, "cpu", cfg.trust_remote_code).tokenizer
     if cfg.top_k > tokenizer.vocab_size:
         raise PipelineError(f"--top-k {cfg.top_k} exceeds the vocabulary size "
                             f"{tokenizer.vocab_size}")
@@ -141,38 +156,52 @@ def _plan(cfg, tokenizer, teacher, spec) -> dict:
     return plan
 
 
-def _prepare_out(out: Path, plan: dict, overwrite: bool) -> None:
+def _write_json(store: Store, name: str, obj) -> None:
+    """Local: write_json_atomic (tmp → fsync → rename); remote: one whole object."""
+    if store.remote:
+        store.write_json(name, obj)
+    else:
+        write_json_atomic(store.path(name), obj)
+
+
+def _prepare_out(store: Store, plan: dict, overwrite: bool) -> None:
     """Refuse to mix two plans in one folder; wipe only with --overwrite."""
-    plan_file = out / PLAN
     existing = None
-    if plan_file.is_file():
-        existing = json.loads(plan_file.read_text()).get("fingerprint")
+    if store.isfile(PLAN):
+        existing = json.loads(store.read_bytes(PLAN)).get("fingerprint")
     # plan.json.tmp: left by a labeler killed while writing the plan; it is rewritten below
     ignore = (".lock", PLAN + ".tmp")
-    foreign = [p.name for p in out.iterdir() if p.name not in ignore] if out.exists() else []
+    foreign = [name for name in store.listdir() if name not in ignore]
     if existing == plan["fingerprint"]:
         return
     if foreign and not overwrite:
         why = "a different labeling plan" if existing else "files that are not a dataset of ours"
-        raise PipelineError(f"--out {out} already holds {why} (corpus, teacher, tokenizer or "
+        raise PipelineError(f"--out {store} already holds {why} (corpus, teacher, tokenizer or "
                             "options differ); choose another --out or pass --overwrite")
     for name in foreign:
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan_file, plan)
+        store.remove(name)
+    store.makedirs()
+    _write_json(store, PLAN, plan)
 
 
-def _completed(out: Path, shard: dict) -> dict | None:
+def _completed(store: Store, shard: dict) -> dict | None:
     """The shard's completion record if the file on disk still matches it, else None."""
-    rec_path = out / PROGRESS_DIR / shard["split"] / f"part-{shard['index']:05d}.json"
+    rel = shard_relpath(shard["split"], shard["index"])
     try:
-        rec = json.loads(rec_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        rec = json.loads(store.read_bytes(
+            f"{PROGRESS_DIR}/{shard['split']}/part-{shard['index']:05d}.json"))
+    except (OSError, PipelineError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    path = out / rec.get("path", "")
-    ok = (rec.get("input_sha256") == shard["input_sha256"] and path.is_file()
-          and path.stat().st_size == rec.get("bytes") and sha256_file(path) == rec.get("sha256"))
+    if not isinstance(rec, dict) or rec.get("path") != rel:
+        return None
+    if store.remote:
+        ok = (rec.get("input_sha256") == shard["input_sha256"] and store.isfile(rel)
+              and store.size(rel) == rec.get("bytes") and store.sha256(rel) == rec.get("sha256"))
+    else:
+        path = store.path(rel)
+        ok = (rec.get("input_sha256") == shard["input_sha256"] and path.is_file()
+              and path.stat().st_size == rec.get("bytes")
+              and sha256_file(path) == rec.get("sha256"))
     return rec if ok else None
 
 
@@ -215,26 +244,25 @@ def run(cfg: LabelConfig) -> dict:
     device = torch.device("cpu") if distributed else resolve_device(cfg.device)
     teacher, tokenizer = _load_inputs(cfg, device)
     spec = labelmodes.build_spec(cfg, tokenizer.vocab_size)
-    out = Path(cfg.out)
-    with _client(cfg) as client, DirLock(out):
+    store = Store(cfg.out)
+    with _client(cfg) as client, DirLock(store):
         plan = _plan(cfg, tokenizer, teacher, spec)
-        _prepare_out(out, plan, cfg.overwrite)
-        manifest_path = out / MANIFEST
+        _prepare_out(store, plan, cfg.overwrite)
         records = {}
         for shard in plan["shards"]:
-            if rec := _completed(out, shard):
+            if rec := _completed(store, shard):
                 records[(shard["split"], shard["index"])] = rec
-        if manifest_path.is_file() and len(records) == len(plan["shards"]):
-            return json.loads(manifest_path.read_text())
-        manifest_path.unlink(missing_ok=True)
+        if store.isfile(MANIFEST) and len(records) == len(plan["shards"]):
+            return json.loads(store.read_bytes(MANIFEST))
+        store.remove(MANIFEST)
         work = _shard_work(cfg, plan, spec, tokenizer, teacher)
         new = _label_missing(cfg, plan, work, tokenizer, teacher, device, set(records), client)
         all_records = list(records.values()) + new
         _check_complete(plan, all_records)
-        shutil.copyfile(tokenizer.path, out / "tokenizer.json")
+        store.put_file(tokenizer.path, "tokenizer.json")
         manifest = _manifest(cfg, plan, spec, tokenizer, teacher, all_records)
-        write_card(out, manifest)
-        write_json_atomic(manifest_path, manifest)  # the commit point: always last
+        write_card(store, manifest)
+        _write_json(store, MANIFEST, manifest)  # the commit point: always last
         return manifest
 
 
@@ -256,7 +284,8 @@ def _shard_work(cfg, plan, spec, tokenizer, teacher) -> ShardWork:
           "plan_fingerprint": plan["fingerprint"]}
     return ShardWork(cfg.out, spec, kv, cfg.batch_size, cfg.row_group_rows,
                      cfg.teacher if teacher else None,
-                     teacher.weights_sha256 if teacher else None, cfg.device)
+                     teacher.weights_sha256 if teacher else None, cfg.device,
+                     cfg.trust_remote_code)
 
 
 def _check_complete(plan: dict, records: list[dict]) -> None:

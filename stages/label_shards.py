@@ -17,7 +17,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
@@ -40,6 +39,7 @@ class ShardWork:
     teacher: str | None = None
     teacher_sha256: str | None = None
     device: str = "auto"
+    trust_remote_code: bool = False
 
     def labels(self, model, shard_input: ShardInput, device, on_batch=None) -> ShardLabels | None:
         if model is None:  # tokens-only dataset
@@ -54,7 +54,7 @@ class ShardWork:
     def write(self, shard_input: ShardInput, labels: ShardLabels | None) -> dict:
         """Atomic write named by (split, index); returns the completion record."""
         table = build_table(self.spec, shard_input.tokens, shard_input.doc_ids, labels)
-        return write_shard(Path(self.out), shard_input.split, shard_input.index, table, self.kv,
+        return write_shard(self.out, shard_input.split, shard_input.index, table, self.kv,
                            self.row_group_rows, shard_input.input_sha256)
 
 
@@ -104,7 +104,8 @@ def label_shard_task(work: ShardWork, shard_input: ShardInput) -> dict:
     from pipeline.cluster import cached_teacher
 
     device = resolve_device(work.device)
-    teacher = cached_teacher(work.teacher, work.teacher_sha256, device) if work.teacher else None
+    teacher = (cached_teacher(work.teacher, work.teacher_sha256, device, work.trust_remote_code)
+               if work.teacher else None)
     labels = work.labels(teacher.model if teacher else None, shard_input, device)
     return work.write(shard_input, labels)
 

@@ -29,6 +29,7 @@ from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.manifest import write_json_atomic
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
+from pipeline.storage import cache_dir, is_remote
 from pipeline.students import (
     StudentSpec,
     dumps_toml,
@@ -84,7 +85,8 @@ def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
 
 def resolved_config(spec: StudentSpec, ds: SoftLabelDataset, cfg: TrainConfig) -> dict:
     """What config.toml records: the student with defaults filled, plus what data it saw."""
-    data = {"labels": str(Path(cfg.labels).resolve()),
+    labels = cfg.labels if is_remote(cfg.labels) else str(Path(cfg.labels).resolve())
+    data = {"labels": labels,
             "dataset_fingerprint": ds.manifest.get("plan_fingerprint", ""),
             "tokenizer_sha256": ds.tokenizer_sha256, "seed": cfg.data_seed,
             "shuffle_rows": cfg.shuffle_rows, "num_workers": cfg.num_workers}
@@ -144,7 +146,7 @@ def _validation_batches(ds: SoftLabelDataset, batch_size: int, n: int,
 
 def _open_runs(todo, reader, ds, cfg, device) -> list[StudentRun]:
     runs = []
-    tokenizer = ds.root / "tokenizer.json"
+    tokenizer = dataset_tokenizer(ds)
     for spec, run_dir, resolved, action in todo:
         run = ddp.student_run(spec, run_dir, device, tokenizer, _total_steps(spec, reader))
         resumed = action == "resume" and run.load_checkpoint() is not None
@@ -228,11 +230,12 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
 
 def run(cfg: TrainConfig) -> dict[str, Path]:
     """Train (or resume, or skip when finished) every student; return {name: run folder}."""
+    if is_remote(cfg.out):
+        raise PipelineError(f"--out {cfg.out}: run folders must be local (checkpoints are "
+                            "renamed and hard-linked in place); train into a local folder and "
+                            "copy it to object storage afterwards - --labels may be remote")
     ds = SoftLabelDataset(cfg.labels)
-    tok = ds.root / "tokenizer.json"
-    if not tok.is_file() or sha256_file(tok) != ds.tokenizer_sha256:
-        raise PipelineError(f"{tok} is missing or differs from the manifest's tokenizer sha256; "
-                            "the dataset is incomplete - relabel it")
+    dataset_tokenizer(ds)
     if cfg.num_workers < 0 or cfg.shuffle_rows < 1:
         raise PipelineError("--num-workers must be >= 0 and shuffle rows >= 1")
     specs = _load_students(cfg, ds)
@@ -257,6 +260,24 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
             _train_group(ds, [t for t in todo if t[0].train.batch_size == size], cfg, device)
         ddp.barrier()  # complete.json exists before any rank returns
     return {spec.name: out / spec.name for spec in specs}
+
+
+def dataset_tokenizer(ds: SoftLabelDataset) -> Path:
+    """The dataset's tokenizer.json as a local file, checked against the manifest (a remote
+    dataset's is downloaded once into the cache, named by its sha256)."""
+    if ds.store.remote:
+        tok = cache_dir() / "tokenizers" / f"{ds.tokenizer_sha256}.json"
+        if not tok.is_file() or sha256_file(tok) != ds.tokenizer_sha256:
+            if not ds.store.isfile("tokenizer.json"):
+                tok = ds.store.uri_of("tokenizer.json")
+            else:
+                ds.store.get_file("tokenizer.json", tok)
+    else:
+        tok = ds.root / "tokenizer.json"
+    if not Path(tok).is_file() or sha256_file(tok) != ds.tokenizer_sha256:
+        raise PipelineError(f"{tok} is missing or differs from the manifest's tokenizer sha256; "
+                            "the dataset is incomplete - relabel it")
+    return Path(tok)
 
 
 def summaries(run_dirs: dict[str, Path]) -> dict[str, dict]:

@@ -1,4 +1,8 @@
-"""Model families by name. A model directory's config.json says `family` and the family's fields."""
+"""Model families by name. A model directory's config.json says `family` and the family's fields.
+
+`hf` is any Hugging Face causal LM built from a config (pipeline/models/hf.py); transformers is
+imported only when such a model is built or loaded.
+"""
 
 from dataclasses import asdict, fields
 
@@ -7,8 +11,9 @@ import torch.nn as nn
 from pipeline.errors import PipelineError
 from pipeline.models.gpt import GPT, GPTConfig
 from pipeline.models.gru import GRULM, GRUConfig
+from pipeline.models.hf import HFCausalLM, HFConfig
 
-FAMILIES = {"gpt": (GPTConfig, GPT), "gru": (GRUConfig, GRULM)}
+FAMILIES = {"gpt": (GPTConfig, GPT), "gru": (GRUConfig, GRULM), "hf": (HFConfig, HFCausalLM)}
 
 
 def config_fields(family: str) -> list[str]:

@@ -2,8 +2,14 @@
 
 Weights are loaded only with safetensors, never with pickle or `torch.load`, because teams load
 models and datasets that other teams made. A file that is not a safetensors file is refused.
+
+A Hugging Face model (`pipeline.models.hf.HFCausalLM`, `family = "hf"`) is saved as a
+save_pretrained folder instead (its config.json has HF keys); `load_weights` loads either kind.
+A native model whose vocabulary is larger than its tokenizer (a student of an HF teacher with
+padded embeddings) records `tokenizer_vocab_size` in config.json, so the pair is still checked.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -18,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.models import build_model, count_parameters, model_config_dict
+from pipeline.models.hf import HFCausalLM
 from pipeline.tokenizer import LoadedTokenizer, load_tokenizer
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
@@ -30,12 +37,18 @@ class LoadedModel:
     tokenizer: LoadedTokenizer
     weights_sha256: str
     path: Path
+    spec: str | None = None  # as the user named it (hf:NAME, s3://...) when that is not `path`
+    weights_files: list[Path] | None = None  # default: path / model.safetensors
 
     def describe(self) -> dict:
         dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
-        return {"spec": str(self.path), "family": self.config["family"],
+        return {"spec": self.spec or str(self.path), "family": self.config["family"],
                 "sha256": self.weights_sha256, "parameters": count_parameters(self.model),
                 "dtype": dtype}
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(Path(f).stat().st_size for f in self.weights_files or [self.path / WEIGHTS])
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -47,9 +60,12 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_model_dir(model: nn.Module, tokenizer_path: str | Path, out: str | Path) -> Path:
+def save_model_dir(model: nn.Module, tokenizer_path: str | Path, out: str | Path,
+                   padded_vocab: bool = False) -> Path:
     """Write a model directory atomically file by file (weights last is not needed: all are
     rewritten together on every save and a loader checks all three exist)."""
+    if isinstance(model, HFCausalLM):
+        return model.save_dir(tokenizer_path, out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -58,11 +74,44 @@ def save_model_dir(model: nn.Module, tokenizer_path: str | Path, out: str | Path
     tmp = out / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     os.replace(tmp, out / WEIGHTS)
-    _atomic_write_bytes(out / CONFIG, json.dumps(model_config_dict(model), indent=2).encode())
+    config = model_config_dict(model)
+    if padded_vocab:  # trained on a dataset whose vocabulary exceeds its tokenizer (module doc)
+        tokens = tokenizer_size(str(tokenizer_path))
+        if config.get("vocab_size", 0) > tokens:
+            config["tokenizer_vocab_size"] = tokens
+    _atomic_write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
     if Path(tokenizer_path).resolve() != (out / TOKENIZER).resolve():
         shutil.copyfile(tokenizer_path, out / (TOKENIZER + ".tmp"))
         os.replace(out / (TOKENIZER + ".tmp"), out / TOKENIZER)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def tokenizer_size(path: str) -> int:
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(path).get_vocab_size()
+    except Exception:  # not ours to judge here: load_model_dir reports a bad tokenizer
+        return 0
+
+
+def model_files(folder: Path, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The files of a model folder, weights last (a reader that sees the weights sees a whole
+    folder): config.json and tokenizer.json, plus a save_pretrained folder's other JSON files."""
+    names = sorted(p.name for p in Path(folder).iterdir() if p.is_file()
+                   and p.suffix in (".json", ".safetensors") and p.name not in exclude)
+    return [n for n in names if n != WEIGHTS] + ([WEIGHTS] if WEIGHTS in names else [])
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a safetensors file into a native or HF model (re-tying weights stored once)."""
+    state = load_state(path)
+    if isinstance(model, HFCausalLM):
+        return model.load_weights(state, path)
+    if "head.weight" not in state and hasattr(model, "head"):
+        state["head.weight"] = state["tok_emb.weight"]
+    model.load_state_dict(state)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -86,18 +135,19 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         config = json.loads((path / CONFIG).read_text())
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path / CONFIG} is not valid JSON: {exc}") from exc
-    params = {k: v for k, v in config.items() if k != "family"}
+    params = {k: v for k, v in config.items() if k not in ("family", "tokenizer_vocab_size")}
     model = build_model(config.get("family", "gpt"), params)
-    state = load_state(path / WEIGHTS)
-    if "head.weight" not in state and hasattr(model, "head"):
-        state["head.weight"] = state["tok_emb.weight"]
     try:
-        model.load_state_dict(state)
+        load_weights(model, path / WEIGHTS)
     except RuntimeError as exc:
         raise PipelineError(f"{path / WEIGHTS} does not match {path / CONFIG}: "
                             f"{str(exc).splitlines()[0]}") from exc
     tokenizer = load_tokenizer(path / TOKENIZER)
     vocab = config.get("vocab_size")
+    padded = config.get("tokenizer_vocab_size")
+    if padded is not None and padded == tokenizer.vocab_size and isinstance(vocab, int) \
+            and vocab > padded:
+        tokenizer.tokenizer_size, tokenizer.vocab_size = tokenizer.vocab_size, vocab
     if vocab != tokenizer.vocab_size:
         raise PipelineError(f"{path}: tokenizer vocab size {tokenizer.vocab_size} != model "
                             f"vocab_size {vocab}; the model and tokenizer.json do not belong "

@@ -1,7 +1,5 @@
 """The generated README.md dataset card: what a consuming team needs to trust and load the data."""
 
-from pathlib import Path
-
 
 def render_card(m: dict) -> str:
     teacher = m.get("teacher") or {}
@@ -56,7 +54,9 @@ def _extras(labels: dict) -> str:
     return (" · " + " · ".join(extra)) if extra else ""
 
 
-def write_card(root: Path, manifest: dict) -> None:
-    tmp = root / "README.md.tmp"
-    tmp.write_text(render_card(manifest))
-    tmp.replace(root / "README.md")
+def write_card(root, manifest: dict) -> None:
+    """README.md next to the manifest; `root` is a folder, a URI or a pipeline.storage.Store."""
+    from pipeline.storage import Store
+
+    store = root if isinstance(root, Store) else Store(root)
+    store.write_bytes("README.md", render_card(manifest).encode())

@@ -20,11 +20,15 @@ SHARDS_DIR = "shards"
 
 def write_json_atomic(path: str | Path, obj) -> None:
     """tmp → fsync → rename → fsync dir: a reader sees the old file or the new one, never half."""
+    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -60,15 +64,18 @@ def safe_shard_path(root: Path, rel: str) -> Path:
     return full
 
 
-def load_manifest(root: str | Path) -> dict:
-    root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
+def load_manifest(root) -> dict:
+    """The manifest of a dataset folder or URI (`root` may be a pipeline.storage.Store)."""
+    from pipeline.storage import Store
+
+    store = root if isinstance(root, Store) else Store(root)
+    path = store.uri_of(MANIFEST) if store.remote else store.path(MANIFEST)
+    if not store.isfile(MANIFEST):
         hint = (" (a labeling run did not finish: rerun `pipeline label` to complete it)"
-                if (root / PLAN).exists() else "")
-        raise PipelineError(f"{root} is not a soft-label dataset: no {MANIFEST}{hint}")
+                if store.exists(PLAN) else "")
+        raise PipelineError(f"{store.uri} is not a soft-label dataset: no {MANIFEST}{hint}")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(store.read_bytes(MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{path} is not valid JSON ({exc}); the dataset is corrupt") from exc
     check_manifest_shape(manifest, path)

@@ -18,13 +18,14 @@ from pipeline.softlabels import checks, ragged
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import decode_logprobs, importance_weights
 from pipeline.softlabels.manifest import load_manifest, safe_shard_path
+from pipeline.storage import Store, safe_rel
 
 
 @dataclass
 class ShardInfo:
     split: str
     index: int
-    path: Path
+    path: Path | str  # a Path locally; `bucket/key` (the store's path) on object storage
     rel: str
     rows: int
     sha256: str
@@ -32,21 +33,35 @@ class ShardInfo:
 
 
 class SoftLabelDataset:
-    """A verified view of a dataset directory. Construction never reads shard contents."""
+    """A verified view of a dataset directory or URI (pipeline/storage.py). Construction never
+    reads shard contents. `root` is a Path for a local dataset and the URI string for a remote
+    one; `store` reads either."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.manifest = load_manifest(self.root)
+        self.store = Store(root)
+        self.root = self.store.uri if self.store.remote else Path(self.store.path())
+        self.manifest = load_manifest(self.store)
+        where = self.store.uri_of("manifest.json") if self.store.remote else self.root / \
+            "manifest.json"
         # Untrusted input: every field used below is type- and range-checked first.
-        self.spec, self.seq_len = checks.manifest_fields(self.manifest, self.root / "manifest.json")
+        self.spec, self.seq_len = checks.manifest_fields(self.manifest, where)
         self.shards: dict[str, list[ShardInfo]] = {}
         for split, entries in self.manifest["splits"].items():
             for e in entries:
-                checks.shard_entry(e, split, self.root / "manifest.json")
+                checks.shard_entry(e, split, where)
             self.shards[split] = [
-                ShardInfo(split, i, safe_shard_path(self.root, e["path"]), e["path"],
+                ShardInfo(split, i, self._shard_path(e["path"]), e["path"],
                           int(e["rows"]), e["sha256"], int(e["bytes"]))
                 for i, e in enumerate(entries)]
+
+    def _shard_path(self, rel: str) -> Path | str:
+        """Refuse a manifest path that leaves the dataset (another folder, bucket or URL)."""
+        if not self.store.remote:
+            return safe_shard_path(self.root, rel)
+        return self.store.path(safe_rel(rel, self.store.uri))
+
+    def _rel(self, shard: ShardInfo) -> str:
+        return safe_rel(shard.rel, self.store.uri)
 
     @property
     def tokenizer_sha256(self) -> str:
@@ -62,15 +77,27 @@ class SoftLabelDataset:
         return self.shards[split]
 
     def verify_checksum(self, shard: ShardInfo) -> None:
-        if not shard.path.is_file():
+        if self.store.remote:
+            rel = self._rel(shard)
+            present = self.store.isfile(rel)
+            same = present and (self.store.size(rel) == shard.bytes
+                                and self.store.sha256(rel) == shard.sha256)
+        else:
+            present = shard.path.is_file()
+            same = present and (shard.path.stat().st_size == shard.bytes
+                                and sha256_file(shard.path) == shard.sha256)
+        if not present:
             raise PipelineError(f"shard {shard.rel} listed in the manifest is missing")
-        if shard.path.stat().st_size != shard.bytes or sha256_file(shard.path) != shard.sha256:
+        if not same:
             raise PipelineError(f"shard {shard.rel}: checksum mismatch with manifest.json (the "
                                 "file changed or is corrupt); re-download or relabel it")
 
     def open_shard(self, shard: ShardInfo) -> pq.ParquetFile:
         try:
-            pf = pq.ParquetFile(shard.path)
+            # remote: a seekable file object; Parquet reads the footer, then only the row
+            # groups asked for (ranged GETs), never the whole object up front
+            source = self.store.open(self._rel(shard)) if self.store.remote else shard.path
+            pf = pq.ParquetFile(source)
         except (pa.ArrowException, OSError) as exc:
             raise PipelineError(f"shard {shard.rel} is not a readable Parquet file: {exc}") from exc
         expected = S.arrow_schema(self.spec)

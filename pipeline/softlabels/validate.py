@@ -120,8 +120,7 @@ def validate_dataset(root: str | Path) -> tuple[list[str], dict]:
                 continue
             rows += table.num_rows
             problems += check_table(ds, shard, table)
-    if (Path(root) / "tokenizer.json").is_file():
-        from pipeline.hashing import sha256_file
-        if sha256_file(Path(root) / "tokenizer.json") != ds.tokenizer_sha256:
+    if ds.store.isfile("tokenizer.json"):  # local or object storage (pipeline/storage.py)
+        if ds.store.sha256("tokenizer.json") != ds.tokenizer_sha256:
             problems.append("tokenizer.json: sha256 differs from manifest tokenizer.sha256")
     return problems, {"shards": shards_checked, "rows": rows}

@@ -4,7 +4,8 @@ A shard is written to `part-XXXXX.parquet.tmp`, fsynced, renamed into place, and
 a completion record in `_progress/`. A rerun trusts a shard only if its record exists and the
 file's size and sha256 still match, so a kill at any moment leaves nothing a later run would take
 as complete. Shards are named by (split, index) from the plan, never by worker, so a retried task
-rewrites the same file.
+rewrites the same file. On object storage (pipeline/storage.py) the shard is uploaded as one
+whole object after it is complete, and its record after it.
 """
 
 import os
@@ -19,8 +20,9 @@ from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import encode_logprobs
-from pipeline.softlabels.manifest import PROGRESS_DIR, shard_relpath, write_json_atomic
+from pipeline.softlabels.manifest import PROGRESS_DIR, shard_relpath
 from pipeline.softlabels.ragged import pack, row_offsets
+from pipeline.storage import Store, temporary_dir
 
 
 @dataclass
@@ -94,16 +96,36 @@ def _variable_columns(spec: S.LabelSpec, labels: ShardLabels, rows: int) -> dict
             S.COL_TOPK_LOGPROBS: _ragged_column(lps, labels.counts, lp_type)}
 
 
-def write_shard(root: Path, split: str, index: int, table: pa.Table, kv_metadata: dict,
+def write_shard(root: Path | str, split: str, index: int, table: pa.Table, kv_metadata: dict,
                 row_group_rows: int, input_sha256: str) -> dict:
-    """Write one shard atomically and its completion record; return the record."""
+    """Write one shard atomically and its completion record; return the record.
+
+    `root` may be a URI (pipeline/storage.py): the shard is then written to a local temp file
+    and uploaded as one object (objects appear whole), and the record is uploaded after it."""
+    store = Store(root)
     rel = shard_relpath(split, index)
-    final = root / rel
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
     meta = {f"softlabels.{k}": str(v) for k, v in kv_metadata.items()}
     meta.update({"softlabels.split": split, "softlabels.shard": str(index)})
     table = table.replace_schema_metadata(meta)
+    if store.remote:
+        with temporary_dir() as tmp_dir:
+            local = Path(tmp_dir) / Path(rel).name
+            _write_parquet(local, table, row_group_rows, rel)
+            record = shard_record(table, rel, local, input_sha256)
+            store.put_file(local, rel)
+    else:
+        final = store.path(rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(final.name + ".tmp")
+        _write_parquet(tmp, table, row_group_rows, rel)
+        os.replace(tmp, final)
+        record = shard_record(table, rel, final, input_sha256)
+    store.write_json(f"{PROGRESS_DIR}/{split}/part-{index:05d}.json", record)
+    return record
+
+
+def _write_parquet(tmp: Path, table: pa.Table, row_group_rows: int, rel: str) -> None:
+    """tmp file → fsync; on failure (disk full) remove it and say so in one line."""
     try:
         with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
             writer.write_table(table, row_group_size=max(1, row_group_rows))
@@ -113,12 +135,6 @@ def write_shard(root: Path, split: str, index: int, table: pa.Table, kv_metadata
         tmp.unlink(missing_ok=True)
         raise PipelineError(f"writing shard {rel} failed: {exc} (disk full? free space and "
                             "rerun; completed shards are kept)") from exc
-    os.replace(tmp, final)
-    record = shard_record(table, rel, final, input_sha256)
-    progress = root / PROGRESS_DIR / split
-    progress.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(progress / f"part-{index:05d}.json", record)
-    return record
 
 
 def shard_record(table: pa.Table, rel: str, path: Path, input_sha256: str) -> dict:

@@ -56,7 +56,7 @@ def test_bundled_students_are_valid(path):
     ("[model]\nfamily = 'gru'\nn_head = 2\n", r"unknown \[model\] key 'n_head' for family gru; "
                                              r"valid keys are \['family', 'vocab_size', "),
     ("[model]\nfamily = 'lstm'\n", r"family 'lstm' is not a model family; valid are "
-                                   r"\['gpt', 'gru'\]"),
+                                   r"\['gpt', 'gru', 'hf'\]"),
     ("[loss]\nkind = 'kl_reverse'\n", r"kind 'kl_reverse' is not a loss; valid are "
                                       r"\['kl_tail', 'kl_renorm', 'ce'"),
     ("[train]\nbatch_size = '8'\n", r"key 'batch_size' must be int, got '8'"),

@@ -1,0 +1,351 @@
+"""Where datasets, corpora, models and reports live: the local disk or object storage (fsspec).
+
+Every path the CLI takes may be a local path or an fsspec URI (`s3://bucket/prefix`,
+`gs://...`, `memory://...`). `Store(root)` is one such directory with the few operations the
+stages need (read/write bytes and JSON, exists, size, listing, streaming sha256, removal).
+
+Why these semantics:
+- **Local paths behave exactly as before**: a write is `tmp → fsync → rename → fsync dir`, so a
+  reader sees the old file or the new one, never half of one.
+- **Object storage has no rename**, but a PUT is atomic: an object appears whole or not at all
+  (a multipart upload appears when it completes). So remote writes are always whole objects: a
+  shard is written to a local temp file and uploaded (`put_file`), JSON is one `pipe`. The
+  manifest stays the commit point: it is written last, as one object.
+- S3-compatible stores are configured through the standard AWS environment (credentials,
+  `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`); `pipeline --endpoint-url URL`
+  sets `AWS_ENDPOINT_URL` for the command (and so for its dask/DataLoader workers).
+- Listings are never cached (`use_listings_cache=False`): a labeler must see the objects it just
+  wrote, and a rerun the objects a killed run left.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import PipelineError
+
+LOCAL_PROTOCOLS = ("file", "local")
+CACHE_ENV = "SOFTLABELS_CACHE"
+
+
+def is_remote(uri: str | Path) -> bool:
+    """True for `proto://...` URIs other than file://; a plain path is local."""
+    text = str(uri)
+    if "://" not in text:
+        return False
+    return text.split("://", 1)[0].lower() not in LOCAL_PROTOCOLS
+
+
+def local_path(uri: str | Path) -> Path:
+    text = str(uri)
+    return Path(text.split("://", 1)[1]) if text.startswith("file://") else Path(text)
+
+
+def set_endpoint_url(url: str | None) -> None:
+    """`--endpoint-url`: the S3 endpoint for this process and the workers it starts."""
+    if url:
+        os.environ["AWS_ENDPOINT_URL"] = url
+
+
+def filesystem(uri: str):
+    """(fsspec filesystem, path without protocol) for a remote URI."""
+    import fsspec
+
+    protocol = uri.split("://", 1)[0].lower()
+    options = {"use_listings_cache": False} if protocol in ("s3", "s3a", "gs", "gcs") else {}
+    try:
+        return fsspec.core.url_to_fs(uri, **options)
+    except (ImportError, ValueError) as exc:
+        raise PipelineError(f"{uri}: no filesystem for {protocol}:// ({exc}); install its fsspec "
+                            "package (s3fs for s3://, gcsfs for gs://)") from None
+
+
+@contextlib.contextmanager
+def remote_errors(uri: str):
+    """Turn storage failures (no bucket, no credentials, endpoint down) into one line."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except FileNotFoundError as exc:
+        raise PipelineError(f"{uri}: not found ({exc}); check the bucket and prefix") from None
+    except Exception as exc:  # botocore/aiohttp raise many unrelated types
+        if type(exc).__name__ in ("KeyboardInterrupt", "SystemExit"):
+            raise
+        raise PipelineError(f"{uri}: object storage request failed ({type(exc).__name__}: "
+                            f"{exc}); check credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                            "or a profile), AWS_DEFAULT_REGION and AWS_ENDPOINT_URL "
+                            "(--endpoint-url)") from None
+
+
+def safe_rel(rel: str, root: str) -> str:
+    """A relative path that cannot leave `root`: no URL, no absolute path, no `..`."""
+    pure = PurePosixPath(rel)
+    if not isinstance(rel, str) or not rel or "://" in rel or pure.is_absolute() \
+            or ".." in pure.parts or "\\" in rel:
+        raise PipelineError(f"manifest shard path {rel!r} escapes the dataset directory {root}; "
+                            "refusing an untrusted manifest")
+    return pure.as_posix()
+
+
+class Store:
+    """A directory on the local disk or on object storage; paths below it are POSIX-relative."""
+
+    def __init__(self, root: str | Path):
+        self.uri = str(root).rstrip("/") if is_remote(root) else str(local_path(root))
+        self.remote = is_remote(root)
+        self._fs, self._pid = None, None
+        if self.remote:
+            self.base = filesystem(self.uri)[1].rstrip("/")
+        else:
+            self.base = local_path(root)
+
+    @property
+    def fs(self):
+        """The fsspec filesystem, made again in a forked child (DataLoader workers): s3fs
+        clients are not fork-safe."""
+        if not self.remote:
+            return None
+        if self._fs is None or self._pid != os.getpid():
+            self._fs, self._pid = filesystem(self.uri)[0], os.getpid()
+        return self._fs
+
+    def __getstate__(self) -> dict:  # pickled into dask tasks / spawned workers: no client
+        return {**self.__dict__, "_fs": None, "_pid": None}
+
+    def __str__(self) -> str:
+        return self.uri
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def path(self, rel: str = "") -> Path | str:
+        """The full path of `rel`: a Path locally, `bucket/key` on the remote filesystem."""
+        if not self.remote:
+            return self.base / rel if rel else self.base
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def uri_of(self, rel: str = "") -> str:
+        return f"{self.uri}/{rel}" if rel else self.uri
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def exists(self, rel: str = "") -> bool:
+        if not self.remote:
+            return self.path(rel).exists()
+        with remote_errors(self.uri_of(rel)):
+            return self.fs.exists(self.path(rel))
+
+    def isfile(self, rel: str) -> bool:
+        if not self.remote:
+            return self.path(rel).is_file()
+        with remote_errors(self.uri_of(rel)):
+            return self.fs.isfile(self.path(rel))
+
+    def size(self, rel: str) -> int:
+        if not self.remote:
+            return self.path(rel).stat().st_size
+        with remote_errors(self.uri_of(rel)):
+            return int(self.fs.size(self.path(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        if not self.remote:
+            return self.path(rel).read_bytes()
+        with remote_errors(self.uri_of(rel)):
+            return self.fs.cat_file(self.path(rel))
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def open(self, rel: str, mode: str = "rb"):
+        if not self.remote:
+            return open(self.path(rel), mode)
+        with remote_errors(self.uri_of(rel)):
+            return self.fs.open(self.path(rel), mode)
+
+    def sha256(self, rel: str, chunk: int = 1 << 20) -> str:
+        """Streamed: a shard is never held in memory to be hashed."""
+        h = hashlib.sha256()
+        with remote_errors(self.uri_of(rel)), self.open(rel, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        return h.hexdigest()
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names directly below `rel` (files and folders); [] when it does not exist."""
+        if not self.remote:
+            p = self.path(rel)
+            return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+        with remote_errors(self.uri_of(rel)):
+            if not self.fs.isdir(self.path(rel)):
+                return []
+            return sorted(PurePosixPath(p.rstrip("/")).name
+                          for p in self.fs.ls(self.path(rel), detail=False))
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def makedirs(self, rel: str = "") -> None:
+        if not self.remote:  # object storage has no folders: keys imply them
+            self.path(rel).mkdir(parents=True, exist_ok=True)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic: local tmp → fsync → rename → fsync dir; remote one PUT (one whole object)."""
+        if not self.remote:
+            from pipeline.softlabels.manifest import write_bytes_atomic
+
+            self.path(rel).parent.mkdir(parents=True, exist_ok=True)
+            return write_bytes_atomic(self.path(rel), data)
+        with remote_errors(self.uri_of(rel)):
+            self.fs.pipe_file(self.path(rel), data)
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def put_file(self, local: str | Path, rel: str) -> None:
+        """Copy a finished local file in as `rel`, atomically (remote: one upload)."""
+        if not self.remote:
+            dest = self.path(rel)
+            if Path(local).resolve() == dest.resolve():
+                return
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".tmp")
+            try:
+                shutil.copyfile(local, tmp)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, dest)
+            except OSError as exc:  # disk full: one line, and no .tmp left behind
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                raise PipelineError(f"writing {dest} failed: {exc.strerror or exc} (disk full? "
+                                    "free space and rerun)") from exc
+            return
+        with remote_errors(self.uri_of(rel)):
+            self.fs.put_file(str(local), self.path(rel))
+
+    def get_file(self, rel: str, local: str | Path) -> None:
+        """Download `rel` to a local file (written as .tmp, then renamed)."""
+        local = Path(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(local.name + ".tmp")
+        if not self.remote:
+            shutil.copyfile(self.path(rel), tmp)
+        else:
+            with remote_errors(self.uri_of(rel)):
+                self.fs.get_file(self.path(rel), str(tmp))
+        os.replace(tmp, local)
+
+    def remove(self, rel: str) -> None:
+        """Delete a file or a whole folder below the root; missing is fine."""
+        if not self.remote:
+            p = self.path(rel)
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+            return
+        with remote_errors(self.uri_of(rel)):
+            if self.fs.exists(self.path(rel)):
+                self.fs.rm(self.path(rel), recursive=True)
+
+
+def cache_dir() -> Path:
+    """Local copies of remote model folders: $SOFTLABELS_CACHE or ~/.cache/softlabel-pipeline."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "softlabel-pipeline"
+    return Path(root)
+
+
+def local_copy(uri: str, names: list[str] | None = None, optional: tuple[str, ...] = ()) -> Path:
+    """A local copy of a remote folder (its top-level files, or just `names`), for loaders that
+    need real files (torch, safetensors, transformers). Files are re-downloaded only when their
+    size or ETag changed; the copy lives under cache_dir()/remote/<sha256 of the URI>."""
+    store = Store(uri)
+    dest = cache_dir() / "remote" / hashlib.sha256(store.uri.encode()).hexdigest()[:32]
+    dest.mkdir(parents=True, exist_ok=True)
+    with remote_errors(store.uri):
+        if not store.fs.isdir(store.base):
+            raise PipelineError(f"{uri} does not exist (no objects under that prefix)")
+        listing = {PurePosixPath(i["name"]).name: i
+                   for i in store.fs.ls(store.base, detail=True) if i.get("type") == "file"}
+    wanted = names if names is not None else sorted(listing)
+    for name in wanted:
+        info = listing.get(name)
+        if info is None:
+            if name in optional:
+                (dest / name).unlink(missing_ok=True)
+                continue
+            raise PipelineError(f"{uri} has no {name}")
+        stamp = json.dumps([info.get("size"), str(info.get("ETag") or info.get("etag") or
+                                                  info.get("mtime") or "")])
+        marker = dest / f".{name}.source"
+        if (dest / name).is_file() and marker.is_file() and marker.read_text() == stamp:
+            continue
+        store.get_file(name, dest / name)
+        marker.write_text(stamp)
+    return dest
+
+
+def temporary_dir(prefix: str = "softlabels-") -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+class RemoteFile:
+    """A file on object storage with the few Path methods the corpus readers use (suffix, name,
+    open, read_bytes, relative_to), so local and remote corpora share one code path."""
+
+    def __init__(self, fs, path: str, protocol: str):
+        self.fs, self.path, self.protocol = fs, path.rstrip("/"), protocol
+        self._pure = PurePosixPath(self.path)
+
+    @property
+    def suffix(self) -> str:
+        return self._pure.suffix
+
+    @property
+    def name(self) -> str:
+        return self._pure.name
+
+    @property
+    def parent(self) -> "RemoteFile":
+        return RemoteFile(self.fs, str(self._pure.parent), self.protocol)
+
+    def open(self, mode: str = "rb"):
+        with remote_errors(str(self)):
+            return self.fs.open(self.path, mode)
+
+    def read_bytes(self) -> bytes:
+        with remote_errors(str(self)):
+            return self.fs.cat_file(self.path)
+
+    def is_relative_to(self, other: "RemoteFile") -> bool:
+        return self._pure.is_relative_to(other._pure)
+
+    def relative_to(self, other: "RemoteFile") -> PurePosixPath:
+        return self._pure.relative_to(other._pure)
+
+    def __str__(self) -> str:
+        return f"{self.protocol}://{self.path}"
+
+    def __lt__(self, other: "RemoteFile") -> bool:
+        return self.path < other.path
+
+
+def remote_files(uri: str) -> tuple[RemoteFile, list[RemoteFile]]:
+    """(root, files) of a remote corpus URI: a file, a prefix (recursively) or a glob; ([], ...)
+    when nothing matches."""
+    fs, path = filesystem(uri)
+    protocol = uri.split("://", 1)[0]
+    with remote_errors(uri):
+        if any(ch in path for ch in "*?["):
+            files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+        elif fs.isdir(path):
+            files, root = sorted(fs.find(path)), path
+        elif fs.isfile(path):
+            files, root = [path], path.rsplit("/", 1)[0]
+        else:
+            files, root = [], path
+    return RemoteFile(fs, root, protocol), [RemoteFile(fs, f, protocol) for f in files]
