@@ -28,6 +28,14 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pipeline run data/jobs/demo.toml
 
+# Performance figures, each a ratio measured side by side (benchmarks/run.py → BENCHMARKS.md and
+# benchmarks/results.json). bench-quick: a smoke run with tiny sizes, written to outputs/bench-quick.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run --quick
+
 # The bundled teacher's recipe, with this repo's own commands (README: "The bundled teacher").
 TEACHER_BUILD := outputs/teacher-build
 teacher: $(STAMP)
@@ -44,6 +52,7 @@ teacher: $(STAMP)
 	mkdir -p data/teacher
 	cp $(TEACHER_BUILD)/runs/teacher/config.json $(TEACHER_BUILD)/runs/teacher/model.safetensors \
 		$(TEACHER_BUILD)/runs/teacher/tokenizer.json data/teacher/
+	cp $(TEACHER_BUILD)/runs/teacher/metrics.jsonl data/teacher/training-metrics.jsonl
 
 clean:
 	rm -rf outputs .pytest_cache
