@@ -109,7 +109,7 @@ def train(
                                "URI."),
     student: list[Path] = typer.Option(..., help="Student TOML file; repeat for more students "
                                        "(all train from one read pass)."),
-    out_dir: str = typer.Option(..., "--out", help="Runs directory (local): one folder per "
+    out_dir: str = typer.Option(..., "--out", help="Runs directory (or URI): one folder per "
                                 "student."),
     max_steps: int | None = typer.Option(None, help="Override every student's length: "
                                             "stop after N optimizer steps."),
@@ -144,8 +144,16 @@ def train(
         val = s.get("val_loss")
         out.print(f"{name}: {s['step']} steps, {s['tokens']:,} tokens, final loss "
                   f"{s['final'].get('loss', float('nan')):.4f}"
-                  + (f", val_loss {val:.4f}" if val is not None else "") + f" → {runs[name]}",
+                  + (f", val_loss {val:.4f}" if val is not None else "")
+                  + f" → {_run_location(out_dir, name, runs[name])}",
                   soft_wrap=True)
+
+
+def _run_location(out_dir: str, name: str, local) -> str:
+    """Where a run folder lives: the URI for --out on object storage (trained in staging)."""
+    from pipeline.storage import is_remote
+
+    return f"{out_dir.rstrip('/')}/{name}" if is_remote(out_dir) else str(local)
 
 
 @app.command()

@@ -79,6 +79,7 @@ class StudentRun:
         self.last_parts: dict[str, torch.Tensor] = {}
         self.last_val: dict = {}
         self._log_clock, self._log_tokens = time.perf_counter(), 0
+        self.after_save = None  # called with the run folder after each checkpoint, if set
 
     @property
     def done(self) -> bool:
@@ -193,6 +194,8 @@ class StudentRun:
         for old in state.iterdir():
             if old.is_dir() and old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
+        if self.after_save is not None:
+            self.after_save(self.dir)
 
     def load_checkpoint(self) -> dict | None:
         """Restore the latest checkpoint if there is one; return its trainer.json."""

@@ -10,6 +10,9 @@ are split or padded and its result does not depend on who it trained with.
 Each student's position in the stream is (epoch, batch) in the reader's canonical order. On
 resume the pass starts at the earliest student position; students further ahead skip batches
 they already saw, so every student sees exactly the batches of an unbroken run.
+
+`--labels` may be an object-storage URI (shards are streamed from it); `--out` too, through
+local staging folders uploaded at every checkpoint (stages/train_remote.py).
 """
 
 import json
@@ -144,11 +147,12 @@ def _validation_batches(ds: SoftLabelDataset, batch_size: int, n: int,
     return out
 
 
-def _open_runs(todo, reader, ds, cfg, device) -> list[StudentRun]:
+def _open_runs(todo, reader, ds, cfg, device, on_checkpoint=None) -> list[StudentRun]:
     runs = []
     tokenizer = dataset_tokenizer(ds)
     for spec, run_dir, resolved, action in todo:
         run = ddp.student_run(spec, run_dir, device, tokenizer, _total_steps(spec, reader))
+        run.after_save = on_checkpoint  # --out on object storage: upload (stages/train_remote)
         resumed = action == "resume" and run.load_checkpoint() is not None
         if not resumed and ddp.is_main():  # fresh, or killed before its first checkpoint
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,17 +188,19 @@ def _complete(run: StudentRun, pass_rate: float | None) -> None:
     if ddp.is_main():  # under torchrun only rank 0 writes
         write_json_atomic(run.dir / COMPLETE, {**run.summary(),
                                                "pass_tokens_per_s": pass_rate})
+        if run.after_save is not None:
+            run.after_save(run.dir)
 
 
 def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, on_checkpoint=None) -> None:
     batch_size = todo[0][0].train.batch_size
     sc = ddp.for_rank(StreamConfig("train", batch_size, cfg.data_seed, cfg.shuffle_rows,
                                    cfg.num_workers))  # torchrun: this rank's rows only
     reader = ddp.reader(ds, sc, verify=False, pin_memory=device.type == "cuda")
     if reader.rows == 0:
         raise PipelineError(f"dataset {ds.root} has no training rows (split 'train' is empty)")
-    runs = _open_runs(todo, reader, ds, cfg, device)
+    runs = _open_runs(todo, reader, ds, cfg, device, on_checkpoint)
     settings = _stream_settings(sc)
     val = _validation_batches(ds, batch_size, max(r.spec.train.eval_batches for r in runs),
                               device)
@@ -228,12 +234,13 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
             epoch, pos = epoch + 1, 0
 
 
-def run(cfg: TrainConfig) -> dict[str, Path]:
-    """Train (or resume, or skip when finished) every student; return {name: run folder}."""
-    if is_remote(cfg.out):
-        raise PipelineError(f"--out {cfg.out}: run folders must be local (checkpoints are "
-                            "renamed and hard-linked in place); train into a local folder and "
-                            "copy it to object storage afterwards - --labels may be remote")
+def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
+    """Train (or resume, or skip when finished) every student; return {name: run folder}.
+    `on_checkpoint(run_dir)` runs after every checkpoint and after complete.json."""
+    if is_remote(cfg.out):  # local staging folders, uploaded at every checkpoint
+        from stages.train_remote import train_to_remote
+
+        return train_to_remote(cfg, run)
     ds = SoftLabelDataset(cfg.labels)
     dataset_tokenizer(ds)
     if cfg.num_workers < 0 or cfg.shuffle_rows < 1:
@@ -257,7 +264,8 @@ def run(cfg: TrainConfig) -> dict[str, Path]:
             for shard in ds.shards.get(split, []):
                 ds.verify_checksum(shard)
         for size in sorted({t[0].train.batch_size for t in todo}):
-            _train_group(ds, [t for t in todo if t[0].train.batch_size == size], cfg, device)
+            _train_group(ds, [t for t in todo if t[0].train.batch_size == size], cfg, device,
+                         on_checkpoint)
         ddp.barrier()  # complete.json exists before any rank returns
     return {spec.name: out / spec.name for spec in specs}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.progress import positions_progress
+from pipeline.storage import is_remote
 
 
 def train_student_task(cfg) -> dict:
@@ -40,7 +41,8 @@ def train_on_cluster(cfg, student_paths: list[str]) -> list[dict]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PipelineError("--workers/--scheduler cannot be combined with torchrun: use one "
                             "(dask for many students, torchrun for one big student)")
-    base = replace(cfg, labels=str(Path(cfg.labels).resolve()), out=str(Path(cfg.out).resolve()),
+    labels = cfg.labels if is_remote(cfg.labels) else str(Path(cfg.labels).resolve())
+    base = replace(cfg, labels=labels, out=str(Path(cfg.out).resolve()),
                    workers=None, scheduler=None, resume=True, quiet=True)
     run_id = uuid.uuid4().hex[:8]
     with open_client(cfg.workers, cfg.scheduler) as client, \

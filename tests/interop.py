@@ -52,9 +52,9 @@ def make_hf_model(tokenizer: Path, out: Path, model_type: str = "gpt2", seed: in
 
 
 @contextlib.contextmanager
-def moto_s3(bucket: str = "bucket"):
+def moto_s3(bucket: str = "bucket", **extra_env):
     """A moto S3 server on 127.0.0.1 (free port) with one bucket; yields the environment that
-    points boto/s3fs at it (dummy credentials, AWS_ENDPOINT_URL)."""
+    points boto/s3fs at it (dummy credentials, AWS_ENDPOINT_URL, plus `extra_env`)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -65,7 +65,8 @@ def moto_s3(bucket: str = "bucket"):
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_CONFIG_FILE": "/dev/null",
-           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"}
+           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true",
+           **extra_env}
     try:
         with _environ(env):
             boto3.client("s3").create_bucket(Bucket=bucket)

@@ -29,8 +29,9 @@ def flags(opts: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def s3(tiny_corpus):
-    with moto_s3("bucket") as env:
+def s3(tiny_corpus, tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("cache"))  # local copies and staging: never ~/.cache
+    with moto_s3("bucket", SOFTLABELS_CACHE=cache) as env:
         Store("s3://bucket/corpus").put_file(tiny_corpus, "docs.jsonl")
         yield env
 
@@ -56,28 +57,25 @@ def test_label_validate_train_evaluate_on_s3(s3, tmp_path, tiny_teacher):
     assert remote_m == local_m and remote_shards == local_shards  # byte for byte
     assert not Store("s3://bucket/ds").exists(".lock")
 
-    assert "valid: " in run_cli("validate", "s3://bucket/ds").stdout
-    assert "s3://bucket/corpus" in run_cli("inspect", "s3://bucket/ds").stdout
-    # --endpoint-url instead of AWS_ENDPOINT_URL
+    # validate through the CLI, with --endpoint-url instead of AWS_ENDPOINT_URL
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    assert run_cli("--endpoint-url", s3["AWS_ENDPOINT_URL"], "validate", "s3://bucket/ds",
-                   env=env).returncode == 0
+    assert "valid: " in run_cli("--endpoint-url", s3["AWS_ENDPOINT_URL"], "validate",
+                                "s3://bucket/ds", env=env).stdout
 
     (tmp_path / "s.toml").write_text(STUDENT)
-    for labels, out in (("s3://bucket/ds", tmp_path / "runs"), (local, tmp_path / "runs-l")):
+    for labels, out in (("s3://bucket/ds", "s3://bucket/runs"), (local, tmp_path / "runs-l")):
         run_cli("train", "--labels", labels, "--student", tmp_path / "s.toml", "--out", out,
                 "--quiet", "--device", "cpu", "--num-workers", "2")  # forked readers too
-    weights = [(d / "s" / "model.safetensors").read_bytes() for d in
-               (tmp_path / "runs", tmp_path / "runs-l")]
-    assert weights[0] == weights[1]  # the same batches, read from S3 or from disk
-    refused = run_cli("train", "--labels", "s3://bucket/ds", "--student", tmp_path / "s.toml",
-                      "--out", "s3://bucket/runs", check=False)
-    assert refused.returncode == 1 and "run folders must be local" in refused.stderr
-
     runs = Store("s3://bucket/runs/s")
-    for f in (tmp_path / "runs" / "s").iterdir():
-        if f.is_file():
-            runs.put_file(f, f.name)
+    assert {"complete.json", "config.json", "model.safetensors", "metrics.jsonl",
+            "config.toml", "tokenizer.json", "state"} <= set(runs.listdir())
+    # the same batches, read from S3 or from disk, and the same weights
+    assert runs.read_bytes("model.safetensors") == (
+        tmp_path / "runs-l" / "s" / "model.safetensors").read_bytes()
+    again = run_cli("train", "--labels", "s3://bucket/ds", "--student", tmp_path / "s.toml",
+                    "--out", "s3://bucket/runs", "--quiet", "--num-workers", "2")  # skipped
+    assert "s: 3 steps" in again.stdout and "s3://bucket/runs/s" in again.stdout
+
     run_cli("evaluate", "--labels", "s3://bucket/ds", "--run", "s3://bucket/runs/s",
             "--teacher", tiny_teacher, "--out", "s3://bucket/report", "--quiet", "--device",
             "cpu", "--bench-repeats", "1")
@@ -113,3 +111,60 @@ def test_sigkilled_labeler_resumes_to_identical_dataset_on_s3(s3, tmp_path, tiny
     subprocess.run([*argv, "--out", out.uri], cwd=REPO, check=True, capture_output=True)
     assert snapshot(out.uri) == snapshot("s3://bucket/full")
     assert not out.exists(".lock")
+
+
+# Runs the real CLI; pauses right after a checkpoint (step >= 4) is uploaded, so the kill lands
+# between two uploads of an unfinished run.
+SHIM = """
+import json, os, sys, time
+from pathlib import Path
+import stages.train_remote as R
+from pipeline.cli import main
+real = R.upload_run
+def upload(local, remote, name):
+    real(local, remote, name)
+    step = json.loads((local / "state" / "latest.json").read_text())["step"]
+    if step >= 4 and not (local / "complete.json").exists():
+        Path(os.environ["PAUSED"]).write_text(str(step))
+        time.sleep(120)
+R.upload_run = upload
+sys.argv = ["pipeline", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_training_to_s3_resumes_after_sigkill_elsewhere(s3, tmp_path, tiny_corpus,
+                                                         tiny_teacher):
+    labels = tmp_path / "ds"
+    label(LabelConfig(corpus=str(tiny_corpus), out=str(labels), teacher=str(tiny_teacher),
+                      quiet=True, **OPTS))
+    student = tmp_path / "s.toml"
+    student.write_text(STUDENT.replace("max_steps = 3", "max_steps = 8\ncheckpoint_every = 2"))
+    args = ["train", "--labels", str(labels), "--student", str(student), "--quiet", "--device",
+            "cpu"]
+    run_cli(*args, "--out", tmp_path / "unbroken")
+    env = {**os.environ, "PAUSED": str(tmp_path / "paused"),
+           "SOFTLABELS_CACHE": str(tmp_path / "cache-a")}
+    proc = subprocess.Popen([sys.executable, "-c", SHIM, *args, "--out", "s3://bucket/k"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "paused").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    remote = Store("s3://bucket/k/s")
+    assert not remote.exists("complete.json")
+    step = json.loads(remote.read_bytes("state/latest.json"))["step"]
+    assert 4 <= step < 8
+    # another machine: an empty cache, so everything comes from the bucket
+    done = run_cli(*args, "--out", "s3://bucket/k", "--resume",
+                   env={**os.environ, "SOFTLABELS_CACHE": str(tmp_path / "cache-b")})
+    assert "s: 8 steps" in done.stdout
+    assert remote.read_bytes("model.safetensors") == (
+        tmp_path / "unbroken" / "s" / "model.safetensors").read_bytes()
+    assert remote.listdir("state") == ["latest.json", "step-00000008"]

@@ -1,0 +1,93 @@
+"""`pipeline train --out s3://...`: run folders on object storage.
+
+A checkpoint is a folder written as `step-N.tmp`, renamed, then pointed at by `latest.json`, and
+the run folder's model files are hard links to it (pipeline/trainer.py). Object storage has no
+rename and no links, so training runs in a local *staging* copy of each run folder (under the
+cache, named by the URI) and every checkpoint is uploaded as whole objects, in an order that
+keeps the remote folder usable at every moment:
+
+  state/step-N/* → state/latest.json (now points at step N) → older state/step-* removed →
+  config.toml, metrics.jsonl, model files (weights last) → complete.json (only when finished)
+
+So a reader never finds `latest.json` pointing at a checkpoint that is not all there, and
+`complete.json` is still the last word. Before training, each student's remote folder is
+downloaded into a fresh staging folder, so skip (finished, same config), `--resume` and the
+refusals behave exactly as for a local --out, on any machine: a run killed anywhere resumes from
+its last uploaded checkpoint.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.storage import Store, cache_dir
+from pipeline.students import load_student
+
+STATE, LATEST, COMPLETE = "state", "latest.json", "complete.json"
+
+
+def staging_root(uri: str) -> Path:
+    return cache_dir() / "runs" / hashlib.sha256(uri.encode()).hexdigest()[:32]
+
+
+def download_run(remote: Store, name: str, local: Path) -> None:
+    """A fresh local copy of remote/name: its files and its latest checkpoint (nothing if the
+    remote folder does not exist)."""
+    shutil.rmtree(local, ignore_errors=True)
+    names = remote.listdir(name)
+    if not names:
+        return
+    local.mkdir(parents=True)
+    for f in names:
+        if f != STATE and remote.isfile(f"{name}/{f}"):
+            remote.get_file(f"{name}/{f}", local / f)
+    if remote.isfile(f"{name}/{STATE}/{LATEST}"):
+        ckpt = json.loads(remote.read_bytes(f"{name}/{STATE}/{LATEST}"))["checkpoint"]
+        for f in remote.listdir(f"{name}/{STATE}/{ckpt}"):
+            remote.get_file(f"{name}/{STATE}/{ckpt}/{f}", local / STATE / ckpt / f)
+        remote.get_file(f"{name}/{STATE}/{LATEST}", local / STATE / LATEST)
+
+
+def upload_run(local: Path, remote: Store, name: str) -> None:
+    """Upload a run folder's latest checkpoint and files in the module doc's order."""
+    latest = local / STATE / LATEST
+    if latest.is_file():
+        ckpt = json.loads(latest.read_text())["checkpoint"]
+        for f in sorted((local / STATE / ckpt).iterdir()):
+            remote.put_file(f, f"{name}/{STATE}/{ckpt}/{f.name}")
+        remote.put_file(latest, f"{name}/{STATE}/{LATEST}")
+        for old in remote.listdir(f"{name}/{STATE}"):
+            if old not in (ckpt, LATEST):
+                remote.remove(f"{name}/{STATE}/{old}")
+    files = sorted(f for f in local.iterdir() if f.is_file() and not f.name.endswith(".tmp"))
+    order = [f for f in files if f.name not in (COMPLETE, "model.safetensors")]
+    order += [f for f in files if f.name == "model.safetensors"]
+    order += [f for f in files if f.name == COMPLETE]
+    for f in order:
+        remote.put_file(f, f"{name}/{f.name}")
+
+
+def train_to_remote(cfg, run) -> dict[str, Path]:
+    """Train into staging folders mirrored to cfg.out (a URI); return {name: URI}."""
+    if cfg.workers or cfg.scheduler or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PipelineError(f"--out {cfg.out}: a run folder on object storage is written by one "
+                            "process; use a local (shared) --out with --workers/--scheduler or "
+                            "torchrun")
+    remote = Store(cfg.out)
+    staging = staging_root(remote.uri)
+    names = [load_student(p).name for p in cfg.students]
+    for name in names:
+        download_run(remote, name, staging / name)
+
+    def upload(run_dir: Path) -> None:
+        upload_run(run_dir, remote, run_dir.name)
+
+    try:
+        run(replace(cfg, out=str(staging)), on_checkpoint=upload)
+    except PipelineError as exc:  # name the remote folder, not the staging copy
+        raise type(exc)(str(exc).replace(str(staging), remote.uri)) from None
+    return {name: staging / name for name in names}
