@@ -1,0 +1,1 @@
+"""Ratio benchmarks behind `make bench` (benchmarks/run.py); results in BENCHMARKS.md."""

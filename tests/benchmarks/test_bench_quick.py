@@ -1,0 +1,94 @@
+"""`make bench` must not rot: the quick variant runs end to end and yields every figure.
+
+The slow test runs `python -m benchmarks.run --quick` as a subprocess (the tiny session teacher
+keeps it short) into a temp folder and checks the results JSON and the Markdown table; the fast
+tests check the timing helpers and that regenerating BENCHMARKS.md leaves other sections alone.
+"""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.report import END, MODES_START, START, write_section
+from benchmarks.timing import Stat, interleaved, per_round, ratio
+from tests.conftest import REPO
+
+FIGURES = ["1", "2 (k=8)", "2 (k=32)", "2 (k=128)", "3 (1p)", "3 (2w)", "4", "5", "6 (label)",
+           "6 (train)", "7", "8 (ce off/on)", "8 (kl off/on)", "8 (ce hard/KD)", "8 (kl hard/KD)"]
+
+
+def test_interleaved_runs_variants_in_rounds():
+    calls = []
+    out = interleaved({"a": lambda: calls.append("a") or 1.0,
+                       "b": lambda: calls.append("b") or 2.0}, reps=3,
+                      setup=lambda name, r: calls.append(f"setup-{name}-{r}"))
+    assert [c for c in calls if not c.startswith("setup")] == ["a", "b"] * 3
+    assert calls[:2] == ["setup-a-0", "a"]
+    assert out == {"a": [1.0] * 3, "b": [2.0] * 3}
+    with pytest.raises(ValueError):
+        interleaved({"a": lambda: 1.0}, reps=0)
+
+
+def test_ratio_is_per_round_and_stat_summarises():
+    s = ratio([2.0, 9.0, 4.0], [1.0, 3.0, 1.0])
+    assert s.values == [2.0, 3.0, 4.0]
+    assert (s.median, s.min, s.max) == (3.0, 2.0, 4.0)
+    assert per_round(lambda a, b: a + b, [1.0, 2.0], [3.0, 4.0]).values == [4.0, 6.0]
+    assert Stat([5.0, 1.0, 3.0]).as_dict()["median"] == 3.0
+
+
+def test_write_section_replaces_only_its_block(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    modes = f"{MODES_START}\nmodes table\n<!-- modes:end -->\n"
+    md.write_text("# Benchmarks\n\n" + modes)
+    write_section("first", md)
+    text = md.read_text()
+    assert text.index(START) < text.index(MODES_START)  # ours above the label-modes table
+    write_section("second", md)
+    text = md.read_text()
+    assert text.count(START) == 1 and "first" not in text and "second" in text
+    assert modes in text and text.startswith("# Benchmarks")
+    assert text.index(END) < text.index(MODES_START)
+
+
+@pytest.mark.slow
+def test_bench_quick_produces_every_figure(tmp_path, tiny_teacher):
+    results, md = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--teacher", str(tiny_teacher),
+         "--out", str(tmp_path / "work"), "--results", str(results), "--markdown", str(md)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(results.read_text())
+    assert [f["id"] for f in data["figures"]] == FIGURES
+    for f in data["figures"]:
+        assert len(f["values"]) >= 3, f["id"]  # median of >= 3 repetitions
+        assert f["min"] <= f["median"] <= f["max"], f["id"]
+        assert f["passed"] in (True, False, None) and f["goal"]
+        if f["passed"] is False:
+            assert f["note"], f"figure {f['id']} missed its goal without a note"
+    assert data["params"]["quick"] is True and data["params"]["reps"] >= 3
+    machine = data["machine"]
+    for key in ("cpu", "cores", "torch", "pyarrow", "load_average_at_start"):
+        assert machine[key] not in (None, ""), key
+
+    text = md.read_text()
+    assert text.count(START) == 1 and text.count(END) == 1
+    header = "| # | figure | goal | measured: median (min–max) | result |"
+    assert header in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line != header]
+    table = {r.split(" | ")[0][2:]: r for r in rows}
+    assert list(table) == FIGURES
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 5, row
+        assert re.fullmatch(r"[-\d.]+( ?\S+)? \([-\d.]+–[-\d.]+\)", cells[3]), row  # med (min–max)
+        assert cells[4] in ("pass", "**fail**", "info"), row
+    for section in ("### Machine", "### Parameters", "### Details", "### Notes"):
+        assert section in text
+    assert "Load average at start" in text and "pyarrow" in text
+    params = text.split("### Parameters")[1].split("```json")[1].split("```")[0]
+    assert json.loads(params)["quick"] is True
