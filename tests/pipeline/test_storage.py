@@ -11,9 +11,10 @@ import pytest
 
 from pipeline.corpus import CorpusSpec, iter_documents
 from pipeline.errors import PipelineError
+from pipeline.remote import local_copy
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.validate import validate_dataset
-from pipeline.storage import Store, is_remote, local_copy, safe_rel
+from pipeline.storage import Store, is_remote, safe_rel
 from stages.label import LabelConfig, run
 
 
@@ -134,7 +135,11 @@ def test_local_copy_refreshes_changed_files(tmp_path, mem, monkeypatch):
     copy = local_copy(mem)
     assert (copy / "model.safetensors").read_bytes() == b"v1"
     store.write_bytes("model.safetensors", b"version2")
+    store.write_bytes("complete.json", b"{}")
     assert (local_copy(mem) / "model.safetensors").read_bytes() == b"version2"
+    assert (copy / "complete.json").is_file()
+    store.remove("complete.json")  # removed there: removed from the copy
+    assert not (local_copy(mem) / "complete.json").exists()
     with pytest.raises(PipelineError, match="does not exist"):
         local_copy(f"{mem}/missing")
 
