@@ -20,18 +20,17 @@ bad student/job setting); an unexpected crash also leaves its traceback in OUT/r
 import contextlib
 import json
 import time
+import tomllib
 import traceback
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import tomllib
 from rich.console import Console
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.hashing import sha256_file
 from pipeline.jobs import Job, StudentEntry, load_job
 from pipeline.locking import LOCK, DirLock
-from pipeline.models.checkpoint import WEIGHTS
+from pipeline.models.hf import local_weights_sha256
 from pipeline.report import print_leaderboard
 from pipeline.softlabels.manifest import MANIFEST, PLAN
 from pipeline.softlabels.reader import SoftLabelDataset
@@ -107,10 +106,9 @@ def _label_state(job: Job) -> StageState:
         params = json.loads((out / PLAN).read_text())["params"]
     except (OSError, json.JSONDecodeError, KeyError):
         return StageState("label", False, where)
-    weights = Path(cfg.teacher) / WEIGHTS
     wanted = {"seq_len": cfg.seq_len, "shard_rows": cfg.shard_rows,
               "validation_fraction": cfg.validation_fraction,
-              "teacher_sha256": sha256_file(weights) if weights.is_file() else None,
+              "teacher_sha256": local_weights_sha256(cfg.teacher),  # native dir or hf:
               "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
                          "id_column": cfg.id_column, "limit_docs": cfg.limit_docs}}
     labels = params.get("labels", {})

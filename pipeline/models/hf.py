@@ -260,6 +260,20 @@ def _snapshot(name: str) -> Path:
     return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
 
 
+def local_weights_sha256(spec) -> str | None:
+    """The weights hash a plan records for a teacher spec, without loading the model; None for a
+    hub name, a URI or a folder without weights (`pipeline run` compares it with plan.json)."""
+    from pipeline.storage import is_remote
+
+    spec = str(spec)
+    target = Path(spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec)
+    if is_remote(target) or not target.is_dir():
+        return None
+    hf = is_hf_spec(spec) or not is_native_dir(target)
+    files = sorted(target.glob("*.safetensors")) if hf else [target / "model.safetensors"]
+    return weights_sha256(files) if files and all(f.is_file() for f in files) else None
+
+
 def weights_sha256(files: list[Path]) -> str:
     """sha256 of model.safetensors (as for native folders); of the shard hashes if sharded."""
     from pipeline.hashing import sha256_file, sha256_json

@@ -137,3 +137,15 @@ def test_refusals_are_one_line(tmp_path, hf_teacher):
             load_model_spec(f"hf:{hf_teacher}")
     finally:
         (tmp_path / "w").rename(hf_teacher / "model.safetensors")
+
+
+def test_plan_weights_hash_without_loading(hf_labeled, hf_teacher, tiny_teacher):
+    """`pipeline run` decides "label complete" from this hash: it must be the manifest's."""
+    from pipeline.hashing import sha256_file
+    from pipeline.models.hf import local_weights_sha256
+
+    m = json.loads((hf_labeled / "manifest.json").read_text())
+    assert local_weights_sha256(f"hf:{hf_teacher}") == m["teacher"]["sha256"]
+    assert local_weights_sha256(hf_teacher) == m["teacher"]["sha256"]  # detected HF folder
+    assert local_weights_sha256(tiny_teacher) == sha256_file(tiny_teacher / "model.safetensors")
+    assert local_weights_sha256("hf:org/name") is None
