@@ -99,6 +99,10 @@ def rich_table(rows: list[dict], title: str) -> Table:
 def print_leaderboard(results: dict, report_dir: Path | str,
                       console: Console | None = None) -> None:
     console = console or Console()
+    if not console.is_terminal:
+        # Logs of scheduled jobs are not terminals: rich would squeeze the table to 80 columns
+        # and cut every number; a log line can be as wide as the table needs.
+        console.width = max(console.width, 140)
     d = results["dataset"]
     console.print(rich_table(results["rows"], f"leaderboard ({d['split']}, "
                              f"{d['positions']:,} positions)"))
