@@ -10,12 +10,11 @@ Relative paths are relative to the current directory (run jobs from the reposito
 """
 
 import difflib
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-import tomllib
 
 from pipeline.errors import ConfigError
 from pipeline.students import load_student, parse_student
