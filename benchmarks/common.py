@@ -40,12 +40,12 @@ class Params:
     shard_rows: int = 128
     row_group_rows: int = 64
     validation_fraction: float = 0.05  # the demo teacher's own: validation docs are held out
-    label_docs: int = 150  # fig 1 (label vs bare loop), fig 4 (one epoch), fig 7 (dask)
-    base_docs: int = 600  # figs 3, 5, 8: the bigger labeled dataset
+    label_docs: int = 200  # fig 1 (label vs bare loop), fig 4 (one epoch), fig 7 (dask)
+    base_docs: int = 500  # figs 2, 3, 5, 8: the bigger labeled dataset
     storage_rows: int = 32  # fig 2: rows per repetition (a different slice each)
     storage_ks: tuple = (8, 32, 128)
     stream_student_steps: int = 8  # fig 3: steps timed for the student's consumption rate
-    students_steps: int = 20  # fig 5: steps of each of the 3 students
+    students_steps: int = 25  # fig 5: steps of each of the 3 students
     memory_docs: int = 60  # fig 6: the 1x corpus (8x = 8 * memory_docs)
     quality_steps: int = 100  # fig 8: steps per student and seed
     quality_eval_rows: int = 48  # fig 8: validation rows scored against the live teacher

@@ -64,17 +64,26 @@ def measure(ctx: Context) -> list[Figure]:
                           "label_positions_per_s": [positions / s for s in series["label"]],
                           "bare_positions_per_s": [positions / s for s in series["bare"]]})
     if not fig.passed:
-        shutil.rmtree(out, ignore_errors=True)
-        extra = cprofile_extra(lambda: label(cfg), lambda: _bare_loop(model, batches, p.top_k))
-        fig.note = (
-            f"`pipeline label` took {stat.median:.2f}× the bare loop (goal ≤ {GOAL}). cProfile, "
-            "self time of one label run minus the bare loop's, main thread: " + extra + ". "
-            "Outside the teacher forward and top-k, the labeler tokenizes and packs the corpus "
-            "twice (once "
-            "to plan and fingerprint, once to label), converts labels to numpy, and its writer "
-            "thread's zstd Parquet encoding and sha256 hashing take CPU from the torch threads "
-            "on a 2-core machine. What would close it: keep the planned shard tokens from the "
-            "planning pass instead of re-tokenizing (or tokenize once into a token cache), and "
-            "give the writer thread its own core or a cheaper codec (lz4) where CPUs are scarce; "
-            "on a GPU the teacher dominates and the overhead hides behind it.")
+        fig.note = _note(ctx, cfg, model, batches, stat.median, out)
     return [fig]
+
+
+def _note(ctx: Context, cfg, model, batches, measured: float, out) -> str:
+    """Where the label run's extra time goes: a profile diff and the costs known by design."""
+    p = ctx.params
+    shutil.rmtree(out, ignore_errors=True)
+    extra = cprofile_extra(lambda: label(cfg), lambda: _bare_loop(model, batches, p.top_k))
+    plan_s = timed(lambda: sum(1 for _ in iter_shard_inputs(
+        CorpusSpec(CORPUS), ctx.teacher.tokenizer, p.seq_len, p.shard_rows,
+        p.validation_fraction, p.label_docs)))
+    return (
+        f"`pipeline label` took {measured:.2f}× the bare loop (goal ≤ {GOAL}). cProfile, self "
+        f"time of one label run minus the bare loop's (main thread): {extra}. By design the "
+        "labeler also reads, tokenizes and packs the corpus twice (to plan and fingerprint, "
+        f"then to label; one pass took {plan_s:.2f} s here), checks every logit for NaN/inf "
+        "(`torch.isfinite` over the whole [batch, seq, vocab] tensor), and its writer thread's "
+        "zstd encoding and sha256 compete with the torch threads for 2 cores. What would close "
+        "it: check finiteness on the logsumexp that top-k already computes (NaN or +inf in a "
+        "row makes it non-finite) instead of on every logit, keep the planned shard tokens "
+        "from the planning pass instead of re-tokenizing, and on CPU leave the writer thread a "
+        "core; on a GPU the teacher dominates and the rest hides behind it.")

@@ -96,10 +96,12 @@ def measure(ctx: Context) -> list[Figure]:
             spec = replace(specs[v], train=replace(specs[v].train, seed=seed))
             model, seconds = _train(ctx, spec, ds, batches, v)
             res[v].append({**_score(model, val, teacher_logits), "train_s": seconds})
-    return _figures(res, p, ctx.teacher_description.startswith("random"))
+    mass = ds.manifest["summary"].get("mean_topk_mass") or 0.0
+    return _figures(res, p, ctx.teacher_description.startswith("random"), mass)
 
 
-def _figures(res: dict[str, list[dict]], p, random_teacher: bool) -> list[Figure]:
+def _figures(res: dict[str, list[dict]], p, random_teacher: bool,
+             mass: float) -> list[Figure]:
     def ratio(a: str, b: str, key: str) -> Stat:
         return Stat([x[key] / y[key] for x, y in zip(res[a], res[b])])
 
@@ -122,23 +124,28 @@ def _figures(res: dict[str, list[dict]], p, random_teacher: bool) -> list[Figure
     first = None
     for f in figures:
         if not f.passed:
-            f.note = f"see {first}." if first else _note(res, random_teacher)
+            f.note = f"see {first}." if first else _note(res, random_teacher, mass, p)
             first = first or f.id
     return figures
 
 
-def _note(res: dict, random_teacher: bool) -> str:
+def _note(res: dict, random_teacher: bool, mass: float, p) -> str:
     means = {v: {k: sum(r[k] for r in res[v]) / len(res[v]) for k in ("ce", "kl")}
              for v in VARIANTS}
     shown = "; ".join(f"{v}: CE {m['ce']:.3f}, KL {m['kl']:.3f}" for v, m in means.items())
+    versus_online = ("trails" if means["offline"]["ce"] > GOAL_WITHIN * means["online"]["ce"]
+                     else "is within 2 % of")
+    versus_hard = "beats" if means["offline"]["ce"] < means["hard"]["ce"] else "does not beat"
     if random_teacher:
         return (f"Mean over seeds: {shown}. The teacher is random-init: its distribution is "
                 "near uniform, so there is nothing to distil and KD students cannot beat hard "
                 "labels on CE. Rerun with the demo teacher (data/teacher/).")
-    return (f"Mean over seeds: {shown}. Offline top-k sees the teacher only inside the stored "
-            "k ids plus the tail's total mass, while online sees the whole distribution; the "
-            "gap is the shape of the tail, which the offline student has to guess (it learns "
-            "to put the right total mass there, spread by its own logits). A larger k "
-            "(figure 2: bytes per entry), top-p labels (fewer entries where the teacher is "
-            "sure, more where it is not) or sampled labels (unbiased in expectation) close it; "
-            "so do more steps, since both students approach the same teacher.")
+    return (f"Mean over seeds ({p.quality_steps} steps): {shown}. The demo teacher is a "
+            f"high-entropy model: on this text its top-{p.top_k} holds only {mass:.0%} of its "
+            f"probability (manifest mean_topk_mass), so {1 - mass:.0%} is one tail bucket whose "
+            "shape the offline student never sees, while the online student is taught every "
+            f"id. Early in training that is a weaker signal: here offline {versus_hard} hard "
+            f"labels on CE and {versus_online} full logits. What would close it: a larger k for "
+            "a teacher this uncertain (figure 2: bytes per entry fall as k grows), top-p labels "
+            "(many entries only where the teacher is unsure) or sampled labels (unbiased in "
+            "expectation), and longer training, where both students approach the same teacher.")

@@ -19,11 +19,14 @@ from pipeline.softlabels.stream import StreamConfig, StreamReader
 GOAL = 20.0
 
 
-def _reader_rate(ds, batch_size: int, workers: int) -> float:
+def _reader_rate(ds, batch_size: int, workers: int, first: list | None = None) -> float:
+    """Positions/s of one epoch; appends the seconds to the first batch to `first`."""
     reader = StreamReader(ds, StreamConfig("train", batch_size, num_workers=workers),
                           verify=False)
     start, positions = time.perf_counter(), 0
     for _, batch in reader.iter_epoch(0):
+        if positions == 0 and first is not None:
+            first.append(time.perf_counter() - start)
         positions += batch["input_ids"].numel()
     return positions / (time.perf_counter() - start)
 
@@ -43,8 +46,11 @@ def measure(ctx: Context) -> list[Figure]:
     spec = ctx.student_spec(ctx.student_file("stream-gpt-tiny", DEMO_STUDENT), ds,
                             p.stream_student_steps + 1)
     batches = ctx.batches(ds, limit=p.stream_student_steps + 1)
-    series = interleaved({"reader_1proc": lambda: _reader_rate(ds, p.batch_size, 0),
-                          "reader_2workers": lambda: _reader_rate(ds, p.batch_size, 2),
+    first: dict[str, list[float]] = {"reader_1proc": [], "reader_2workers": []}
+    series = interleaved({"reader_1proc": lambda: _reader_rate(ds, p.batch_size, 0,
+                                                               first["reader_1proc"]),
+                          "reader_2workers": lambda: _reader_rate(ds, p.batch_size, 2,
+                                                                  first["reader_2workers"]),
                           "student": lambda: _student_rate(ctx, spec, ds, batches)}, p.reps)
     epoch_positions = sum(s.rows for s in ds.split_shards("train")) * ds.seq_len
     figures = []
@@ -56,19 +62,32 @@ def measure(ctx: Context) -> list[Figure]:
                      stat.median >= GOAL, unit="×", fmt=".1f",
                      details={"reader_positions_per_s": series[key],
                               "student_positions_per_s": series["student"],
+                              "first_batch_s": first[key],
                               "epoch_positions": epoch_positions})
         figures.append(fig)
     if any(not f.passed for f in figures):
         top = torch_profile_top(lambda: _reader_rate(ds, p.batch_size, 0))
         for f in figures:
             if not f.passed:
-                f.note = (
-                    f"The reader gives {f.stat.median:.1f}× what the student consumes (goal "
-                    f"≥ {GOAL:.0f}×). Torch operators in one epoch read: {top}. Where workers "
-                    "lose to one process, their start-up (a fork and a Parquet open per worker "
-                    "per epoch) outweighs a short epoch on a small dataset; persistent workers "
-                    "across epochs would close that. Where decoding itself is slow, the "
-                    "per-row-group gather (`index_select` per window) and the uint16→int64 "
-                    "widening are the costs: keep ids int32 into the loss (gather accepts "
-                    "int64 only, so widen on the device) and shuffle whole row groups.")
+                f.note = _note(f, top, first)
     return figures
+
+
+def _note(fig: Figure, top: str, first: dict[str, list[float]]) -> str:
+    head = (f"The reader gives {fig.stat.median:.1f}× what the student consumes (goal "
+            f"≥ {GOAL:.0f}×). Torch operators in one single-process epoch (profile): {top}. ")
+    if fig.id.endswith("(2w)"):
+        w, one = Stat(first["reader_2workers"]).median, Stat(first["reader_1proc"]).median
+        return head + (f"The first batch takes {w:.2f} s with 2 workers against {one:.2f} s in "
+                       "process: workers are started afresh every epoch (a fork, a Parquet "
+                       "open and a first row group each) and the main process then reorders "
+                       "their batches, which an epoch of this size does not amortise. What "
+                       "would close it: persistent DataLoader workers across epochs, and "
+                       "prefetching more than one batch per worker.")
+    return head + ("Decoding a row group is vectorised, but cutting batches out of the shuffle "
+                   "window is not: `_gather` (pipeline/softlabels/stream.py) writes each batch "
+                   "with one advanced-index assignment (`out[k][where] = ...`, aten::index_put) "
+                   "per row group and column, up to (window ÷ row-group rows) × 4 small ops per "
+                   "batch. What would close it: concatenate a window's decoded row groups once "
+                   "and take each batch with one `index_select` per column (or `index_copy_`), "
+                   "and read ahead on DataLoader workers, which already clear the goal here.")

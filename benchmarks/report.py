@@ -93,7 +93,8 @@ def markdown(figures: list[Figure], machine: dict, params: dict, teacher: str, c
         f"...); shown: the median (min–max) over {params['reps']} repetitions of the "
         "per-repetition ratio. Absolute numbers are in the details below, never the claim.", "",
         f"Teacher: {teacher}. Corpus: `builtin:bbc-news` (first N articles, see parameters). "
-        f"Device: {params.get('device', 'cpu')}. Whole run: {seconds / 60:.1f} min.", "",
+        f"Device: {params.get('device', 'cpu')}. Whole run: {seconds / 60:.1f} min wall, "
+        f"{m.get('cpu_seconds', 0) / 60:.1f} CPU-min.", "",
         "| # | figure | goal | measured: median (min–max) | result |", "|---|---|---|---|---|"]
     lines += [f"| {f.id} | {f.name} | {f.goal} | {f.measured()} | {f.verdict()} |"
               for f in figures]

@@ -10,6 +10,7 @@ figures.
 """
 
 import argparse
+import resource
 import shutil
 import sys
 import time
@@ -33,6 +34,13 @@ from pipeline.device import resolve_device
 
 FIGURES = {"1": fig_label, "2": fig_storage, "3": fig_stream, "4": fig_online,
            "5": fig_students, "6": fig_memory, "7": fig_scaleout, "8": fig_quality}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (memprobe, workers), user + sys."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,6 +89,7 @@ def main(argv=None) -> int:
             print(f"figure {f.id}: {f.measured()} (goal {f.goal}) {f.verdict()} "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)
     seconds = time.perf_counter() - start
+    machine["cpu_seconds"] = round(cpu_seconds(), 1)
     shown = {**params.as_dict(), "device": str(ctx.device), "quick": args.quick,
              "figures": only}
     command = "make bench-quick" if args.quick else "make bench"
