@@ -22,6 +22,7 @@ Why these semantics:
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -59,10 +60,28 @@ def filesystem(uri: str):
     protocol = uri.split("://", 1)[0].lower()
     options = {"use_listings_cache": False} if protocol in ("s3", "s3a", "gs", "gcs") else {}
     try:
-        return fsspec.core.url_to_fs(uri, **options)
+        fs_and_path = fsspec.core.url_to_fs(uri, **options)
     except (ImportError, ValueError) as exc:
         raise PipelineError(f"{uri}: no filesystem for {protocol}:// ({exc}); install its fsspec "
                             "package (s3fs for s3://, gcsfs for gs://)") from None
+    if getattr(fs_and_path[0], "async_impl", False):
+        _quiet_io_loop()
+    return fs_and_path
+
+
+def _quiet_io_loop() -> None:
+    """When the endpoint drops mid-request, aiohttp leaves a cut write task behind whose
+    "Task exception was never retrieved" traceback asyncio prints to stderr, above the one-line
+    error the same failure already gives (remote_errors). Log those at debug level instead, on
+    fsspec's IO loop only (a forked child gets a new loop, hence on every filesystem())."""
+    from fsspec.asyn import get_loop
+
+    get_loop().set_exception_handler(_log_io_loop_exception)
+
+
+def _log_io_loop_exception(loop, context: dict) -> None:
+    logging.getLogger(__name__).debug("fsspec IO loop: %s", context.get("message"),
+                                      exc_info=context.get("exception"))
 
 
 @contextlib.contextmanager
@@ -77,10 +96,27 @@ def remote_errors(uri: str):
     except Exception as exc:  # botocore/aiohttp raise many unrelated types
         if type(exc).__name__ in ("KeyboardInterrupt", "SystemExit"):
             raise
+        if _unreachable(exc):
+            raise PipelineError(f"{uri}: object storage unreachable ({type(exc).__name__}: "
+                                f"{exc}); check that the server is up and AWS_ENDPOINT_URL "
+                                "(--endpoint-url) points at it, then rerun: completed shards "
+                                "and checkpoints are kept") from None
         raise PipelineError(f"{uri}: object storage request failed ({type(exc).__name__}: "
                             f"{exc}); check credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                             "or a profile), AWS_DEFAULT_REGION and AWS_ENDPOINT_URL "
                             "(--endpoint-url)") from None
+
+
+# botocore (its own ConnectionError: EndpointConnectionError, ConnectTimeoutError, ...),
+# aiohttp (ClientConnectionError, ServerDisconnectedError) and the builtins, matched by name so
+# that no client library has to be imported to recognise its errors.
+UNREACHABLE = {"ConnectionError", "ClientConnectionError", "ServerDisconnectedError",
+               "ReadTimeoutError", "TimeoutError"}
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True when the endpoint did not answer (down, refused, timed out) rather than refused us."""
+    return any(cls.__name__ in UNREACHABLE for cls in type(exc).__mro__)
 
 
 def safe_rel(rel: str, root: str) -> str:

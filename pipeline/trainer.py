@@ -182,20 +182,34 @@ class StudentRun:
         os.replace(tmp, state / name)
         fsync_dir(state)
         write_json_atomic(state / LATEST, {"checkpoint": name, "step": self.step})
-        # weights last: the model dir is complete (an hf student: a save_pretrained folder)
-        for fname in model_files(state / name, exclude=(OPTIMIZER, TRAINER)):
-            link = self.dir / (fname + ".tmp")
-            link.unlink(missing_ok=True)
-            try:
-                os.link(state / name / fname, link)
-            except OSError:  # a filesystem without hard links: copy instead
-                shutil.copyfile(state / name / fname, link)
-            os.replace(link, self.dir / fname)
+        self._link_model_files(state / name)
         for old in state.iterdir():
             if old.is_dir() and old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         if self.after_save is not None:
             self.after_save(self.dir)
+
+    def _link_model_files(self, ckpt: Path) -> None:
+        """Make the run folder's model files the checkpoint's (hard links; weights last, so the
+        model dir is complete; an hf student: a save_pretrained folder)."""
+        for fname in model_files(ckpt, exclude=(OPTIMIZER, TRAINER)):
+            target = self.dir / fname
+            if target.exists() and os.path.samefile(ckpt / fname, target):
+                continue  # already linked (rename onto the same inode would keep the .tmp)
+            link = self.dir / (fname + ".tmp")
+            link.unlink(missing_ok=True)
+            try:
+                os.link(ckpt / fname, link)
+            except OSError:  # a filesystem without hard links: copy instead
+                shutil.copyfile(ckpt / fname, link)
+            os.replace(link, target)
+
+    def publish_latest_weights(self) -> None:
+        """The run folder's model files := the latest checkpoint's. save_checkpoint links them
+        right after latest.json; a kill in between (or, on object storage, a failed upload
+        after it) leaves the previous weights there, so completing a run does this again."""
+        latest = json.loads((self.dir / STATE_DIR / LATEST).read_text())["checkpoint"]
+        self._link_model_files(self.dir / STATE_DIR / latest)
 
     def load_checkpoint(self) -> dict | None:
         """Restore the latest checkpoint if there is one; return its trainer.json."""

@@ -186,6 +186,7 @@ def _after_step(run: StudentRun, val: list[dict], settings: dict, pass_rate: flo
 def _complete(run: StudentRun, pass_rate: float | None) -> None:
     """complete.json, written last: the orchestrator skips a student that has it."""
     if ddp.is_main():  # under torchrun only rank 0 writes
+        run.publish_latest_weights()  # a resumed run may have been killed before the links
         write_json_atomic(run.dir / COMPLETE, {**run.summary(),
                                                "pass_tokens_per_s": pass_rate})
         if run.after_save is not None:

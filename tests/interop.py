@@ -4,6 +4,7 @@ downloaded) and a real S3 API server on loopback (moto in server mode)."""
 import contextlib
 import logging
 import os
+import urllib.request
 from pathlib import Path
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -51,28 +52,68 @@ def make_hf_model(tokenizer: Path, out: Path, model_type: str = "gpt2", seed: in
     return out
 
 
+class MotoServer:
+    """A moto S3 server on 127.0.0.1 that can go down and come back on the same port.
+
+    `stop()` closes the listening socket too (moto's own stop leaves it open, so clients would
+    hang instead of being refused, which is not what a stopped server looks like). The objects
+    survive a restart: moto keeps them in this process, as a real server keeps them on disk."""
+
+    def __init__(self, port: int = 0):
+        self.port, self._server = port, None
+
+    def start(self) -> "MotoServer":
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server._server.server_close()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 @contextlib.contextmanager
-def moto_s3(bucket: str = "bucket", **extra_env):
-    """A moto S3 server on 127.0.0.1 (free port) with one bucket; yields the environment that
+def moto_s3_server(bucket: str = "bucket", **extra_env):
+    """(environment, MotoServer): a moto S3 server with one bucket, and the environment that
     points boto/s3fs at it (dummy credentials, AWS_ENDPOINT_URL, plus `extra_env`)."""
     import boto3
-    from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    server = MotoServer().start()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_CONFIG_FILE": "/dev/null",
+           "AWS_ENDPOINT_URL": server.url, "AWS_CONFIG_FILE": "/dev/null",
            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true",
            **extra_env}
+    clear = S3FileSystem.clear_instance_cache  # fsspec reuses clients made for another server
     try:
         with _environ(env):
+            clear()
+            # moto keeps its objects per process, not per server: start from an empty store
+            urllib.request.urlopen(urllib.request.Request(f"{server.url}/moto-api/reset",
+                                                          method="POST")).close()
             boto3.client("s3").create_bucket(Bucket=bucket)
-            yield env
+            yield env, server
     finally:
         server.stop()
+        clear()
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str = "bucket", **extra_env):
+    """A moto S3 server on 127.0.0.1 (free port) with one bucket; yields its environment."""
+    with moto_s3_server(bucket, **extra_env) as (env, _):
+        yield env
 
 
 @contextlib.contextmanager

@@ -36,6 +36,17 @@ def test_non_finite_logits_refused_naming_rows():
         check_finite(logits, 8, "train/part-00003")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_kind_of_non_finite_logit_refused_and_large_finite_ones_kept(dtype):
+    logits = torch.full((5, 2, 4096), 60.0, dtype=dtype)  # a half-precision sum would overflow
+    check_finite(logits, 0, "ok")
+    for row, value in ((0, "nan"), (1, "inf"), (3, "-inf")):
+        logits[row, 1, 7] = float(value)
+    logits[4, 0, 0], logits[4, 0, 1] = float("inf"), float("-inf")  # the sum alone is NaN
+    with pytest.raises(PipelineError, match=r"rows \[0, 1, 3, 4\]"):
+        check_finite(logits, 0, "train/part-00000")
+
+
 def test_label_tokens_batches_match_single_pass():
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Embedding(30, 8), torch.nn.Linear(8, 30))

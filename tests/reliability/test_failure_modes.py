@@ -229,6 +229,9 @@ class Case:
     slow: bool = False
 
 
+STORAGE_DOWN = "error: s3://<bucket>/<key>: object storage unreachable (<error>: " \
+    "...); check that the server is up and AWS_ENDPOINT_URL (--endpoint-url) points at it, then " \
+    "rerun: completed shards and checkpoints are kept"
 SELF_PICKLE = "<dir>/model.safetensors is not a valid safetensors file (...); refusing to load " \
               "it - re-export the weights with safetensors"
 
@@ -303,6 +306,11 @@ CASES = [
          "killed", "completed shards; a rerun gives the identical dataset",
          checked_by="tests/reliability/test_label_kills.py::"
                     "test_sigkill_at_seeded_moments_then_rerun_equals_uninterrupted"),
+    Case("label", "object storage server stops mid-run",
+         STORAGE_DOWN, 1, "completed shards on the bucket; no manifest; a rerun once the server "
+         "is back gives the identical dataset",
+         checked_by="tests/reliability/test_storage_outage.py::"
+                    "test_labeler_stops_cleanly_when_storage_goes_down_and_rerun_finishes"),
     Case("label", "`--scheduler` that does not answer",
          "error: --scheduler tcp://127.0.0.1:9: the dask scheduler did not answer within 5s "
          "(...); start it with ...", 1, "nothing written",
@@ -395,6 +403,11 @@ CASES = [
          "the last checkpoint; `--resume` gives bit-identical weights",
          checked_by="tests/reliability/test_train_kills.py::"
                     "test_sigkill_then_resume_gives_identical_weights"),
+    Case("train", "object storage server stops mid-run (`--out s3://...`)",
+         STORAGE_DOWN, 1, "the checkpoints uploaded so far; no complete.json; `--resume` "
+         "once the server is back gives bit-identical weights",
+         checked_by="tests/reliability/test_storage_outage.py::"
+                    "test_training_stops_cleanly_when_storage_goes_down_and_resume_finishes"),
     Case("evaluate", "`--run` trained with another tokenizer",
          "error: --run <dir>: tokenizer sha256 <a> (vocab 300) differs from dataset <dir> "
          "tokenizer sha256 <b> (vocab 320); evaluate it on a dataset labeled with its "

@@ -1,13 +1,16 @@
-"""SIGKILL `pipeline train` at 3 moments; `--resume` must give bit-identical final weights.
+"""SIGKILL `pipeline train` at 4 moments; `--resume` must give bit-identical final weights.
 
-tests/stages/test_train.py kills between checkpoints; these are the other three places a kill
+tests/stages/test_train.py kills between checkpoints; these are the other four places a kill
 can land, each leaving a different state:
   first checkpoint  - the run folder was just created: config.toml, maybe a half-written
                       state/step-00000000.tmp, maybe no checkpoint at all
   mid-checkpoint    - step K's checkpoint half-written (weights saved in state/step-K.tmp,
                       optimizer file written, not committed): resume must use step K-4's
+  before weights    - the last checkpoint committed (latest.json points at it) but the run
+                      folder's model files not yet linked to it: they are the previous
+                      checkpoint's, so completing the run must publish the latest weights
   before complete   - every step done and checkpointed, complete.json not yet written
-The first is hit by timing (a seeded delay after config.toml appears); the other two last
+The first is hit by timing (a seeded delay after config.toml appears); the others last
 milliseconds, so the trainer runs under a tiny shim that pauses at that point (the step K is
 drawn by seed) and the kill lands in the pause. The student uses dropout, so the per-student
 RNG state must be restored too. CPU, one thread, fixed seeds.
@@ -52,6 +55,13 @@ if phase == "mid-checkpoint":
         if Path(path).parent.name == f"step-{step:08d}.tmp":
             pause()
     T.save_file = save_file
+if phase == "before weights":
+    real_latest = T.write_json_atomic
+    def write_latest(path, obj):
+        real_latest(path, obj)
+        if Path(path).name == "latest.json" and obj["step"] == step:
+            pause()
+    T.write_json_atomic = write_latest
 if phase == "before complete":
     real_write = TR.write_json_atomic
     def write_json_atomic(path, obj):
@@ -102,11 +112,12 @@ def reference(small_dataset, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase", ["first checkpoint", "mid-checkpoint", "before complete"])
+@pytest.mark.parametrize("phase", ["first checkpoint", "mid-checkpoint", "before weights",
+                                   "before complete"])
 def test_sigkill_then_resume_gives_identical_weights(cli, small_dataset, reference, tmp_path,
                                                      phase):
     rng = random.Random(f"{SEED}-{phase}")
-    step = rng.choice([8, 12, 16, 20])
+    step = rng.choice([8, 12, 16, 20]) if phase != "before weights" else TRAIN["max_steps"]
     student, ref_dir = reference
     args = train_args(small_dataset, student, tmp_path / "runs")
     run_dir = tmp_path / "runs" / "k"
@@ -117,8 +128,11 @@ def test_sigkill_then_resume_gives_identical_weights(cli, small_dataset, referen
     if phase == "mid-checkpoint":  # the half-written checkpoint is not the one resumed from
         assert (run_dir / "state" / f"step-{step:08d}.tmp" / "optimizer.safetensors").exists()
         assert json.loads(latest.read_text())["step"] == step - TRAIN["checkpoint_every"]
-    if phase == "before complete":
+    if phase in ("before weights", "before complete"):
         assert json.loads(latest.read_text())["step"] == TRAIN["max_steps"]
+    if phase == "before weights":  # the run folder still holds the previous checkpoint's weights
+        assert (run_dir / "model.safetensors").read_bytes() != \
+            (ref_dir / "model.safetensors").read_bytes()
     code, _, err = cli(*args)
     assert code == 1 and "--resume" in err, err  # an unfinished run is never silently redone
 
