@@ -79,11 +79,10 @@ def _note(ctx: Context, cfg, model, batches, measured: float, out) -> str:
     return (
         f"`pipeline label` took {measured:.2f}× the bare loop (goal ≤ {GOAL}). cProfile, self "
         f"time of one label run minus the bare loop's (main thread): {extra}. By design the "
-        "labeler also reads, tokenizes and packs the corpus twice (to plan and fingerprint, "
-        f"then to label; one pass took {plan_s:.2f} s here), checks every logit for NaN/inf "
-        "(`torch.isfinite` over the whole [batch, seq, vocab] tensor), and its writer thread's "
-        "zstd encoding and sha256 compete with the torch threads for 2 cores. What would close "
-        "it: check finiteness on the logsumexp that top-k already computes (NaN or +inf in a "
-        "row makes it non-finite) instead of on every logit, keep the planned shard tokens "
-        "from the planning pass instead of re-tokenizing, and on CPU leave the writer thread a "
-        "core; on a GPU the teacher dominates and the rest hides behind it.")
+        f"labeler also reads, tokenizes and packs the corpus once before labeling (to plan and "
+        f"fingerprint the run; {plan_s:.2f} s here; the packed shards are parked on disk and "
+        "not tokenized again), sums every position's logits once to refuse NaN/inf, loads the "
+        "teacher and hashes it, and its writer thread's zstd encoding and sha256 compete with "
+        "the torch threads for 2 cores. What would close it: on CPU, leave the writer thread a "
+        "core (torch threads = cores - 1) or overlap planning with labeling; on a GPU the "
+        "teacher dominates and the rest hides behind it.")

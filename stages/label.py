@@ -1,6 +1,7 @@
 """`pipeline label`: run the teacher once over a corpus and write a soft-label dataset.
 
-Recipe: plan (tokenize + pack, fingerprint) → refuse a different plan in the same folder →
+Recipe: plan (tokenize + pack, fingerprint; the packed shards are parked in a temporary folder,
+so the corpus is read once) → refuse a different plan in the same folder →
 label every shard not already complete (teacher forward on the main thread, Parquet encoding on a
 writer thread so the two overlap) → manifest last. Rerunning a finished job does nothing;
 rerunning an interrupted one finishes it. With `--workers N` / `--scheduler ADDR` the shards run
@@ -17,6 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import torch
 
@@ -28,7 +30,7 @@ from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, sha256_json
 from pipeline.locking import DirLock
 from pipeline.models.checkpoint import load_model_dir
-from pipeline.packing import iter_shard_inputs
+from pipeline.packing import ShardSpill, iter_shard_inputs
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.card import write_card
@@ -39,7 +41,7 @@ from pipeline.softlabels.manifest import (
     shard_relpath,
     write_json_atomic,
 )
-from pipeline.storage import Store
+from pipeline.storage import Store, temporary_dir
 from pipeline.tokenizer import load_tokenizer
 from stages.label_shards import ShardWork, label_in_process, label_on_cluster
 
@@ -132,13 +134,16 @@ def _load_inputs(cfg: LabelConfig, device: torch.device):
     return teacher, tokenizer
 
 
-def _plan(cfg, tokenizer, teacher, spec) -> dict:
+def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill) -> dict:
+    """Read, tokenize and pack the corpus once: the plan, and each shard's input in `spill`."""
     corpus = CorpusSpec(cfg.corpus, cfg.text_column, cfg.id_column)
     stats = CorpusStats()
-    shards = [{"split": s.split, "index": s.index, "rows": int(s.tokens.shape[0]),
-               "input_sha256": s.input_sha256}
-              for s in iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
-                                         cfg.validation_fraction, cfg.limit_docs, stats)]
+    shards = []
+    for s in iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
+                               cfg.validation_fraction, cfg.limit_docs, stats):
+        spill.put(s)
+        shards.append({"split": s.split, "index": s.index, "rows": int(s.tokens.shape[0]),
+                       "input_sha256": s.input_sha256})
     if stats.documents_read == 0:
         raise PipelineError(f"corpus {cfg.corpus} is empty: no non-empty documents "
                             f"({stats.documents_skipped_empty} empty skipped)")
@@ -245,8 +250,9 @@ def run(cfg: LabelConfig) -> dict:
     teacher, tokenizer = _load_inputs(cfg, device)
     spec = labelmodes.build_spec(cfg, tokenizer.vocab_size)
     store = Store(cfg.out)
-    with _client(cfg) as client, DirLock(store):
-        plan = _plan(cfg, tokenizer, teacher, spec)
+    with _client(cfg) as client, DirLock(store), temporary_dir("softlabels-plan-") as tmp:
+        spill = ShardSpill(Path(tmp))
+        plan = _plan(cfg, tokenizer, teacher, spec, spill)
         _prepare_out(store, plan, cfg.overwrite)
         records = {}
         for shard in plan["shards"]:
@@ -256,7 +262,7 @@ def run(cfg: LabelConfig) -> dict:
             return json.loads(store.read_bytes(MANIFEST))
         store.remove(MANIFEST)
         work = _shard_work(cfg, plan, spec, tokenizer, teacher)
-        new = _label_missing(cfg, plan, work, tokenizer, teacher, device, set(records), client)
+        new = _label_missing(cfg, plan, work, teacher, device, spill, set(records), client)
         all_records = list(records.values()) + new
         _check_complete(plan, all_records)
         store.put_file(tokenizer.path, "tokenizer.json")
@@ -314,14 +320,11 @@ def _progress(total: int, quiet: bool):
         yield advance
 
 
-def _label_missing(cfg, plan, work, tokenizer, teacher, device, done: set,
+def _label_missing(cfg, plan, work, teacher, device, spill: ShardSpill, done: set,
                    client=None) -> list[dict]:
     todo = [s for s in plan["shards"] if (s["split"], s["index"]) not in done]
     total = sum(s["rows"] for s in todo) * cfg.seq_len
-    corpus = CorpusSpec(cfg.corpus, cfg.text_column, cfg.id_column)
-    inputs = (s for s in iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
-                                           cfg.validation_fraction, cfg.limit_docs)
-              if (s.split, s.index) not in done)
+    inputs = (spill.get(s["split"], s["index"]) for s in todo)  # the planned inputs, exactly
     with _progress(total, cfg.quiet) as advance:
         if client is not None:
             return label_on_cluster(client, work, inputs, advance)

@@ -43,3 +43,18 @@ def test_packing_is_deterministic_and_limit_docs(tiny_corpus, tiny_tokenizer):
     stats = CorpusStats()
     list(iter_shard_inputs(spec, tok, 32, 8, 0.1, limit_docs=30, stats=stats))
     assert stats.documents_read == 30
+
+
+def test_shard_spill_round_trip_keeps_the_input_hash(tmp_path):
+    from pipeline.packing import ShardInput, ShardSpill
+
+    spill = ShardSpill(tmp_path)
+    small = ShardInput("train", 3, np.arange(12, dtype=np.int32).reshape(3, 4),
+                       [["a.jsonl:0"], ["a.jsonl:0", "a.jsonl:1"], ["a.jsonl:1"]])
+    big = ShardInput("validation", 0, np.array([[70_000, 1]], dtype=np.int32), [["x"]])
+    for shard in (small, big):  # uint16 on disk when the ids fit, int32 otherwise
+        spill.put(shard)
+        back = spill.get(shard.split, shard.index)
+        assert back.tokens.dtype == np.int32 and np.array_equal(back.tokens, shard.tokens)
+        assert back.doc_ids == shard.doc_ids and back.input_sha256 == shard.input_sha256
+    assert np.load(tmp_path / "train-00003.npy").dtype == np.uint16

@@ -39,6 +39,23 @@ def test_label_cli_end_to_end_and_idempotent_rerun(tmp_path, tiny_corpus, tiny_t
     assert "mean top-k mass" in run_cli("inspect", out).stdout
 
 
+def test_corpus_read_once_and_plan_spill_removed(tmp_path, tiny_corpus, tiny_teacher,
+                                                  monkeypatch):
+    import tempfile
+
+    import stages.label as L
+    from stages.label import LabelConfig
+
+    calls, real = [], L.iter_shard_inputs
+    monkeypatch.setattr(L, "iter_shard_inputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    L.run(LabelConfig(corpus=str(tiny_corpus), out=str(tmp_path / "ds"), teacher=str(tiny_teacher),
+                      top_k=4, seq_len=32, shard_rows=16, batch_size=8, quiet=True, device="cpu"))
+    assert calls == [1]  # planned and labeled from one read of the corpus
+    assert list((tmp_path / "tmp").iterdir()) == []  # the parked shards are gone
+
+
 def test_resume_after_missing_shard_rewrites_only_it(tmp_path, tiny_corpus, tiny_teacher):
     out = tmp_path / "ds"
     run_cli(*label_args(tiny_corpus, tiny_teacher, out))
