@@ -45,6 +45,7 @@ class Params:
     storage_rows: int = 32  # fig 2: rows per repetition (a different slice each)
     storage_ks: tuple = (8, 32, 128)
     stream_student_steps: int = 8  # fig 3: steps timed for the student's consumption rate
+    stream_epochs: int = 3  # fig 3: epochs read in one go, as training reads them
     students_steps: int = 25  # fig 5: steps of each of the 3 students
     memory_docs: int = 60  # fig 6: the 1x corpus (8x = 8 * memory_docs)
     quality_steps: int = 100  # fig 8: steps per student and seed
@@ -56,8 +57,8 @@ class Params:
         """Smoke-run sizes: every figure, every code path, seconds each."""
         return cls(seq_len=32, batch_size=4, shard_rows=32, row_group_rows=8,
                    validation_fraction=0.3, label_docs=3, base_docs=10, storage_rows=4,
-                   stream_student_steps=2, students_steps=2, memory_docs=1, quality_steps=2,
-                   quality_eval_rows=4)
+                   stream_student_steps=2, stream_epochs=2, students_steps=2, memory_docs=1,
+                   quality_steps=2, quality_eval_rows=4)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

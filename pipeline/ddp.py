@@ -92,12 +92,7 @@ class RankedReader(StreamReader):
         return min(sum(epoch_lengths(self.units, replace(self.cfg, rank=r), epoch).values())
                    for r in range(self.cfg.world_size))
 
-    def iter_epoch(self, epoch: int, start: int = 0):
-        length = self.epoch_length(epoch)
-        for pos, batch in super().iter_epoch(epoch, start):
-            if pos >= length:
-                break
-            yield pos, batch
+    # iter_epochs stops each epoch at epoch_length: every rank takes the same number of steps
 
 
 def reader(dataset, sc: StreamConfig, **kw) -> StreamReader:

@@ -213,26 +213,24 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
     with positions_progress(disable=cfg.quiet or not ddp.is_main()) as progress:
         tasks = {id(r): progress.add_task(r.spec.name, total=r.total_steps, completed=r.step,
                                           rate="") for r in runs}
-        start, seen = time.perf_counter(), 0
-        while active:
-            length = reader.epoch_length(epoch)
-            for p, batch in reader.iter_epoch(epoch, pos):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                seen += batch["input_ids"].numel()
-                rate = seen / max(time.perf_counter() - start, 1e-9)
-                for r in active:
-                    if r.position != (epoch, p):
-                        continue
-                    r.train_step(batch)
-                    r.epoch = epoch
-                    r.position = (epoch, p + 1) if p + 1 < length else (epoch + 1, 0)
-                    _after_step(r, val, settings, rate)
-                    progress.update(tasks[id(r)], completed=r.step,
-                                    rate=rate_text(seen, time.perf_counter() - start, "tok"))
-                active = [r for r in active if not r.done]
-                if not active:
-                    break
-            epoch, pos = epoch + 1, 0
+        start, seen, lengths = time.perf_counter(), 0, {}
+        for e, p, batch in (reader.iter_epochs(epoch, pos) if active else ()):
+            length = lengths.setdefault(e, reader.epoch_length(e))
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            seen += batch["input_ids"].numel()
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            for r in active:
+                if r.position != (e, p):
+                    continue
+                r.train_step(batch)
+                r.epoch = e
+                r.position = (e, p + 1) if p + 1 < length else (e + 1, 0)
+                _after_step(r, val, settings, rate)
+                progress.update(tasks[id(r)], completed=r.step,
+                                rate=rate_text(seen, time.perf_counter() - start, "tok"))
+            active = [r for r in active if not r.done]
+            if not active:
+                break
 
 
 def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:

@@ -14,6 +14,8 @@ Why this shape:
   "batch j of consumer 0, of consumer 1, ..., then batch j + 1"), and resuming at position p
   reads nothing before it: each consumer skips its planned batches without touching them. The
   main process restores the canonical order whatever order worker processes deliver in.
+- Training reads epoch after epoch from one stream (`iter_epochs`): DataLoader workers are
+  started once per run, not once per epoch.
 The plan depends on (seed, epoch, batch_size, shuffle_rows, ranks × workers), so a resumed run
 must keep those; the trainer checks it.
 """
@@ -120,42 +122,53 @@ def _gather(cache: dict, unit_of_row: np.ndarray, offset: np.ndarray) -> dict:
         where = torch.from_numpy(np.nonzero(unit_of_row == u)[0])
         take = torch.from_numpy(offset[unit_of_row == u])
         for k, v in cache[int(u)].items():
-            out[k][where] = v.index_select(0, take)
+            out[k].index_copy_(0, where, v.index_select(0, take))  # not out[k][where] = ...:
+            # index_put is the slower kernel, and this runs per row group, column and batch
     return out
 
 
 class SoftLabelStream(IterableDataset):
-    """One epoch of one rank's batches; each DataLoader worker plays its own consumer.
+    """One rank's batches from epoch `epoch` through `last_epoch` (None: without end); each
+    DataLoader worker plays its own consumer, so one set of workers serves every epoch.
 
-    `skip[c]` planned batches of consumer c are skipped unread (resume). Yields dicts of tensors
-    plus `consumer` and `index` (the batch's number within its consumer's epoch).
+    `skip[c]` planned batches of consumer c in the first epoch are skipped unread (resume).
+    Yields dicts of tensors plus `epoch`, `consumer` and `index` (the batch's number within its
+    consumer's epoch).
     """
 
     def __init__(self, dataset: SoftLabelDataset, cfg: StreamConfig, units: np.ndarray,
-                 epoch: int, skip: dict[int, int] | None = None):
+                 epoch: int, skip: dict[int, int] | None = None, last_epoch: int | None = None):
         self.dataset, self.cfg, self.units, self.epoch = dataset, cfg, units, epoch
-        self.skip = skip or {}
+        self.skip, self.last_epoch = skip or {}, last_epoch
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         try:
-            yield from self.iter_consumer(self.cfg.local_consumers[worker])
+            yield from self.iter_epochs(self.cfg.local_consumers[worker])
         except PipelineError as exc:
             if info is None:
                 raise
             # torch would re-raise it with the worker's traceback in the message; send the one
-            # line to the main process instead, which raises it (StreamReader.iter_epoch)
+            # line to the main process instead, which raises it (StreamReader.iter_epochs)
             yield {"error": str(exc)}
 
-    def iter_consumer(self, consumer: int) -> Iterator[dict]:
-        mine, starts, batches = consumer_plan(self.units, self.cfg, self.epoch, consumer)
+    def iter_epochs(self, consumer: int) -> Iterator[dict]:
+        epoch = self.epoch
+        while self.last_epoch is None or epoch <= self.last_epoch:
+            skip = self.skip.get(consumer, 0) if epoch == self.epoch else 0
+            for batch in self.iter_consumer(consumer, epoch, skip):
+                yield {**batch, "epoch": epoch}
+            epoch += 1
+
+    def iter_consumer(self, consumer: int, epoch: int, skip: int = 0) -> Iterator[dict]:
+        mine, starts, batches = consumer_plan(self.units, self.cfg, epoch, consumer)
         last_use = np.full(len(mine), -1)
         for j, rows in enumerate(batches):
             last_use[np.searchsorted(starts, rows, side="right") - 1] = j
         shards = self.dataset.split_shards(self.cfg.split)
         files, cache = {}, {}
-        for j in range(self.skip.get(consumer, 0), len(batches)):
+        for j in range(skip, len(batches)):
             local = np.searchsorted(starts, batches[j], side="right") - 1
             for u in np.unique(local):
                 if int(u) not in cache:
@@ -201,21 +214,37 @@ class StreamReader:
 
     def iter_epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[int, dict]]:
         """(position, batch) for positions start, start + 1, ... of `epoch`."""
+        for _, pos, batch in self.iter_epochs(epoch, start, last_epoch=epoch):
+            yield pos, batch
+
+    def iter_epochs(self, epoch: int = 0, start: int = 0,
+                    last_epoch: int | None = None) -> Iterator[tuple[int, int, dict]]:
+        """(epoch, position, batch) from position `start` of `epoch` on, through `last_epoch`
+        (None: until the caller stops). With DataLoader workers, the same workers serve every
+        epoch: they are started once, not once per epoch (bench figure 3)."""
         order = canonical_order(epoch_lengths(self.units, self.cfg, epoch))
         skip = {c: 0 for c in self.cfg.local_consumers}
         for c, _ in order[:start]:
             skip[c] += 1
-        stream = SoftLabelStream(self.dataset, self.cfg, self.units, epoch, skip)
+        stream = SoftLabelStream(self.dataset, self.cfg, self.units, epoch, skip, last_epoch)
         if self.cfg.num_workers == 0:
-            source = stream.iter_consumer(self.cfg.local_consumers[0])
+            source = stream.iter_epochs(self.cfg.local_consumers[0])
         else:
             source = iter(DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers,
                                      pin_memory=self.pin_memory))
-        pending: dict[tuple[int, int], dict] = {}
-        for pos in range(start, len(order)):
-            while order[pos] not in pending:
-                b = next(source)
-                if "error" in b:
-                    raise PipelineError(b["error"])
-                pending[(int(b.pop("consumer")), int(b.pop("index")))] = b
-            yield pos, pending.pop(order[pos])
+        pending: dict[tuple[int, int, int], dict] = {}
+        while last_epoch is None or epoch <= last_epoch:
+            # epoch_length may cut an epoch short (torchrun: every rank stops at the shortest)
+            order = canonical_order(epoch_lengths(self.units, self.cfg, epoch))
+            for pos in range(start, self.epoch_length(epoch)):
+                want = (epoch, *order[pos])
+                while want not in pending:
+                    b = next(source)
+                    if "error" in b:
+                        raise PipelineError(b["error"])
+                    got = (int(b.pop("epoch")), int(b.pop("consumer")), int(b.pop("index")))
+                    if got[0] >= epoch:  # a cut epoch's surplus batches are dropped
+                        pending[got] = b
+                yield epoch, pos, pending.pop(want)
+            pending = {key: b for key, b in pending.items() if key[0] > epoch}
+            epoch, start = epoch + 1, 0

@@ -80,6 +80,30 @@ def test_resume_mid_epoch_continues_without_repeating_or_skipping(labeled, worke
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epochs_from_one_stream_equal_epoch_by_epoch_and_workers_start_once(labeled, workers,
+                                                                            monkeypatch):
+    import pipeline.softlabels.stream as stream_mod
+
+    cfg = StreamConfig(batch_size=6, seed=5, shuffle_rows=15, num_workers=workers)
+    reader = StreamReader(labeled, cfg)
+    start = reader.epoch_length(1) // 2  # a resumed run: from the middle of epoch 1
+    want = [(1, p, b) for p, b in reader.iter_epoch(1, start)] + \
+        [(e, p, b) for e in (2, 3) for p, b in reader.iter_epoch(e)]
+    loaders = []
+    monkeypatch.setattr(stream_mod, "DataLoader",
+                        lambda *a, **k: loaders.append(1) or torch.utils.data.DataLoader(*a, **k))
+    got = []
+    for e, p, b in reader.iter_epochs(1, start):  # no end: the caller stops
+        got.append((e, p, b))
+        if len(got) == len(want):
+            break
+    assert [(e, p) for e, p, _ in got] == [(e, p) for e, p, _ in want]
+    for (_, _, a), (_, _, b) in zip(got, want, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(loaders) == (1 if workers else 0)  # one set of workers for three epochs
+
+
 def test_bounded_memory_row_groups_loaded_once_each(labeled, monkeypatch):
     from pipeline.softlabels import stream as stream_mod
 
