@@ -408,6 +408,11 @@ CASES = [
          "once the server is back gives bit-identical weights",
          checked_by="tests/reliability/test_storage_outage.py::"
                     "test_training_stops_cleanly_when_storage_goes_down_and_resume_finishes"),
+    Case("train", "object storage server stops while shards stream (`--labels s3://...`)",
+         STORAGE_DOWN, 1, "the checkpoints so far; no complete.json; `--resume` once the "
+         "server is back gives bit-identical weights",
+         checked_by="tests/reliability/test_storage_outage.py::"
+                    "test_training_from_s3_labels_stops_cleanly_when_storage_goes_down"),
     Case("evaluate", "`--run` trained with another tokenizer",
          "error: --run <dir>: tokenizer sha256 <a> (vocab 300) differs from dataset <dir> "
          "tokenizer sha256 <b> (vocab 320); evaluate it on a dataset labeled with its "

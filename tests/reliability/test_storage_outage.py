@@ -1,11 +1,12 @@
 """The object storage server goes down in the middle of a run, then comes back.
 
 A real S3 API server (moto in server mode on loopback) is stopped — its socket closed, so every
-request is refused — while `pipeline label` is writing shards to it, and while `pipeline train`
-is uploading checkpoints to it. Each command must stop with one clear line naming the object
-and the settings to check (no traceback), exit 1, and leave nothing that reads as finished; once
-the server is back on the same port, a plain rerun (`--resume` for training) must finish with
-exactly what an uninterrupted run gives.
+request is refused — while `pipeline label` is writing shards to it, while `pipeline train` is
+uploading checkpoints to it, and while `pipeline train` is streaming its shards from it. Each
+command must stop with one clear line naming the object and the settings to check (no
+traceback), exit 1, and leave nothing that reads as finished; once the server is back on the
+same port, a plain rerun (`--resume` for training) must finish with exactly what an
+uninterrupted run gives.
 """
 
 import json
@@ -117,3 +118,29 @@ def test_training_stops_cleanly_when_storage_goes_down_and_resume_finishes(
     assert "s: 8 steps" in resumed.stdout
     assert remote.read_bytes("model.safetensors") == \
         Path(tmp_path / "unbroken" / "s" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_training_from_s3_labels_stops_cleanly_when_storage_goes_down(
+        s3, tmp_path, tiny_corpus, tiny_teacher):
+    _, server = s3
+    label_here(tiny_corpus, tiny_teacher, "s3://bucket/ds", row_group_rows=4)  # many reads
+    student = write_student(tmp_path, epochs=None, max_steps=40, checkpoint_every=1)
+    args = [sys.executable, "-m", "pipeline.cli", "train", "--labels", "s3://bucket/ds",
+            "--student", str(student), "--quiet", "--device", "cpu", "--out",
+            str(tmp_path / "runs")]
+    latest = tmp_path / "runs" / "s" / "state" / "latest.json"
+    proc = spawn(args, env=dict(os.environ))
+    stop_when(server, proc, lambda: latest.is_file() and json.loads(latest.read_text())["step"]
+              >= 2, "training")
+    line = assert_one_line_storage_error(proc, "s3://bucket/ds")
+    assert "shards/" in line  # names the shard it was streaming
+
+    server.start()
+    resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    unbroken = subprocess.run([*args[:-1], str(tmp_path / "unbroken")], cwd=REPO,
+                              capture_output=True, text=True)
+    assert unbroken.returncode == 0, unbroken.stderr
+    assert (tmp_path / "runs/s/model.safetensors").read_bytes() == \
+        (tmp_path / "unbroken/s/model.safetensors").read_bytes()
