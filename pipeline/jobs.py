@@ -10,14 +10,13 @@ Relative paths are relative to the current directory (run jobs from the reposito
 """
 
 import difflib
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.students import load_student, parse_student
+from pipeline.students import load_student, parse_student, read_config_toml
 
 EXAMPLE = "data/jobs/example.toml"
 # Fields of the stage configs that the job fills in itself, so they are not keys of its sections.
@@ -167,12 +166,7 @@ def _students(path: Path, value) -> list[StudentEntry]:
 def load_job(path: str | Path) -> Job:
     """Read and fully validate a job file; every problem is a ConfigError (exit 2)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"job file {path} not found; pass a TOML job file (see {EXAMPLE})")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from exc
+    data = read_config_toml(path, "job file", EXAMPLE)
     for key in data:
         if key not in SECTIONS:
             raise ConfigError(f"{path}: unknown section [{key}]{_hint(key, SECTIONS)}; valid "

@@ -174,15 +174,19 @@ def parse_student(raw: dict, path: str | Path) -> StudentSpec:
     return spec
 
 
-def load_student(path: str | Path) -> StudentSpec:
-    path = Path(path)
+def read_config_toml(path: Path, what: str, see: str) -> dict:
+    """A TOML config file (student, job) as a dict; missing or malformed: ConfigError, exit 2."""
     if not path.is_file():
-        raise ConfigError(f"student file {path} not found (see data/students/*.toml)")
+        raise ConfigError(f"{what} {path} not found (see {see})")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    return parse_student(raw, path)
+
+
+def load_student(path: str | Path) -> StudentSpec:
+    path = Path(path)
+    return parse_student(read_config_toml(path, "student file", "data/students/*.toml"), path)
 
 
 def with_overrides(spec: StudentSpec, max_steps: int | None, epochs: int | None) -> StudentSpec:

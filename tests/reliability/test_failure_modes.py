@@ -433,7 +433,7 @@ CASES = [
          "0.02)", 1, "nothing written",
          lambda e: _evaluate(e, e.trained[1], labels=e.no_validation), nothing_written),
     Case("run", "job file that does not exist",
-         "error: job file <file> not found; pass a TOML job file (see data/jobs/example.toml)",
+         "error: job file <file> not found (see data/jobs/example.toml)",
          2, "nothing run", lambda e: ["run", e.tmp / "none.toml"], nothing_written),
     Case("run", "job with an unknown key",
          "error: <file>: [label] has unknown key 'topk' (did you mean 'top_k'?); valid keys: "
