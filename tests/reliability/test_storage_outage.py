@@ -67,9 +67,15 @@ def assert_one_line_storage_error(proc: subprocess.Popen, uri: str) -> str:
     return last
 
 
-def spawn(argv: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+def spawn(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(argv, cwd=REPO, env=one_thread_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+
+
+def one_thread_env() -> dict:
+    """Like the in-process runs here (tests/reliability/conftest.py), one torch thread: the
+    outputs are compared byte for byte."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow
@@ -86,7 +92,8 @@ def test_labeler_stops_cleanly_when_storage_goes_down_and_rerun_finishes(
     server.start()  # back on the same port, with the objects written before the outage
     assert not out.exists("manifest.json")  # nothing reads as a finished dataset
     assert len(out.listdir("_progress/train")) >= 3  # the completed shards are kept ...
-    subprocess.run(argv, cwd=REPO, check=True, capture_output=True)  # ... and reused
+    subprocess.run(argv, cwd=REPO, check=True, capture_output=True,
+                   env=one_thread_env())  # ... and reused
     assert snapshot(out.uri) == snapshot("s3://bucket/full")
     assert not out.exists(".lock")
 
@@ -99,21 +106,21 @@ def test_training_stops_cleanly_when_storage_goes_down_and_resume_finishes(
     args = [sys.executable, "-m", "pipeline.cli", "train", "--labels", str(small_dataset),
             "--student", str(student), "--quiet", "--device", "cpu"]
     subprocess.run([*args, "--out", str(tmp_path / "unbroken")], cwd=REPO, check=True,
-                   capture_output=True)
+                   capture_output=True, env=one_thread_env())
     remote = Store("s3://bucket/runs/s")
 
     def checkpointed() -> bool:
         return remote.exists("state/latest.json") and \
             json.loads(remote.read_bytes("state/latest.json"))["step"] >= 2
 
-    proc = spawn([*args, "--out", "s3://bucket/runs"], env=dict(os.environ))
+    proc = spawn([*args, "--out", "s3://bucket/runs"])
     stop_when(server, proc, checkpointed, "training")
     assert_one_line_storage_error(proc, "s3://bucket/runs")
 
     server.start()
     assert not remote.exists("complete.json")
     resumed = subprocess.run([*args, "--out", "s3://bucket/runs", "--resume"], cwd=REPO,
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=one_thread_env())
     assert resumed.returncode == 0, resumed.stderr
     assert "s: 8 steps" in resumed.stdout
     assert remote.read_bytes("model.safetensors") == \
@@ -130,17 +137,18 @@ def test_training_from_s3_labels_stops_cleanly_when_storage_goes_down(
             "--student", str(student), "--quiet", "--device", "cpu", "--out",
             str(tmp_path / "runs")]
     latest = tmp_path / "runs" / "s" / "state" / "latest.json"
-    proc = spawn(args, env=dict(os.environ))
+    proc = spawn(args)
     stop_when(server, proc, lambda: latest.is_file() and json.loads(latest.read_text())["step"]
               >= 2, "training")
     line = assert_one_line_storage_error(proc, "s3://bucket/ds")
     assert "shards/" in line  # names the shard it was streaming
 
     server.start()
-    resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True)
+    resumed = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True,
+                             env=one_thread_env())
     assert resumed.returncode == 0, resumed.stderr
     unbroken = subprocess.run([*args[:-1], str(tmp_path / "unbroken")], cwd=REPO,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=one_thread_env())
     assert unbroken.returncode == 0, unbroken.stderr
     assert (tmp_path / "runs/s/model.safetensors").read_bytes() == \
         (tmp_path / "unbroken/s/model.safetensors").read_bytes()
