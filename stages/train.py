@@ -215,7 +215,9 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
                                           rate="") for r in runs}
         start, seen, lengths = time.perf_counter(), 0, {}
         for e, p, batch in (reader.iter_epochs(epoch, pos) if active else ()):
-            length = lengths.setdefault(e, reader.epoch_length(e))
+            if e not in lengths:  # once per epoch: it re-derives the epoch's plan
+                lengths[e] = reader.epoch_length(e)
+            length = lengths[e]
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             seen += batch["input_ids"].numel()
             rate = seen / max(time.perf_counter() - start, 1e-9)
