@@ -62,7 +62,8 @@ def label(
     logprob_encoding: str = typer.Option("fp16", help="fp16, fp32 or u8 log-probabilities "
                                          "(u8: linear on [--u8-min-logprob, 0], docs/FORMAT.md)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:N."),
-    overwrite: bool = typer.Option(False, help="Replace a different dataset in --out."),
+    overwrite: bool = typer.Option(False, help="Replace a different dataset of ours in --out "
+                                   "(removes only files the labeler wrote)."),
     limit_docs: int | None = typer.Option(None, help="Read only the first N documents."),
     text_column: str = typer.Option("text", help="Text column of parquet/jsonl/csv files."),
     id_column: str | None = typer.Option(None, help="Document id column (default: "
@@ -299,9 +300,10 @@ def tokenizer_train(
     out.print(f"tokenizer {out_file}: vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point; `argv` (default: sys.argv[1:]) lets tests run it in process."""
     try:
-        app()
+        app(args=argv, prog_name="pipeline")
     except PipelineError as exc:
         # escape: messages name TOML sections like [corpus], which rich would eat as markup
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

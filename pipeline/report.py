@@ -19,10 +19,32 @@ from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.softlabels.manifest import write_json_atomic  # noqa: E402
 
 RESULTS_JSON, RESULTS_PARQUET, REPORT_MD = "results.json", "results.parquet", "report.md"
 PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"
+
+REPORT_FILES = (RESULTS_PARQUET, PARETO_PNG, CURVES_PNG, REPORT_MD, RESULTS_JSON)  # write order
+
+
+def check_replaceable(store) -> None:
+    """A report folder may be rewritten only when the report files in it are ours: a
+    results.json with our keys vouches for the rest. Refuse a folder that is a file, or whose
+    report-named files someone else wrote, naming one."""
+    if store.exists() and not store.isdir():
+        raise PipelineError(f"--out {store} is a file, not a folder; choose a folder for the "
+                            "report")
+    try:
+        ours = {"inputs_fingerprint", "rows"} <= set(json.loads(store.read_bytes(RESULTS_JSON)))
+    except (OSError, PipelineError, ValueError, TypeError, UnicodeDecodeError):
+        ours = False
+    clash = [name for name in REPORT_FILES if not ours and store.exists(name)]
+    if clash:
+        raise PipelineError(f"--out {store} holds {clash[0]}, which this tool did not write "
+                            "(no report results.json beside it); choose another --out for the "
+                            "report")
+
 
 # (key, header, format) — the columns of every table view, in order.
 COLUMNS = [

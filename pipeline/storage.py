@@ -176,6 +176,12 @@ class Store:
         with remote_errors(self.uri_of(rel)):
             return self.fs.exists(self.path(rel))
 
+    def isdir(self, rel: str = "") -> bool:
+        if not self.remote:
+            return self.path(rel).is_dir()
+        with remote_errors(self.uri_of(rel)):
+            return self.fs.isdir(self.path(rel))
+
     def isfile(self, rel: str) -> bool:
         if not self.remote:
             return self.path(rel).is_file()
@@ -221,6 +227,27 @@ class Store:
                 return []
             return sorted(PurePosixPath(p.rstrip("/")).name
                           for p in self.fs.ls(self.path(rel), detail=False))
+
+    def walk(self) -> list[str]:
+        """Every entry below the root, relative and sorted: files, links (never followed) and
+        empty folders (these end in "/"; object storage has none); [] when the root is missing."""
+        if self.remote:
+            with remote_errors(self.uri):
+                if not self.fs.isdir(self.base):
+                    return []
+                return sorted(PurePosixPath(p).relative_to(self.base).as_posix()
+                              for p in self.fs.find(self.base))
+        root = self.base
+        if not root.is_dir():
+            return []
+        found = []
+        for here, dirs, names in os.walk(root):
+            rel = Path(here).relative_to(root)
+            links = [d for d in dirs if (Path(here) / d).is_symlink()]
+            found += [(rel / n).as_posix() for n in names + links]
+            if not dirs and not names and here != str(root):
+                found.append(rel.as_posix() + "/")
+        return sorted(found)
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -32,7 +32,13 @@ from pipeline.metrics import MetricSums
 from pipeline.models.checkpoint import WEIGHTS, LoadedModel
 from pipeline.models.hf import HF_PREFIX, is_hf_spec, load_model_spec
 from pipeline.progress import positions_progress, rate_text
-from pipeline.report import RESULTS_JSON, add_ratios, sort_rows, write_report
+from pipeline.report import (
+    RESULTS_JSON,
+    add_ratios,
+    check_replaceable,
+    sort_rows,
+    write_report,
+)
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.storage import Store, is_remote, temporary_dir
 
@@ -228,6 +234,7 @@ def _row(m: _Model, metrics: dict, cost: dict) -> dict:
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate every run (and the teacher), write the report, return results.json's content."""
     _check_args(cfg)
+    check_replaceable(Store(cfg.out))
     ds = _dataset(cfg)
     device = resolve_device(cfg.device)
     fingerprint = inputs_fingerprint(cfg)

@@ -32,6 +32,7 @@ from pipeline.locking import DirLock
 from pipeline.models.checkpoint import load_model_dir
 from pipeline.packing import ShardSpill, iter_shard_inputs
 from pipeline.progress import positions_progress, rate_text
+from pipeline.softlabels import layout
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.card import write_card
 from pipeline.softlabels.manifest import (
@@ -170,21 +171,22 @@ def _write_json(store: Store, name: str, obj) -> None:
 
 
 def _prepare_out(store: Store, plan: dict, overwrite: bool) -> None:
-    """Refuse to mix two plans in one folder; wipe only with --overwrite."""
-    existing = None
-    if store.isfile(PLAN):
-        existing = json.loads(store.read_bytes(PLAN)).get("fingerprint")
-    # plan.json.tmp: left by a labeler killed while writing the plan; it is rewritten below
-    ignore = (".lock", PLAN + ".tmp")
-    foreign = [name for name in store.listdir() if name not in ignore]
-    if existing == plan["fingerprint"]:
+    """Refuse to mix two plans in one folder; with --overwrite remove the old dataset, and only
+    when every file in the folder is provably one the labeler wrote (softlabels/layout.py)."""
+    existing = layout.read_json(store, PLAN)
+    if isinstance(existing, dict) and existing.get("fingerprint") == plan["fingerprint"]:
         return
-    if foreign and not overwrite:
-        why = "a different labeling plan" if existing else "files that are not a dataset of ours"
-        raise PipelineError(f"--out {store} already holds {why} (corpus, teacher, tokenizer or "
-                            "options differ); choose another --out or pass --overwrite")
-    for name in foreign:
-        store.remove(name)
+    if foreign := layout.foreign_files(store):
+        raise PipelineError(f"--out {store} holds files that are not a dataset of ours (e.g. "
+                            f"{foreign[0]}; {len(foreign)} in all) and this tool removes only "
+                            "files it wrote; choose a new or empty --out")
+    if entries := layout.owned_entries(store):
+        if not overwrite:
+            raise PipelineError(f"--out {store} already holds a different labeling plan "
+                                "(corpus, teacher, tokenizer or options differ); choose another "
+                                "--out or pass --overwrite")
+        for name in entries:
+            store.remove(name)
     store.makedirs()
     _write_json(store, PLAN, plan)
 
@@ -250,6 +252,9 @@ def run(cfg: LabelConfig) -> dict:
     teacher, tokenizer = _load_inputs(cfg, device)
     spec = labelmodes.build_spec(cfg, tokenizer.vocab_size)
     store = Store(cfg.out)
+    if store.exists() and not store.isdir():
+        raise PipelineError(f"--out {store} is a file, not a folder; choose a folder for the "
+                            "dataset")
     with _client(cfg) as client, DirLock(store), temporary_dir("softlabels-plan-") as tmp:
         spill = ShardSpill(Path(tmp))
         plan = _plan(cfg, tokenizer, teacher, spec, spill)

@@ -285,6 +285,24 @@ CASES = [
          "the existing dataset, untouched",
          lambda e: (label_here(e.corpus, e.teacher, e.out, seq_len=16, limit_docs=16),
                     remember(e, e.out), label_args(e, seq_len=8))[-1], unchanged),
+    Case("label", "`--out` a folder of other files (e.g. `.`), even with `--overwrite`",
+         "error: --out <dir> holds files that are not a dataset of ours (e.g. notes.txt; 1 in "
+         "all) and this tool removes only files it wrote; choose a new or empty --out", 1,
+         "every file in the folder",
+         lambda e: (e.out.mkdir(), (e.out / "notes.txt").write_text("mine"), remember(e, e.out),
+                    [*label_args(e), "--overwrite"])[-1], unchanged),
+    Case("label", "`--out` a dataset of ours plus a file the tool did not write, with "
+         "`--overwrite`",
+         "error: --out <dir> holds files that are not a dataset of ours (e.g. shards/train/x.csv; "
+         "1 in all) and this tool removes only files it wrote; choose a new or empty --out", 1,
+         "the dataset and the other file, untouched",
+         lambda e: (label_here(e.corpus, e.teacher, e.out, seq_len=16, limit_docs=16),
+                    (e.out / "shards/train/x.csv").write_text("a"), remember(e, e.out),
+                    [*label_args(e, seq_len=8), "--overwrite"])[-1], unchanged),
+    Case("label", "`--out` an existing file",
+         "error: --out <dir> is a file, not a folder; choose a folder for the dataset", 1,
+         "the file", lambda e: ((e.tmp / "f").write_text("x"), remember(e, e.tmp),
+                                label_args(e, out=e.tmp / "f"))[-1], unchanged),
     Case("label", "teacher that produces NaN/inf logits (on some inputs)",
          "error: teacher produced NaN/inf logits for <shard> rows [...]; refusing the batch - "
          "check the teacher weights (or use fp32)", 1,

@@ -182,3 +182,22 @@ def test_refuses_two_models_with_one_name(tmp_path):
     with pytest.raises(PipelineError, match="share the folder name 'kd'"):
         run(fast(labels=str(tmp_path), runs=[str(tmp_path / "a/kd"), str(tmp_path / "b/kd")],
                  out=str(tmp_path / "r")))
+
+
+def test_report_never_overwrites_files_it_did_not_write(labeled, tmp_path, tiny_teacher):
+    d = labeled
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "report.md").write_text("my own report")
+    cfg = fast(labels=str(d / "ds"), runs=[], teacher=str(tiny_teacher), out=str(out))
+    with pytest.raises(PipelineError, match="holds report.md, which this tool did not write"):
+        run(cfg)
+    assert (out / "report.md").read_text() == "my own report"
+    (out / "report.md").unlink()
+    run(cfg)  # an empty folder, then a rerun over its own report: both fine
+    run(cfg)
+    assert (out / "report.md").read_text().startswith("# Distillation report")
+    as_file = tmp_path / "report.txt"
+    as_file.write_text("x")
+    with pytest.raises(PipelineError, match="is a file, not a folder"):
+        run(fast(labels=str(d / "ds"), runs=[], teacher=str(tiny_teacher), out=str(as_file)))

@@ -7,6 +7,7 @@ import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import make_teacher, run_cli
 
@@ -131,6 +132,55 @@ def test_out_holding_foreign_files_refused(tmp_path, tiny_corpus, tiny_teacher):
     (out / "precious.txt").write_text("keep me")
     fails(label_args(tiny_corpus, tiny_teacher, out), "files that are not a dataset")
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_overwrite_never_removes_files_it_did_not_write(tmp_path, tiny_corpus, tiny_teacher):
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "precious.txt").write_text("keep me")
+    (out / "notes" / "todo.md").write_text("mine")
+    proc = fails(label_args(tiny_corpus, tiny_teacher, out, "--overwrite"),
+                 "(e.g. notes/todo.md; 2 in all)")
+    assert "--overwrite" not in proc.stderr  # never suggest the flag that would destroy data
+    assert (out / "precious.txt").read_text() == "keep me"
+    assert (out / "notes" / "todo.md").read_text() == "mine"
+
+
+def test_overwrite_of_the_current_directory_refused(tmp_path, tiny_corpus, tiny_teacher,
+                                                    monkeypatch):
+    from pipeline.cli import main
+
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in label_args(tiny_corpus, tiny_teacher, ".", "--overwrite")])
+    assert exc.value.code == 1
+    assert (tmp_path / "data.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_overwrite_replaces_a_dataset_but_not_a_file_added_to_it(tmp_path, tiny_corpus,
+                                                                 tiny_teacher):
+    out = tmp_path / "ds"
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "shards" / "train" / "analysis.ipynb").write_text("{}")
+    fails(label_args(tiny_corpus, tiny_teacher, out, "--seq-len", "16", "--overwrite"),
+          "e.g. shards/train/analysis.ipynb")
+    assert {p: p.read_bytes() for p in before} == before
+    (out / "shards" / "train" / "analysis.ipynb").unlink()
+    (out / "README.md").write_text("# my own notes\n")  # a card the tool did not write
+    fails(label_args(tiny_corpus, tiny_teacher, out, "--seq-len", "16", "--overwrite"),
+          "e.g. README.md;")
+    (out / "README.md").unlink()
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out, "--seq-len", "16", "--overwrite"))
+    assert json.loads((out / "manifest.json").read_text())["seq_len"] == 16
+
+
+def test_out_that_is_a_file_refused(tmp_path, tiny_corpus, tiny_teacher):
+    out = tmp_path / "ds.parquet"
+    out.write_bytes(b"PAR1")
+    fails(label_args(tiny_corpus, tiny_teacher, out), "is a file, not a folder")
+    assert out.read_bytes() == b"PAR1"
 
 
 def test_nan_teacher_refused_naming_rows(tmp_path, tiny_corpus, tiny_teacher):
