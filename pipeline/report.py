@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: scheduled jobs and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -28,22 +29,29 @@ PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"
 REPORT_FILES = (RESULTS_PARQUET, PARETO_PNG, CURVES_PNG, REPORT_MD, RESULTS_JSON)  # write order
 
 
+MARK = "softlabel-pipeline report"  # in every report file, so a rewrite can prove ownership
+
+
 def check_replaceable(store) -> None:
-    """A report folder may be rewritten only when the report files in it are ours: a
-    results.json with our keys vouches for the rest. Refuse a folder that is a file, or whose
-    report-named files someone else wrote, naming one."""
+    """A report folder may be rewritten only where every report-named file in it is ours: each
+    carries MARK (a kill before results.json, which is written last, leaves them without it).
+    Refuse a folder that is a file, or a report-named file someone else wrote, naming it."""
     if store.exists() and not store.isdir():
         raise PipelineError(f"--out {store} is a file, not a folder; choose a folder for the "
                             "report")
-    try:
-        ours = {"inputs_fingerprint", "rows"} <= set(json.loads(store.read_bytes(RESULTS_JSON)))
-    except (OSError, PipelineError, ValueError, TypeError, UnicodeDecodeError):
-        ours = False
-    clash = [name for name in REPORT_FILES if not ours and store.exists(name)]
-    if clash:
-        raise PipelineError(f"--out {store} holds {clash[0]}, which this tool did not write "
-                            "(no report results.json beside it); choose another --out for the "
-                            "report")
+    for name in REPORT_FILES:
+        if store.exists(name) and MARK.encode() not in _head(store, name):
+            raise PipelineError(f"--out {store} holds {name}, which this tool did not write; "
+                                "choose another --out for the report")
+
+
+def _head(store, name: str) -> bytes:
+    """Where MARK sits: the start of a text or PNG file (tEXt chunk), the Parquet footer."""
+    with store.open(name) as f:
+        if not name.endswith(".parquet"):
+            return f.read(4096)
+        f.seek(max(store.size(name) - 65536, 0))
+        return f.read()
 
 
 # (key, header, format) — the columns of every table view, in order.
@@ -144,7 +152,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_parquet(rows: list[dict], path: Path) -> None:
     flat = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows]
-    pl.DataFrame(flat, infer_schema_length=None).write_parquet(path)
+    table = pl.DataFrame(flat, infer_schema_length=None).to_arrow()
+    pq.write_table(table.replace_schema_metadata({"created_by": MARK}), path)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -182,7 +191,7 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
     ax.set_title("fidelity vs size (lower-left is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": MARK})
     plt.close(fig)
 
 
@@ -218,7 +227,7 @@ def plot_training_curves(rows: list[dict], path: Path) -> bool:
             ax.legend(fontsize=8)
     fig.tight_layout()
     if drawn:
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, metadata={"Software": MARK})
     plt.close(fig)
     return drawn
 
@@ -239,7 +248,7 @@ def render_markdown(results: dict, has_curves: bool) -> str:
     d = results["dataset"]
     bench = results["settings"]["bench"]
     parts = [
-        "# Distillation report", "",
+        "# Distillation report", "", f"<!-- {MARK} -->", "",
         f"Dataset `{d['path']}` (teacher `{d.get('teacher') or 'none'}`, labels "
         f"{d['labels']}), validation split: {d['rows']:,} rows, {d['positions']:,} positions. "
         f"Created {results['created_at']}.", "",

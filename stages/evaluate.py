@@ -33,6 +33,7 @@ from pipeline.models.checkpoint import WEIGHTS, LoadedModel
 from pipeline.models.hf import HF_PREFIX, is_hf_spec, load_model_spec
 from pipeline.progress import positions_progress, rate_text
 from pipeline.report import (
+    MARK,
     RESULTS_JSON,
     add_ratios,
     check_replaceable,
@@ -247,7 +248,7 @@ def run(cfg: EvaluateConfig) -> dict:
     add_ratios(rows)
     teacher = ds.manifest.get("teacher") or {}
     results = {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_by": MARK, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs_fingerprint": fingerprint,
         "dataset": {"path": str(ds.root), "split": SPLIT, "teacher": teacher.get("spec"),
                     "labels": f"{ds.spec.mode} k={ds.spec.k}", **scored},

@@ -30,6 +30,7 @@ from pipeline.errors import PipelineError
 from pipeline.hashing import sha256_file, sha256_json
 from pipeline.locking import DirLock
 from pipeline.models.checkpoint import load_model_dir
+from pipeline.models.hf import HF_PREFIX, local_weights_sha256
 from pipeline.packing import ShardSpill, iter_shard_inputs
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import layout
@@ -42,7 +43,7 @@ from pipeline.softlabels.manifest import (
     shard_relpath,
     write_json_atomic,
 )
-from pipeline.storage import Store, temporary_dir
+from pipeline.storage import Store, is_remote, temporary_dir
 from pipeline.tokenizer import load_tokenizer
 from stages.label_shards import ShardWork, label_in_process, label_on_cluster
 
@@ -135,6 +136,49 @@ def _load_inputs(cfg: LabelConfig, device: torch.device):
     return teacher, tokenizer
 
 
+def plan_params(cfg: LabelConfig, spec, tokenizer_sha256: str | None,
+                teacher_sha256: str | None) -> dict:
+    """Everything a plan.json records about how the dataset was made, except the corpus content
+    (which needs a read): the one definition both planning and is_complete use."""
+    return {"seq_len": cfg.seq_len, "shard_rows": cfg.shard_rows,
+            "validation_fraction": cfg.validation_fraction, "split_rule": SPLIT_RULE,
+            "labels": spec.as_dict(), "tokenizer_sha256": tokenizer_sha256,
+            "teacher_sha256": teacher_sha256,
+            "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
+                       "id_column": cfg.id_column, "limit_docs": cfg.limit_docs}}
+
+
+def is_complete(cfg: LabelConfig) -> bool:
+    """True when OUT holds a finished dataset made with exactly these settings: the manifest
+    commits the plan, and the plan's parameters equal what `run` would record now (label spec,
+    tokenizer and teacher hashes, seq_len, shards, split, corpus settings). Cheap: neither the
+    corpus nor the teacher model is read, only hashed files. Anything it cannot verify locally
+    (a hub teacher, a remote folder) counts as not complete; `run` then resumes, which finds
+    every shard done and rewrites nothing. The corpus content itself is not compared (a changed
+    file under the same path is not noticed: label a new corpus into a new --out)."""
+    store = Store(cfg.out)
+    plan, manifest = layout.read_json(store, PLAN), layout.read_json(store, MANIFEST)
+    try:
+        params = plan["params"]
+        committed = manifest["plan_fingerprint"] == plan["fingerprint"]
+        spec = labelmodes.build_spec(cfg, params["labels"]["vocab_size"])
+    except (TypeError, KeyError, PipelineError):
+        return False
+    tokenizer_sha = _local_tokenizer_sha256(cfg)
+    teacher_sha = local_weights_sha256(cfg.teacher) if cfg.top_k > 0 else None
+    if tokenizer_sha is None or (cfg.top_k > 0 and teacher_sha is None):
+        return False  # not verifiable without loading: `run` resumes instead
+    return committed and params == plan_params(cfg, spec, tokenizer_sha, teacher_sha)
+
+
+def _local_tokenizer_sha256(cfg: LabelConfig) -> str | None:
+    """The hash of the tokenizer.json labeling would use, when it is a local file."""
+    path = Path(cfg.tokenizer) if cfg.tokenizer else None
+    if path is None and cfg.teacher and not is_remote(cfg.teacher):
+        path = Path(cfg.teacher.removeprefix(HF_PREFIX)) / layout.TOKENIZER
+    return sha256_file(path) if path is not None and path.is_file() else None
+
+
 def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill) -> dict:
     """Read, tokenize and pack the corpus once: the plan, and each shard's input in `spill`."""
     corpus = CorpusSpec(cfg.corpus, cfg.text_column, cfg.id_column)
@@ -151,12 +195,7 @@ def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill) -> dict:
     if not shards:
         raise PipelineError(f"corpus {cfg.corpus} has fewer than --seq-len {cfg.seq_len} tokens; "
                             "use a smaller --seq-len or a bigger corpus")
-    params = {"seq_len": cfg.seq_len, "shard_rows": cfg.shard_rows,
-              "validation_fraction": cfg.validation_fraction, "split_rule": SPLIT_RULE,
-              "labels": spec.as_dict(), "tokenizer_sha256": tokenizer.sha256,
-              "teacher_sha256": teacher.weights_sha256 if teacher else None,
-              "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
-                         "id_column": cfg.id_column, "limit_docs": cfg.limit_docs}}
+    params = plan_params(cfg, spec, tokenizer.sha256, teacher.weights_sha256 if teacher else None)
     plan = {"params": params, "shards": shards, "corpus_stats": stats.as_dict()}
     plan["fingerprint"] = sha256_json({"params": params, "shards": shards})
     return plan

@@ -18,7 +18,6 @@ bad student/job setting); an unexpected crash also leaves its traceback in OUT/r
 """
 
 import contextlib
-import json
 import resource
 import time
 import tomllib
@@ -31,10 +30,9 @@ from rich.console import Console
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.jobs import Job, StudentEntry, load_job
 from pipeline.locking import LOCK, DirLock
-from pipeline.models.hf import local_weights_sha256
 from pipeline.report import print_leaderboard
-from pipeline.softlabels.manifest import MANIFEST, PLAN
 from pipeline.softlabels.reader import SoftLabelDataset
+from stages import label as label_stage
 from stages.evaluate import COMPLETE, EvaluateConfig, is_up_to_date, load_results
 from stages.label import LabelConfig
 
@@ -102,20 +100,7 @@ def _label_state(job: Job) -> StageState:
     cfg = label_config(job)
     where = f"{cfg.corpus} with {cfg.teacher} → {cfg.out} (top_k {cfg.top_k}, seq_len " \
             f"{cfg.seq_len})"
-    out = Path(cfg.out)
-    try:
-        params = json.loads((out / PLAN).read_text())["params"]
-    except (OSError, json.JSONDecodeError, KeyError):
-        return StageState("label", False, where)
-    wanted = {"seq_len": cfg.seq_len, "shard_rows": cfg.shard_rows,
-              "validation_fraction": cfg.validation_fraction,
-              "teacher_sha256": local_weights_sha256(cfg.teacher),  # native dir or hf:
-              "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
-                         "id_column": cfg.id_column, "limit_docs": cfg.limit_docs}}
-    labels = params.get("labels", {})
-    same = (all(params.get(k) == v for k, v in wanted.items()) and labels.get("k") == cfg.top_k
-            and labels.get("logprob_encoding") == cfg.logprob_encoding)
-    return StageState("label", same and (out / MANIFEST).is_file(), where)
+    return StageState("label", label_stage.is_complete(cfg), where)
 
 
 def _student_complete(job: Job, s: StudentEntry, ds, tcfg) -> bool:
@@ -243,7 +228,6 @@ def _job_lock(job: Job):
 
 def _run_stages(job: Job, cfg: RunConfig, console: Console) -> dict:
     from stages import evaluate as evaluate_stage
-    from stages import label as label_stage
 
     ran = {}
     label = _label_state(job)

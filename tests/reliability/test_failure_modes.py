@@ -450,6 +450,12 @@ CASES = [
          "error: <dir> has no validation rows: relabel with --validation-fraction > 0 (e.g. "
          "0.02)", 1, "nothing written",
          lambda e: _evaluate(e, e.trained[1], labels=e.no_validation), nothing_written),
+    Case("evaluate", "`--out` a folder holding a `report.md` (or other report file) the tool "
+         "did not write",
+         "error: --out <dir> holds report.md, which this tool did not write; choose another "
+         "--out for the report", 1, "every file in the folder",
+         lambda e: ((e.tmp / "report").mkdir(), (e.tmp / "report/report.md").write_text("mine"),
+                    remember(e, e.tmp / "report"), _evaluate(e, e.trained[1]))[-1], unchanged),
     Case("run", "job file that does not exist",
          "error: job file <file> not found (see data/jobs/example.toml)",
          2, "nothing run", lambda e: ["run", e.tmp / "none.toml"], nothing_written),

@@ -217,3 +217,51 @@ def test_parquet_corpus_with_id_column(tmp_path, tiny_teacher):
                         "--id-column", "key", "--validation-fraction", "0"))
     table = pq.read_table(out / "shards/train/part-00000.parquet")
     assert table.column("doc_ids")[0].as_py()[0] == "doc-0"
+
+
+def _cfg(corpus_, teacher_, out_, **kw):
+    from stages.label import LabelConfig
+
+    return LabelConfig(**{"corpus": str(corpus_), "teacher": str(teacher_), "out": str(out_),
+                          "top_k": 4, "seq_len": 32, "shard_rows": 16, "batch_size": 8,
+                          "quiet": True, "device": "cpu", **kw})
+
+
+@pytest.mark.parametrize("mode, opts", [("topp", {"max_k": 4, "top_p": 0.9}),
+                                        ("sampled", {"samples": 4, "seed": 1})])
+def test_is_complete_compares_every_recorded_setting(tmp_path, tiny_corpus, tiny_teacher,
+                                                     tiny_tokenizer, mode, opts):
+    """`pipeline run` skips labeling only through is_complete: with top_k == max_k/samples, a
+    changed top_p/seed/temperature/u8 bound/mode must still count as "to run" (stale labels
+    otherwise), and a finished topp/sampled dataset as complete (relabeled each run otherwise)."""
+    import stages.label as L
+
+    out = tmp_path / "ds"
+    cfg = _cfg(tiny_corpus, tiny_teacher, out, mode=mode, **opts)
+    assert not L.is_complete(cfg)
+    L.run(cfg)
+    assert L.is_complete(cfg)
+    changes = [{"mode": "topk"}, {"logprob_encoding": "fp32"}, {"seq_len": 16},
+               {"shard_rows": 8}, {"validation_fraction": 0.5}, {"limit_docs": 10},
+               {"text_column": "body"}, {"id_column": "id"}, {"corpus": str(tmp_path)},
+               {"logprob_encoding": "u8", "u8_min_logprob": -12.0},
+               {"teacher": str(make_teacher(tiny_tokenizer, tmp_path / "t2", seed=5))}]
+    changes += ([{"top_p": 0.8}, {"min_k": 2}, {"max_k": 5}] if mode == "topp" else
+                [{"seed": 2}, {"proposal_temperature": 2.0}, {"samples": 5}])
+    for change in changes:
+        assert not L.is_complete(_cfg(tiny_corpus, tiny_teacher, out,
+                                      **{"mode": mode, **opts, **change})), change
+    (out / "manifest.json").unlink()  # planned but not committed
+    assert not L.is_complete(cfg)
+
+
+def test_is_complete_of_a_u8_dataset_tracks_its_bound(tmp_path, tiny_corpus, tiny_teacher):
+    import stages.label as L
+
+    cfg = _cfg(tiny_corpus, tiny_teacher, tmp_path / "ds", logprob_encoding="u8")
+    L.run(cfg)
+    assert L.is_complete(cfg)
+    assert not L.is_complete(_cfg(tiny_corpus, tiny_teacher, tmp_path / "ds",
+                                  logprob_encoding="u8", u8_min_logprob=-9.0))
+    assert not L.is_complete(_cfg(tiny_corpus, tiny_teacher, tmp_path / "ds",
+                                  mode="sampled", samples=4))

@@ -182,3 +182,26 @@ def test_failing_stage_exits_1_naming_it(tmp_path, tiny_teacher):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert lines[0].startswith("error: stage label failed: ") and "no-such-corpus" in lines[0]
+
+
+@pytest.mark.parametrize("mode", ["topp", "sampled"])
+def test_label_stage_skipped_only_when_every_setting_matches(tmp_path, tiny_corpus, tiny_teacher,
+                                                             mode):
+    """Old `pipeline run` compared only top_k: a topp/sampled job relabeled on every run, and
+    with top_k == max_k/samples a changed top_p/seed counted as labeled (stale labels)."""
+    from pipeline.jobs import load_job
+    from stages.run import label_config, plan
+
+    job_path = write_job(tmp_path, tiny_corpus, tiny_teacher)
+    text = job_path.read_text()
+    extra = 'mode = "topp"\nmax_k = 8\ntop_p = 0.9\n' if mode == "topp" else \
+        'mode = "sampled"\nsamples = 8\nseed = 3\n'
+    job_path.write_text(text.replace("top_k = 8\n", "top_k = 8\n" + extra))
+    stages.label.run(label_config(load_job(job_path), quiet=True))
+    assert plan(load_job(job_path))[0].done
+    changed = "top_p = 0.8\n" if mode == "topp" else "seed = 4\n"
+    job_path.write_text(text.replace("top_k = 8\n", "top_k = 8\n" + extra.replace(
+        "top_p = 0.9\n" if mode == "topp" else "seed = 3\n", changed)))
+    assert not plan(load_job(job_path))[0].done
+    job_path.write_text(text)  # topk with k = 8 = samples/max_k: another dataset
+    assert not plan(load_job(job_path))[0].done
