@@ -16,8 +16,8 @@ import torch
 from pipeline.models.checkpoint import LoadedModel, load_model_dir
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader
-from pipeline.students import StudentSpec, dumps_toml, load_student, resolve_for_dataset
-from pipeline.trainer import StudentRun
+from pipeline.training.students import StudentSpec, dumps_toml, load_student, resolve_for_dataset
+from pipeline.training.trainer import StudentRun
 from stages.label import LabelConfig
 from stages.label import run as label
 
@@ -161,8 +161,8 @@ def _random_teacher(out: Path, work: Path) -> None:
 
     tokenizer = TEACHER_TOKENIZER
     if not tokenizer.is_file():  # a fresh clone without `make teacher`: train one like it
-        from pipeline.corpus import CorpusSpec, read_texts
-        from pipeline.tokenizer import train_bpe_tokenizer
+        from pipeline.labeling.corpus import CorpusSpec, read_texts
+        from pipeline.labeling.tokenizer import train_bpe_tokenizer
 
         tokenizer = work / "tokenizer.json"
         train_bpe_tokenizer(read_texts(CorpusSpec(CORPUS)), TEACHER_SHAPE["vocab_size"],

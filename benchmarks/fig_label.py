@@ -16,9 +16,9 @@ from benchmarks.common import CORPUS, Context
 from benchmarks.profiling import cprofile_extra
 from benchmarks.report import Figure
 from benchmarks.timing import interleaved, ratio, timed
-from pipeline.corpus import CorpusSpec
-from pipeline.labeling import topk_from_logits
-from pipeline.packing import iter_shard_inputs
+from pipeline.labeling.corpus import CorpusSpec
+from pipeline.labeling.forward import topk_from_logits
+from pipeline.labeling.packing import iter_shard_inputs
 from stages.label import run as label
 
 GOAL = 1.05

@@ -20,7 +20,7 @@ from benchmarks.common import DEMO_STUDENT, Context
 from benchmarks.profiling import torch_profile_top
 from benchmarks.report import Figure
 from benchmarks.timing import interleaved, per_round
-from pipeline.labeling import topk_from_logits
+from pipeline.labeling.forward import topk_from_logits
 from pipeline.softlabels.stream import StreamConfig, StreamReader
 
 GOAL = 0.9

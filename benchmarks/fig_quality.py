@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import DEMO_STUDENT, Context
 from benchmarks.report import Figure
 from benchmarks.timing import Stat
-from pipeline.metrics import next_token_nll
+from pipeline.evaluation.metrics import next_token_nll
 from pipeline.softlabels.stream import StreamConfig, StreamReader
 from stages.audit import kl_full
 

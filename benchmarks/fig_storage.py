@@ -29,11 +29,11 @@ import torch
 from benchmarks.common import Context
 from benchmarks.report import Figure
 from benchmarks.timing import Stat
-from pipeline.labeling import topk_from_logits
-from pipeline.losses import kl_tail_from_gathered
+from pipeline.labeling.forward import topk_from_logits
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.reader import decode_batch
 from pipeline.softlabels.writer import ShardLabels, build_table, write_shard
+from pipeline.training.losses import kl_tail_from_gathered
 
 GOAL_BYTES, GOAL_KL = 2.0, 1e-3
 ENCODINGS = ("fp32", "fp16", "u8")

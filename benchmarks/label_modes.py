@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.device import resolve_device  # noqa: E402
-from pipeline.metrics import MetricSums  # noqa: E402
+from pipeline.evaluation.metrics import MetricSums  # noqa: E402
 from pipeline.models.checkpoint import load_model_dir  # noqa: E402
 from pipeline.softlabels import schema as S  # noqa: E402
 from pipeline.softlabels.reader import SoftLabelDataset  # noqa: E402
@@ -86,10 +86,10 @@ def teacher_dir(arg: str | None, work: Path) -> tuple[Path, str]:
         return path, f"demo teacher `{shown}`"
     if arg:
         raise SystemExit(f"--teacher {arg}: no model.safetensors there")
-    from pipeline.corpus import CorpusSpec, read_texts
+    from pipeline.labeling.corpus import CorpusSpec, read_texts
+    from pipeline.labeling.tokenizer import train_bpe_tokenizer
     from pipeline.models import build_model
     from pipeline.models.checkpoint import save_model_dir
-    from pipeline.tokenizer import train_bpe_tokenizer
 
     out = work / "random-teacher"
     if not (out / "model.safetensors").is_file():
@@ -145,7 +145,7 @@ def label_and_audit(args, teacher: Path, work: Path) -> list[dict]:
 
 @torch.inference_mode()
 def score(run_dir: Path, ds: SoftLabelDataset, device) -> dict:
-    """Validation CE/ECE (and top-32 tail KL) of a trained student (pipeline.metrics)."""
+    """Validation CE/ECE (and top-32 tail KL) of a trained student (pipeline.evaluation.metrics)."""
     model = load_model_dir(run_dir, device).model.eval()
     sums = MetricSums()
     for shard in ds.split_shards("validation"):

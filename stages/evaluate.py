@@ -3,13 +3,13 @@
 One read pass over the validation shards feeds every model (students and, with `--teacher`, the
 teacher), so the stored soft labels are decoded once. Fidelity comes from those stored labels —
 the teacher is never re-run for it; the teacher is only run for its own quality and cost row.
-Cost is measured by `pipeline.benchmarking`, identically for every model.
+Cost is measured by `pipeline.evaluation.benchmarking`, identically for every model.
 
 The report's results.json carries an inputs fingerprint (dataset manifest, each run's weights
 and complete.json, the teacher, the settings) so `pipeline run` can skip an evaluation whose
 inputs have not changed.
 
-`--labels`, `--run`, `--teacher` and `--out` may be object-storage URIs (pipeline/storage.py:
+`--labels`, `--run`, `--teacher` and `--out` may be object-storage URIs (pipeline/io/storage.py:
 model folders are copied to a local cache; the report is written locally, then uploaded with
 results.json last); a model may be `hf:NAME_OR_PATH` or a Hugging Face folder.
 """
@@ -24,15 +24,11 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from pipeline.benchmarking import BenchSettings, measure_costs
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file, sha256_json
-from pipeline.metrics import MetricSums
-from pipeline.models.checkpoint import WEIGHTS, LoadedModel
-from pipeline.models.hf import HF_PREFIX, is_hf_spec, load_model_spec
-from pipeline.progress import positions_progress, rate_text
-from pipeline.report import (
+from pipeline.evaluation.benchmarking import BenchSettings, measure_costs
+from pipeline.evaluation.metrics import MetricSums
+from pipeline.evaluation.report import (
     MARK,
     RESULTS_JSON,
     add_ratios,
@@ -40,8 +36,12 @@ from pipeline.report import (
     sort_rows,
     write_report,
 )
+from pipeline.io.hashing import sha256_file, sha256_json
+from pipeline.io.storage import Store, is_remote, temporary_dir
+from pipeline.models.checkpoint import WEIGHTS, LoadedModel
+from pipeline.models.hf import HF_PREFIX, is_hf_spec, load_model_spec
+from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.reader import SoftLabelDataset
-from pipeline.storage import Store, is_remote, temporary_dir
 
 SPLIT = "validation"
 COMPLETE = "complete.json"

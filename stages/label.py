@@ -5,10 +5,10 @@ so the corpus is read once) → refuse a different plan in the same folder →
 label every shard not already complete (teacher forward on the main thread, Parquet encoding on a
 writer thread so the two overlap) → manifest last. Rerunning a finished job does nothing;
 rerunning an interrupted one finishes it. With `--workers N` / `--scheduler ADDR` the shards run
-as dask tasks instead (stages/label_shards.py); planning, resume and the manifest stay here, so
+as dask tasks instead (pipeline/labeling/shards.py); planning, resume and the manifest stay here, so
 both paths produce the same dataset.
 
-`--out` and `--corpus` may be object-storage URIs (pipeline/storage.py): shards and records are
+`--out` and `--corpus` may be object-storage URIs (pipeline/io/storage.py): shards and records are
 then whole objects and the manifest is still written last. `--teacher` may be `hf:NAME_OR_PATH`
 or a Hugging Face folder (pipeline/models/hf.py).
 """
@@ -23,15 +23,18 @@ from pathlib import Path
 import torch
 
 import pipeline
-from pipeline import labelmodes
-from pipeline.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file, sha256_json
-from pipeline.locking import DirLock
+from pipeline.io.hashing import sha256_file, sha256_json
+from pipeline.io.locking import DirLock
+from pipeline.io.storage import Store, is_remote, temporary_dir
+from pipeline.labeling import modes as labelmodes
+from pipeline.labeling.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
+from pipeline.labeling.packing import ShardSpill, iter_shard_inputs
+from pipeline.labeling.shards import ShardWork, label_in_process, label_on_cluster
+from pipeline.labeling.tokenizer import load_tokenizer
 from pipeline.models.checkpoint import load_model_dir
 from pipeline.models.hf import HF_PREFIX, local_weights_sha256
-from pipeline.packing import ShardSpill, iter_shard_inputs
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import layout
 from pipeline.softlabels import schema as S
@@ -43,9 +46,6 @@ from pipeline.softlabels.manifest import (
     shard_relpath,
     write_json_atomic,
 )
-from pipeline.storage import Store, is_remote, temporary_dir
-from pipeline.tokenizer import load_tokenizer
-from stages.label_shards import ShardWork, label_in_process, label_on_cluster
 
 
 @dataclass
@@ -69,7 +69,7 @@ class LabelConfig:
     quiet: bool = False
     workers: int | None = None  # dask LocalCluster of N worker processes
     scheduler: str | None = None  # tcp://HOST:PORT or a scheduler file of an existing cluster
-    # label modes (format 1.1, pipeline/labelmodes.py); topk with fp16/fp32 writes format 1.0
+    # label modes (format 1.1, pipeline/labeling/modes.py); topk with fp16/fp32 writes format 1.0
     mode: str = "topk"  # topk | topp | sampled
     top_p: float = 0.95
     min_k: int = 1

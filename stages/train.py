@@ -12,10 +12,11 @@ resume the pass starts at the earliest student position; students further ahead 
 they already saw, so every student sees exactly the batches of an unbroken run.
 
 `--labels` may be an object-storage URI (shards are streamed from it); `--out` too, through
-local staging folders uploaded at every checkpoint (stages/train_remote.py).
+local staging folders uploaded at every checkpoint (pipeline/training/remote.py).
 """
 
 import json
+import os
 import shutil
 import time
 import tomllib
@@ -24,24 +25,24 @@ from pathlib import Path
 
 import torch
 
-from pipeline import ddp
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.hashing import sha256_file
-from pipeline.labelmodes import match_loss
+from pipeline.io.hashing import sha256_file
+from pipeline.io.storage import cache_dir, is_remote
+from pipeline.labeling.modes import match_loss
+from pipeline.labeling.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.manifest import write_json_atomic
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
-from pipeline.storage import cache_dir, is_remote
-from pipeline.students import (
+from pipeline.training import ddp
+from pipeline.training.students import (
     StudentSpec,
     dumps_toml,
     load_student,
     resolve_for_dataset,
     with_overrides,
 )
-from pipeline.tokenizer import load_tokenizer
-from pipeline.trainer import COMPLETE, StudentRun
+from pipeline.training.trainer import COMPLETE, StudentRun
 
 VALIDATION = "validation"
 
@@ -60,7 +61,7 @@ class TrainConfig:
     shuffle_rows: int = 512
     quiet: bool = False
     workers: int | None = None  # one dask task per student on a LocalCluster of N processes
-    scheduler: str | None = None  # ... or on an existing dask cluster (stages/train_dask.py)
+    scheduler: str | None = None  # ... or an existing dask cluster (pipeline/training/cluster.py)
 
 
 def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
@@ -152,7 +153,7 @@ def _open_runs(todo, reader, ds, cfg, device, on_checkpoint=None) -> list[Studen
     tokenizer = dataset_tokenizer(ds)
     for spec, run_dir, resolved, action in todo:
         run = ddp.student_run(spec, run_dir, device, tokenizer, _total_steps(spec, reader))
-        run.after_save = on_checkpoint  # --out on object storage: upload (stages/train_remote)
+        run.after_save = on_checkpoint  # --out on object storage: upload (training/remote.py)
         resumed = action == "resume" and run.load_checkpoint() is not None
         if not resumed and ddp.is_main():  # fresh, or killed before its first checkpoint
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +240,7 @@ def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
     """Train (or resume, or skip when finished) every student; return {name: run folder}.
     `on_checkpoint(run_dir)` runs after every checkpoint and after complete.json."""
     if is_remote(cfg.out):  # local staging folders, uploaded at every checkpoint
-        from stages.train_remote import train_to_remote
+        from pipeline.training.remote import train_to_remote
 
         return train_to_remote(cfg, run)
     ds = SoftLabelDataset(cfg.labels)
@@ -256,9 +257,9 @@ def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
         if action != "skip":
             todo.append((spec, out / spec.name, resolved, action))
     if todo and (cfg.workers or cfg.scheduler):  # one dask task per student
-        from stages.train_dask import train_on_cluster
+        from pipeline.training.cluster import train_on_cluster
 
-        train_on_cluster(cfg, [spec.path for spec, *_ in todo])
+        train_on_cluster(cfg, [spec.path for spec, *_ in todo], train_student_task)
     elif todo:
         ddp.barrier()  # torchrun: every rank has read the run folders before rank 0 writes
         for split in ("train", VALIDATION):  # every shard we will read, before the first step
@@ -287,6 +288,14 @@ def dataset_tokenizer(ds: SoftLabelDataset) -> Path:
         raise PipelineError(f"{tok} is missing or differs from the manifest's tokenizer sha256; "
                             "the dataset is incomplete - relabel it")
     return Path(tok)
+
+
+def train_student_task(cfg: TrainConfig) -> dict:
+    """A dask task: train one student (cfg.students has one file) with the in-process trainer."""
+    runs = run(cfg)
+    (name, run_dir), = runs.items()
+    return {"name": name, "run_dir": str(run_dir), "pid": os.getpid(),
+            "summary": summaries(runs)[name]}
 
 
 def summaries(run_dirs: dict[str, Path]) -> dict[str, dict]:

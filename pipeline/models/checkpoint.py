@@ -22,10 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
+from pipeline.labeling.tokenizer import LoadedTokenizer, load_tokenizer
 from pipeline.models import build_model, count_parameters, model_config_dict
 from pipeline.models.hf import HFCausalLM
-from pipeline.tokenizer import LoadedTokenizer, load_tokenizer
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 

@@ -156,7 +156,7 @@ class HFCausalLM(nn.Module):
             os.replace(out / (TOKENIZER_JSON + ".tmp"), out / TOKENIZER_JSON)
         from tokenizers import Tokenizer
 
-        from pipeline.tokenizer import find_eos
+        from pipeline.labeling.tokenizer import find_eos
 
         tok = Tokenizer.from_file(str(out / TOKENIZER_JSON))
         eos = find_eos(tok)
@@ -187,7 +187,7 @@ def is_hf_config(config: dict | None) -> bool:
 def is_native_dir(spec) -> bool:
     """A local folder that is not a Hugging Face folder (the native loader reports whatever
     else is wrong with it, e.g. missing files)."""
-    from pipeline.storage import is_remote
+    from pipeline.io.storage import is_remote
 
     if is_hf_spec(spec) or is_remote(spec):
         return False
@@ -197,9 +197,9 @@ def is_native_dir(spec) -> bool:
 def load_model_spec(spec, device="cpu", trust_remote_code: bool = False):
     """Load a teacher/model spec (module doc) → LoadedModel (model returns logits; tokenizer with
     encode_batch/eos_id/vocab_size/sha256/describe; weights_sha256; describe())."""
+    from pipeline.io.remote import local_copy
+    from pipeline.io.storage import is_remote
     from pipeline.models.checkpoint import load_model_dir
-    from pipeline.remote import local_copy
-    from pipeline.storage import is_remote
 
     spec = str(spec)
     target = spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
@@ -263,7 +263,7 @@ def _snapshot(name: str) -> Path:
 def local_weights_sha256(spec) -> str | None:
     """The weights hash a plan records for a teacher spec, without loading the model; None for a
     hub name, a URI or a folder without weights (`pipeline run` compares it with plan.json)."""
-    from pipeline.storage import is_remote
+    from pipeline.io.storage import is_remote
 
     spec = str(spec)
     target = Path(spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec)
@@ -276,7 +276,7 @@ def local_weights_sha256(spec) -> str | None:
 
 def weights_sha256(files: list[Path]) -> str:
     """sha256 of model.safetensors (as for native folders); of the shard hashes if sharded."""
-    from pipeline.hashing import sha256_file, sha256_json
+    from pipeline.io.hashing import sha256_file, sha256_json
 
     if len(files) == 1:
         return sha256_file(files[0])
@@ -288,9 +288,9 @@ def hf_tokenizer(tok, folder: Path, vocab_size: int, name: str):
     model's logits width as vocab_size (module doc)."""
     from tokenizers import Tokenizer
 
-    from pipeline.hashing import sha256_file
-    from pipeline.storage import cache_dir
-    from pipeline.tokenizer import LoadedTokenizer, find_eos
+    from pipeline.io.hashing import sha256_file
+    from pipeline.io.storage import cache_dir
+    from pipeline.labeling.tokenizer import LoadedTokenizer, find_eos
 
     path = folder / TOKENIZER_JSON
     if not path.is_file():  # serialise the fast tokenizer; cache it under its own hash
@@ -331,7 +331,7 @@ def label_padded(model: HFCausalLM, rows: list[list[int]], k: int, pad_id: int,
     tail) at its real positions only. Padding never changes a label (tested against each row
     alone)."""
     from pipeline.device import autocast
-    from pipeline.labeling import check_finite, topk_from_logits
+    from pipeline.labeling.forward import check_finite, topk_from_logits
 
     ids, mask = pad_batch(rows, pad_id, side)
     device = torch.device(device)

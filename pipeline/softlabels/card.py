@@ -55,8 +55,8 @@ def _extras(labels: dict) -> str:
 
 
 def write_card(root, manifest: dict) -> None:
-    """README.md next to the manifest; `root` is a folder, a URI or a pipeline.storage.Store."""
-    from pipeline.storage import Store
+    """README.md next to the manifest; `root` is a folder, a URI or a pipeline.io.storage.Store."""
+    from pipeline.io.storage import Store
 
     store = root if isinstance(root, Store) else Store(root)
     store.write_bytes("README.md", render_card(manifest).encode())

@@ -45,10 +45,13 @@ def record_relpath(split: str, index: int) -> str:
 
 
 def read_json(store, rel: str):
-    """A JSON file of the folder, or None when it is missing or not JSON."""
+    """A JSON file of the folder, or None when it is missing or not JSON (an unreachable
+    store raises its one-line error)."""
+    if not store.isfile(rel):
+        return None
     try:
         return json.loads(store.read_bytes(rel))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

@@ -65,8 +65,8 @@ def safe_shard_path(root: Path, rel: str) -> Path:
 
 
 def load_manifest(root) -> dict:
-    """The manifest of a dataset folder or URI (`root` may be a pipeline.storage.Store)."""
-    from pipeline.storage import Store
+    """The manifest of a dataset folder or URI (`root` may be a pipeline.io.storage.Store)."""
+    from pipeline.io.storage import Store
 
     store = root if isinstance(root, Store) else Store(root)
     path = store.uri_of(MANIFEST) if store.remote else store.path(MANIFEST)

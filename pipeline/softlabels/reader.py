@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
+from pipeline.io.storage import Store, safe_rel
 from pipeline.softlabels import checks, ragged
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import decode_logprobs, importance_weights
 from pipeline.softlabels.manifest import load_manifest, safe_shard_path
-from pipeline.storage import Store, safe_rel
 
 
 @dataclass
@@ -33,7 +33,7 @@ class ShardInfo:
 
 
 class SoftLabelDataset:
-    """A verified view of a dataset directory or URI (pipeline/storage.py). Construction never
+    """A verified view of a dataset directory or URI (pipeline/io/storage.py). Construction never
     reads shard contents. `root` is a Path for a local dataset and the URI string for a remote
     one; `store` reads either."""
 

@@ -120,7 +120,7 @@ def validate_dataset(root: str | Path) -> tuple[list[str], dict]:
                 continue
             rows += table.num_rows
             problems += check_table(ds, shard, table)
-    if ds.store.isfile("tokenizer.json"):  # local or object storage (pipeline/storage.py)
+    if ds.store.isfile("tokenizer.json"):  # local or object storage (pipeline/io/storage.py)
         if ds.store.sha256("tokenizer.json") != ds.tokenizer_sha256:
             problems.append("tokenizer.json: sha256 differs from manifest tokenizer.sha256")
     return problems, {"shards": shards_checked, "rows": rows}

@@ -4,7 +4,7 @@ A shard is written to `part-XXXXX.parquet.tmp`, fsynced, renamed into place, and
 a completion record in `_progress/`. A rerun trusts a shard only if its record exists and the
 file's size and sha256 still match, so a kill at any moment leaves nothing a later run would take
 as complete. Shards are named by (split, index) from the plan, never by worker, so a retried task
-rewrites the same file. On object storage (pipeline/storage.py) the shard is uploaded as one
+rewrites the same file. On object storage (pipeline/io/storage.py) the shard is uploaded as one
 whole object after it is complete, and its record after it.
 """
 
@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
+from pipeline.io.storage import Store, temporary_dir
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import encode_logprobs
 from pipeline.softlabels.manifest import PROGRESS_DIR, shard_relpath
 from pipeline.softlabels.ragged import pack, row_offsets
-from pipeline.storage import Store, temporary_dir
 
 
 @dataclass
@@ -100,7 +100,7 @@ def write_shard(root: Path | str, split: str, index: int, table: pa.Table, kv_me
                 row_group_rows: int, input_sha256: str) -> dict:
     """Write one shard atomically and its completion record; return the record.
 
-    `root` may be a URI (pipeline/storage.py): the shard is then written to a local temp file
+    `root` may be a URI (pipeline/io/storage.py): the shard is then written to a local temp file
     and uploaded as one object (objects appear whole), and the record is uploaded after it."""
     store = Store(root)
     rel = shard_relpath(split, index)

@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 import torch
 
-from pipeline.bigram import bigram_cross_entropy, fit_bigram
-from pipeline.corpus import CorpusSpec
+from pipeline.evaluation.bigram import bigram_cross_entropy, fit_bigram
+from pipeline.labeling.corpus import CorpusSpec
+from pipeline.labeling.packing import iter_shard_inputs
 from pipeline.models.checkpoint import load_model_dir
-from pipeline.packing import iter_shard_inputs
 from tests.conftest import REPO, run_cli
 
 DEMO = REPO / "data/jobs/demo.toml"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pipeline.storage import Store
+from pipeline.io.storage import Store
 from stages.label import LabelConfig
 from stages.label import run as label
 from tests.conftest import REPO, run_cli
@@ -137,7 +137,7 @@ def test_sigkilled_labeler_resumes_to_identical_dataset_on_s3(s3, tmp_path, tiny
 SHIM = """
 import json, os, sys, time
 from pathlib import Path
-import stages.train_remote as R
+import pipeline.training.remote as R
 from pipeline.cli import main
 real = R.upload_run
 def upload(local, remote, name):

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from pipeline.benchmarking import BenchSettings, bench_batch, interleaved_latencies, measure_costs
+from pipeline.evaluation.benchmarking import (
+    BenchSettings,
+    bench_batch,
+    interleaved_latencies,
+    measure_costs,
+)
 from pipeline.models import build_model, count_parameters
 from pipeline.models.checkpoint import save_model_dir
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.bigram import bigram_cross_entropy, fit_bigram
+from pipeline.evaluation.bigram import bigram_cross_entropy, fit_bigram
 
 
 def test_bigram_is_a_distribution_and_learns_structure():

@@ -11,7 +11,7 @@ from distributed import Client
 
 from pipeline import cluster
 from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.conftest import make_teacher, run_cli
 
 

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.corpus import CorpusSpec, CorpusStats, iter_documents, split_of
 from pipeline.errors import PipelineError
+from pipeline.labeling.corpus import CorpusSpec, CorpusStats, iter_documents, split_of
 
 
 def docs(spec, stats=None):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli.jobs import load_job
 from pipeline.errors import ConfigError
-from pipeline.jobs import load_job
 from tests.conftest import REPO, run_cli
 
 STUDENT = """name = "{name}"

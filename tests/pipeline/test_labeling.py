@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.labeling import check_finite, label_tokens, topk_from_logits
+from pipeline.labeling.forward import check_finite, label_tokens, topk_from_logits
 
 
 def test_topk_matches_full_log_softmax_reference():

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline import labelmodes as M
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.hashing import sha256_file
-from pipeline.labeling import label_tokens
-from pipeline.losses import LossSpec, compute_loss
+from pipeline.io.hashing import sha256_file
+from pipeline.labeling import modes as M
+from pipeline.labeling.forward import label_tokens
+from pipeline.labeling.tokenizer import load_tokenizer
 from pipeline.models import build_model
 from pipeline.models.checkpoint import load_model_dir, save_model_dir
 from pipeline.softlabels import schema as S
@@ -27,7 +27,7 @@ from pipeline.softlabels.encodings import (
 )
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.validate import validate_dataset
-from pipeline.tokenizer import load_tokenizer
+from pipeline.training.losses import LossSpec, compute_loss
 from stages.label import LabelConfig, run
 from tests.conftest import run_cli
 

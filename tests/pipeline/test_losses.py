@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import (
+from pipeline.training.losses import (
     LossSpec,
     compute_loss,
     kl_renorm_from_gathered,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     MetricSums,
     calibration_bins,
     expected_calibration_error,

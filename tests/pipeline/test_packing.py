@@ -2,9 +2,9 @@ import json
 
 import numpy as np
 
-from pipeline.corpus import CorpusSpec, CorpusStats
-from pipeline.packing import iter_shard_inputs
-from pipeline.tokenizer import load_tokenizer
+from pipeline.labeling.corpus import CorpusSpec, CorpusStats
+from pipeline.labeling.packing import iter_shard_inputs
+from pipeline.labeling.tokenizer import load_tokenizer
 
 
 def test_packing_rows_shards_and_provenance(tiny_corpus, tiny_tokenizer):
@@ -21,7 +21,7 @@ def test_packing_rows_shards_and_provenance(tiny_corpus, tiny_tokenizer):
         assert all(s.tokens.shape == (10, 32) for s in parts[:-1])
         stream = np.concatenate([s.tokens.reshape(-1) for s in parts])
         # The packed stream is exactly the documents of this split, EOS-joined, in order.
-        from pipeline.corpus import split_of
+        from pipeline.labeling.corpus import split_of
         expected = []
         for doc_id, text in zip(ids, texts):
             if split_of(doc_id, 0.2) == split:
@@ -46,7 +46,7 @@ def test_packing_is_deterministic_and_limit_docs(tiny_corpus, tiny_tokenizer):
 
 
 def test_shard_spill_round_trip_keeps_the_input_hash(tmp_path):
-    from pipeline.packing import ShardInput, ShardSpill
+    from pipeline.labeling.packing import ShardInput, ShardSpill
 
     spill = ShardSpill(tmp_path)
     small = ShardInput("train", 3, np.arange(12, dtype=np.int32).reshape(3, 4),

@@ -1,4 +1,4 @@
-"""pipeline/storage.py on the local disk and on an in-memory fsspec filesystem (memory://), and
+"""pipeline/io/storage.py on the local disk and on an in-memory fsspec filesystem (memory://), and
 the reader's path-escape refusals on object storage. The S3 API itself is tested in
 tests/e2e/test_object_storage.py against a real (moto) server."""
 
@@ -9,12 +9,12 @@ import uuid
 import fsspec
 import pytest
 
-from pipeline.corpus import CorpusSpec, iter_documents
 from pipeline.errors import PipelineError
-from pipeline.remote import local_copy
+from pipeline.io.remote import local_copy
+from pipeline.io.storage import Store, is_remote, safe_rel
+from pipeline.labeling.corpus import CorpusSpec, iter_documents
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.validate import validate_dataset
-from pipeline.storage import Store, is_remote, safe_rel
 from stages.label import LabelConfig, run
 
 
@@ -148,7 +148,7 @@ def test_remote_lock_refuses_a_live_labeler_and_takes_over_a_dead_one(mem):
     import socket
     import subprocess
 
-    from pipeline.locking import DirLock
+    from pipeline.io.locking import DirLock
 
     store = Store(mem)
     with DirLock(store):

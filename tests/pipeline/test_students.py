@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.students import (
+from pipeline.training.students import (
     dumps_toml,
     load_student,
     parse_student,

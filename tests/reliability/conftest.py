@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from stages.label import LabelConfig
 from stages.label import run as label
 
@@ -103,7 +103,7 @@ def label_opts(**overrides) -> dict:
 
 
 def label_argv(corpus, teacher, out, **opts) -> list[str]:
-    """`python -m pipeline.cli label ...` with the same settings as label_opts(**opts)."""
+    """`python -m pipeline.cli.commands label ...` with the same settings as label_opts(**opts)."""
     argv = [sys.executable, "-m", "pipeline.cli", "label", "--corpus", str(corpus), "--teacher",
             str(teacher), "--out", str(out)]
     for key, value in label_opts(**opts).items():

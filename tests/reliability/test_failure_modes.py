@@ -113,7 +113,7 @@ def completed_shards_kept(env: Env) -> None:
     assert not (env.out / "manifest.json").exists()
     recs = [json.loads(p.read_text()) for p in env.out.glob("_progress/*/*.json")]
     assert recs, "no shard completed before the failure"
-    from pipeline.hashing import sha256_file
+    from pipeline.io.hashing import sha256_file
     assert all(sha256_file(env.out / r["path"]) == r["sha256"] for r in recs)
     assert not list(env.out.rglob("*.tmp"))
 
@@ -523,7 +523,7 @@ def pattern(shows: str) -> str:
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory, tiny_corpus, tiny_tokenizer, tiny_teacher, small_dataset):
     """Inputs several cases share, built on first use."""
-    from pipeline.tokenizer import train_bpe_tokenizer
+    from pipeline.labeling.tokenizer import train_bpe_tokenizer
     from stages.label import LabelConfig
     from stages.label import run as label
     from stages.train import TrainConfig

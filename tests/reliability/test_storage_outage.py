@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.storage import Store
+from pipeline.io.storage import Store
 from tests.conftest import REPO
 from tests.interop import moto_s3_server
 from tests.reliability.conftest import label_argv, label_here, write_student

@@ -40,7 +40,7 @@ TRAIN = {"batch_size": 8, "epochs": None, "max_steps": 24, "checkpoint_every": 4
 SHIM = """
 import os, sys, time
 from pathlib import Path
-import pipeline.trainer as T
+import pipeline.training.trainer as T
 import stages.train as TR
 from pipeline.cli import main
 phase, marker = os.environ["KILL_TEST_PHASE"], os.environ["KILL_TEST_MARKER"]

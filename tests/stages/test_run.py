@@ -14,8 +14,8 @@ from rich.console import Console
 import stages.evaluate
 import stages.label
 import stages.train
+from pipeline.cli.run import RunConfig, run
 from pipeline.errors import PipelineError
-from stages.run import RunConfig, run
 from tests.conftest import run_cli
 
 STUDENT = """name = "tiny-gpt"
@@ -189,8 +189,8 @@ def test_label_stage_skipped_only_when_every_setting_matches(tmp_path, tiny_corp
                                                              mode):
     """Old `pipeline run` compared only top_k: a topp/sampled job relabeled on every run, and
     with top_k == max_k/samples a changed top_p/seed counted as labeled (stale labels)."""
-    from pipeline.jobs import load_job
-    from stages.run import label_config, plan
+    from pipeline.cli.jobs import load_job
+    from pipeline.cli.run import label_config, plan
 
     job_path = write_job(tmp_path, tiny_corpus, tiny_teacher)
     text = job_path.read_text()

@@ -133,7 +133,7 @@ def test_tokens_only_dataset_trains_ce_and_refuses_kd(tmp_path, tokens_only):
 
 
 def test_student_with_another_tokenizer_is_refused(tmp_path, labeled):
-    from pipeline.tokenizer import train_bpe_tokenizer
+    from pipeline.labeling.tokenizer import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(["some other text entirely"] * 20, 300, tmp_path / "tok.json")
     path = tmp_path / "t.toml"
@@ -185,10 +185,10 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, labeled):
 
 def test_train_step_takes_a_live_teachers_topk(tmp_path, labeled, tiny_teacher):
     """Online KD: the same step function trains from a teacher run on the fly."""
-    from pipeline.labeling import topk_from_logits
+    from pipeline.labeling.forward import topk_from_logits
     from pipeline.softlabels.reader import SoftLabelDataset
-    from pipeline.students import load_student, resolve_for_dataset
-    from pipeline.trainer import StudentRun
+    from pipeline.training.students import load_student, resolve_for_dataset
+    from pipeline.training.trainer import StudentRun
 
     ds = SoftLabelDataset(labeled)
     path = student(tmp_path, "online", loss="alpha = 1.0")
@@ -205,8 +205,8 @@ def test_train_step_takes_a_live_teachers_topk(tmp_path, labeled, tiny_teacher):
 
 
 def test_resume_drops_metrics_after_the_checkpoint_and_a_cut_line(tmp_path, labeled):
-    from pipeline.students import load_student, resolve_for_dataset
-    from pipeline.trainer import StudentRun
+    from pipeline.training.students import load_student, resolve_for_dataset
+    from pipeline.training.trainer import StudentRun
 
     spec = resolve_for_dataset(load_student(student(tmp_path, "m")), 320, 16)
     d = tmp_path / "m"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.losses import LossSpec, compute_loss, kl_tail_from_gathered
-from pipeline.metrics import MetricSums
+from pipeline.evaluation.metrics import MetricSums
+from pipeline.training.losses import LossSpec, compute_loss, kl_tail_from_gathered
 from stages.train import TrainConfig, run
 from tests.conftest import run_cli
 from tests.pipeline.test_labelmodes import label, sharp_teacher

@@ -14,7 +14,7 @@ from pipeline.models import build_model
 from pipeline.models.checkpoint import load_weights, save_model_dir
 from pipeline.models.hf import HFCausalLM, label_padded, load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
-from pipeline.students import parse_student, resolve_for_dataset
+from pipeline.training.students import parse_student, resolve_for_dataset
 from stages.label import LabelConfig, run
 from tests.interop import HF_GPT2, make_hf_model
 
@@ -141,7 +141,7 @@ def test_refusals_are_one_line(tmp_path, hf_teacher):
 
 def test_plan_weights_hash_without_loading(hf_labeled, hf_teacher, tiny_teacher):
     """`pipeline run` decides "label complete" from this hash: it must be the manifest's."""
-    from pipeline.hashing import sha256_file
+    from pipeline.io.hashing import sha256_file
     from pipeline.models.hf import local_weights_sha256
 
     m = json.loads((hf_labeled / "manifest.json").read_text())

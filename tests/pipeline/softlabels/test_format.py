@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.labeling.tokenizer import load_tokenizer
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.validate import validate_dataset
-from pipeline.tokenizer import load_tokenizer
 from stages.label import LabelConfig, run
 
 
@@ -31,7 +31,7 @@ def copy(dataset, tmp_path):
 
 
 def test_round_trip_matches_teacher(dataset, tiny_teacher):
-    from pipeline.labeling import topk_from_logits
+    from pipeline.labeling.forward import topk_from_logits
     from pipeline.models.checkpoint import load_model_dir
 
     ds = SoftLabelDataset(dataset)
@@ -88,7 +88,7 @@ def test_validate_catches_truncated_shard(dataset, tmp_path):
 def _rewrite_shard(d, mutate):
     """Rewrite train shard 0 with mutated values and fix its checksum in the manifest, so only
     the content checks can catch it."""
-    from pipeline.hashing import sha256_file
+    from pipeline.io.hashing import sha256_file
 
     path = d / "shards/train/part-00000.parquet"
     table = pq.read_table(path)

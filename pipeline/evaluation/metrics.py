@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.losses import kl_tail_from_gathered
 from pipeline.softlabels.ragged import PAD_LOGPROB
+from pipeline.training.losses import kl_tail_from_gathered
 
 ECE_BINS = 15
 
@@ -31,8 +31,8 @@ def tail_kl(topk_logprobs: torch.Tensor, tail_mass: torch.Tensor,
 
     Σ_{i∈S} p_i (log p_i − s_i) + r (log r − log q_r), with q_r = 1 − Σ_{i∈S} e^{s_i};
     `student_on_topk` holds the student's log-probabilities s_i at the teacher's ids. This is
-    the training loss's own function at temperature 1 (pipeline.losses), so the metric and the
-    `kl_tail` objective cannot disagree.
+    the training loss's own function at temperature 1 (pipeline.training.losses), so the metric
+    and the `kl_tail` objective cannot disagree.
     """
     return kl_tail_from_gathered(student_on_topk, topk_logprobs, tail_mass)
 

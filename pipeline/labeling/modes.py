@@ -4,7 +4,7 @@ Why: top-k with a renormalised loss is biased and hurts calibration (Anshumann e
 "Sparse Logit Sampling", arXiv 2503.16870), and a fixed k wastes bytes where the teacher is sure
 and truncates where it is not. So users choose, per dataset:
 
-- `topk`: the k most probable ids (pipeline/labeling.py).
+- `topk`: the k most probable ids (pipeline/labeling/forward.py).
 - `topp`: per position the smallest set of top ids whose mass reaches p, clamped to
   [min_k, max_k]; variable length, exact tail mass. One `topk(max_k)` + `cumsum` + mask.
 - `sampled`: N draws per position from the teacher tempered to T (q ∝ p^(1/T)); the unique ids
@@ -171,7 +171,7 @@ def sample_from_logits(logits: torch.Tensor, samples: int, temperature: float,
 
 
 def selector(spec: S.LabelSpec, split: str, shard: int):
-    """`select(logits, first_row)` for pipeline.labeling.label_tokens, or None for top-k."""
+    """`select(logits, first_row)` for pipeline.labeling.forward.label_tokens, or None for top-k."""
     if spec.mode == "topp":
         return lambda logits, _: topp_from_logits(logits, spec.top_p, spec.min_k, spec.k)
     if spec.mode == "sampled":

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.device import resolve_device
 from pipeline.softlabels.stream import StreamConfig, StreamReader, epoch_lengths
-from pipeline.trainer import StudentRun
+from pipeline.training.trainer import StudentRun
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 
 from pipeline.device import autocast
 from pipeline.errors import PipelineError
-from pipeline.losses import compute_loss
 from pipeline.models import build_model, count_parameters
 from pipeline.models.checkpoint import (
     WEIGHTS,
@@ -37,7 +36,8 @@ from pipeline.models.checkpoint import (
     save_model_dir,
 )
 from pipeline.softlabels.manifest import fsync_dir, write_json_atomic
-from pipeline.students import StudentSpec
+from pipeline.training.losses import compute_loss
+from pipeline.training.students import StudentSpec
 
 STATE_DIR, LATEST, METRICS, COMPLETE = "state", "latest.json", "metrics.jsonl", "complete.json"
 OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"

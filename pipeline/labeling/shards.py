@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.labeling import label_tokens
-from pipeline.labelmodes import selector
-from pipeline.packing import ShardInput
+from pipeline.labeling.forward import label_tokens
+from pipeline.labeling.modes import selector
+from pipeline.labeling.packing import ShardInput
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.writer import ShardLabels, build_table, write_shard
 

@@ -1,8 +1,8 @@
 """`pipeline train --workers N | --scheduler ADDR`: one dask task per student.
 
 In process, students share one read pass; across a cluster each student is one task that runs the
-ordinary single-student trainer (`stages.train.run`) on a worker and streams the shards itself, so
-its run folder is exactly what the in-process path writes. The client checks every student file
+ordinary single-student trainer (the train stage's `run`) on a worker and streams the shards, so
+its own run folder is exactly what the in-process path writes. The client checks every student file
 and run folder first (same refusals as in process), so a task may always pass `resume`: anything
 unfinished in its folder was left by an earlier attempt of this same task, e.g. on a worker that
 died, which dask reschedules.
@@ -17,23 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.io.storage import is_remote
 from pipeline.progress import positions_progress
-from pipeline.storage import is_remote
 
 
-def train_student_task(cfg) -> dict:
-    """A dask task: train one student (cfg.students has one file) with the in-process trainer."""
-    from stages.train import run, summaries
-
-    runs = run(cfg)
-    (name, run_dir), = runs.items()
-    return {"name": name, "run_dir": str(run_dir), "pid": os.getpid(),
-            "summary": summaries(runs)[name]}
-
-
-def train_on_cluster(cfg, student_paths: list[str]) -> list[dict]:
-    """Submit one task per student and wait for all; return their results (name, run_dir,
-    worker pid, summary) in completion order."""
+def train_on_cluster(cfg, student_paths: list[str], task) -> list[dict]:
+    """Submit `task(cfg)` once per student (cfg.students has one file; the train stage passes
+    its own one-student task, so this module never imports a stage) and wait for all; return
+    their results (name, run_dir, worker pid, summary) in completion order."""
     from distributed import as_completed
 
     from pipeline.cluster import open_client
@@ -48,7 +39,7 @@ def train_on_cluster(cfg, student_paths: list[str]) -> list[dict]:
     with open_client(cfg.workers, cfg.scheduler) as client, \
             positions_progress(disable=cfg.quiet) as progress:
         bar = progress.add_task("students", total=len(student_paths), rate="")
-        futures = [client.submit(train_student_task,
+        futures = [client.submit(task,
                                  replace(base, students=[str(Path(p).resolve())]),
                                  key=f"train-{Path(p).stem}-{run_id}", pure=False)
                    for p in student_paths]

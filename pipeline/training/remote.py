@@ -1,8 +1,8 @@
 """`pipeline train --out s3://...`: run folders on object storage.
 
 A checkpoint is a folder written as `step-N.tmp`, renamed, then pointed at by `latest.json`, and
-the run folder's model files are hard links to it (pipeline/trainer.py). Object storage has no
-rename and no links, so training runs in a local *staging* copy of each run folder (under the
+the run folder's model files are hard links to it (pipeline/training/trainer.py). Object storage
+has no rename and no links, so training runs in a local *staging* copy of each run folder (under the
 cache, named by the URI) and every checkpoint is uploaded as whole objects, in an order that
 keeps the remote folder usable at every moment:
 
@@ -24,8 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.storage import Store, cache_dir
-from pipeline.students import load_student
+from pipeline.io.storage import Store, cache_dir
+from pipeline.training.students import load_student
 
 STATE, LATEST, COMPLETE = "state", "latest.json", "complete.json"
 

@@ -10,7 +10,7 @@ job does no work at all and a rerun of a broken one finishes it:
   same path is not noticed — label into a new folder for a new corpus);
 - a student is complete when its run folder has `complete.json` and a config.toml equal to
   what train would resolve now (same student, length and dataset);
-- evaluate is complete when the report's inputs fingerprint matches (pipeline/report.py).
+- evaluate is complete when the report's inputs fingerprint matches (pipeline/evaluation/report.py).
 
 A lock file in OUT stops two runs of one job from overlapping (a scheduler firing again
 before the last run ended). A stage failure is one line naming the stage (exit 1, or 2 for a
@@ -27,10 +27,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pipeline.cli.jobs import Job, StudentEntry, load_job
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.jobs import Job, StudentEntry, load_job
-from pipeline.locking import LOCK, DirLock
-from pipeline.report import print_leaderboard
+from pipeline.evaluation.report import print_leaderboard
+from pipeline.io.locking import LOCK, DirLock
 from pipeline.softlabels.reader import SoftLabelDataset
 from stages import label as label_stage
 from stages.evaluate import COMPLETE, EvaluateConfig, is_up_to_date, load_results
@@ -71,7 +71,7 @@ def student_path(job: Job, s: StudentEntry) -> Path:
     """A student's TOML file; an inline [[students]] table is written under OUT/students/."""
     if s.path is not None:
         return s.path
-    from pipeline.students import dumps_toml
+    from pipeline.training.students import dumps_toml
 
     path = job.out / "students" / f"{s.name}.toml"
     text = dumps_toml(s.inline)
@@ -106,7 +106,12 @@ def _label_state(job: Job) -> StageState:
 def _student_complete(job: Job, s: StudentEntry, ds, tcfg) -> bool:
     """Finished (complete.json) with the config train would resolve now: the same test train
     uses to skip a run, so a changed student file, length or dataset means "to run"."""
-    from pipeline.students import load_student, parse_student, resolve_for_dataset, with_overrides
+    from pipeline.training.students import (
+        load_student,
+        parse_student,
+        resolve_for_dataset,
+        with_overrides,
+    )
     from stages.train import resolved_config
 
     run_dir = job.runs_dir / s.name

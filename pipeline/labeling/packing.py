@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.corpus import CorpusSpec, CorpusStats, iter_documents, split_of
-from pipeline.hashing import sha256_bytes, sha256_json
-from pipeline.tokenizer import LoadedTokenizer
+from pipeline.io.hashing import sha256_bytes, sha256_json
+from pipeline.labeling.corpus import CorpusSpec, CorpusStats, iter_documents, split_of
+from pipeline.labeling.tokenizer import LoadedTokenizer
 
 SPLITS = ("train", "validation")
 TOKENIZE_BATCH = 256

@@ -11,7 +11,7 @@ import json
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import PipelineError
-from pipeline.storage import Store, cache_dir, filesystem, remote_errors
+from pipeline.io.storage import Store, cache_dir, filesystem, remote_errors
 
 
 def local_copy(uri: str) -> Path:

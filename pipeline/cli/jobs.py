@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.students import load_student, parse_student, read_config_toml
+from pipeline.training.students import load_student, parse_student, read_config_toml
 
 EXAMPLE = "data/jobs/example.toml"
 # Fields of the stage configs that the job fills in itself, so they are not keys of its sections.

@@ -3,7 +3,7 @@
 Every path the CLI takes may be a local path or an fsspec URI (`s3://bucket/prefix`,
 `gs://...`, `memory://...`). `Store(root)` is one such directory with the few operations the
 stages need (read/write bytes and JSON, exists, size, listing, streaming sha256, removal);
-pipeline/remote.py makes local copies of remote model folders and reads remote corpus files.
+pipeline/io/remote.py makes local copies of remote model folders and reads remote corpus files.
 
 Why these semantics:
 - **Local paths behave exactly as before**: a write is `tmp → fsync → rename → fsync dir`, so a

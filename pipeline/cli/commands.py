@@ -36,7 +36,7 @@ def _global_options(
              "AWS_ENDPOINT_URL for this command. Credentials and region come from the usual AWS "
              "environment."),
 ) -> None:
-    from pipeline.storage import set_endpoint_url
+    from pipeline.io.storage import set_endpoint_url
 
     set_endpoint_url(endpoint_url)
 
@@ -152,7 +152,7 @@ def train(
 
 def _run_location(out_dir: str, name: str, local) -> str:
     """Where a run folder lives: the URI for --out on object storage (trained in staging)."""
-    from pipeline.storage import is_remote
+    from pipeline.io.storage import is_remote
 
     return f"{out_dir.rstrip('/')}/{name}" if is_remote(out_dir) else str(local)
 
@@ -232,7 +232,7 @@ def bigram(labels: str = typer.Option(..., help="Dataset directory or URI (any l
            max_rows: int | None = typer.Option(None, help="Fit on at most N train rows.")
            ) -> None:
     """Fit a count-based bigram LM on the train split; print its validation cross-entropy."""
-    from pipeline.bigram import bigram_cross_entropy, fit_bigram, split_rows
+    from pipeline.evaluation.bigram import bigram_cross_entropy, fit_bigram, split_rows
     from pipeline.softlabels.reader import SoftLabelDataset
 
     ds = SoftLabelDataset(labels)
@@ -259,7 +259,7 @@ def evaluate(
                                            "run the Python code their repos ship."),
 ) -> None:
     """Fidelity, quality, calibration, speed and size of students against their teacher."""
-    from pipeline.report import print_leaderboard
+    from pipeline.evaluation.report import print_leaderboard
     from stages.evaluate import EvaluateConfig, run
 
     results = run(EvaluateConfig(
@@ -278,7 +278,7 @@ def run_job(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Run a job file: label → train → evaluate, skipping stages that are already complete."""
-    from stages.run import RunConfig, run
+    from pipeline.cli.run import RunConfig, run
 
     run(RunConfig(job=str(job), dry_run=dry_run, quiet=quiet), out)
 
@@ -292,8 +292,8 @@ def tokenizer_train(
     limit_docs: int | None = typer.Option(None, help="Use only the first N documents."),
 ) -> None:
     """Train a byte-level BPE tokenizer (tokenizers) and save it as one JSON file."""
-    from pipeline.corpus import CorpusSpec, read_texts
-    from pipeline.tokenizer import train_bpe_tokenizer
+    from pipeline.labeling.corpus import CorpusSpec, read_texts
+    from pipeline.labeling.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(read_texts(CorpusSpec(corpus, text_column), limit_docs),
                               vocab_size, out_file)

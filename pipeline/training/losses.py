@@ -10,7 +10,7 @@ vocabulary and log-probabilities s = z - logsumexp(z); its tail is q_r = 1 - sum
 - `kl_renorm` (**biased**): KL between p and s each renormalised over S (what axolotl does). It
   ignores how much mass either model puts outside S, so it miscalibrates (arXiv 2503.16870).
 - `ce`: hard next-token cross-entropy on the tokens themselves (exact, needs no labels).
-- `sampled` (for `sampled` labels, pipeline/labelmodes.py): −Σ_j w_j s_j over the stored draws
+- `sampled` (for `sampled` labels, pipeline/labeling/modes.py): −Σ_j w_j s_j over the stored draws
   with their importance weights; an **unbiased** estimate of the teacher cross-entropy
   −Σ_v p_v s_v = H(p) + KL(p || q) (so it is offset from kl_tail by the teacher entropy).
   Temperature does not apply to it.

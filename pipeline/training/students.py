@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.losses import KINDS, LossSpec
 from pipeline.models import FAMILIES
+from pipeline.training.losses import KINDS, LossSpec
 
 
 @dataclass

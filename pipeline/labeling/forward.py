@@ -42,7 +42,7 @@ def label_tokens(model: torch.nn.Module, tokens: np.ndarray, k: int, batch_size:
     """Run the teacher over [rows, seq] tokens in batches; return numpy ids, logprobs, tail.
 
     `select(logits, first_row)` → a tuple of tensors replaces top-k (the other label modes,
-    pipeline/labelmodes.py); each element is concatenated over batches (int64 → int32).
+    pipeline/labeling/modes.py); each element is concatenated over batches (int64 → int32).
     """
     if select is None:
         def select(logits, _):
