@@ -22,8 +22,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
+# ruff, then the layer contracts (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md):
+# a cycle or an upward import fails here.
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline stages tests benchmarks
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	$(BIN)/pipeline run data/jobs/demo.toml

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.models.checkpoint import LoadedModel, load_model_dir
+from pipeline.models.checkpoint import load_model_dir
+from pipeline.models.loaded import LoadedModel
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader
 from pipeline.training.students import StudentSpec, dumps_toml, load_student, resolve_for_dataset
@@ -162,7 +163,7 @@ def _random_teacher(out: Path, work: Path) -> None:
     tokenizer = TEACHER_TOKENIZER
     if not tokenizer.is_file():  # a fresh clone without `make teacher`: train one like it
         from pipeline.labeling.corpus import CorpusSpec, read_texts
-        from pipeline.labeling.tokenizer import train_bpe_tokenizer
+        from pipeline.models.tokenizer import train_bpe_tokenizer
 
         tokenizer = work / "tokenizer.json"
         train_bpe_tokenizer(read_texts(CorpusSpec(CORPUS)), TEACHER_SHAPE["vocab_size"],

@@ -87,9 +87,9 @@ def teacher_dir(arg: str | None, work: Path) -> tuple[Path, str]:
     if arg:
         raise SystemExit(f"--teacher {arg}: no model.safetensors there")
     from pipeline.labeling.corpus import CorpusSpec, read_texts
-    from pipeline.labeling.tokenizer import train_bpe_tokenizer
     from pipeline.models import build_model
     from pipeline.models.checkpoint import save_model_dir
+    from pipeline.models.tokenizer import train_bpe_tokenizer
 
     out = work / "random-teacher"
     if not (out / "model.safetensors").is_file():

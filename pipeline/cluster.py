@@ -1,4 +1,4 @@
-"""dask.distributed plumbing shared by the stages that scale out: clusters, clients, worker caches.
+"""dask.distributed plumbing shared by the stages that scale out: clusters and clients.
 
 Why dask and not a home-made pool: it already reschedules the tasks of a worker that dies, restarts
 that worker (the nanny), streams results back as they complete, and runs unchanged on one laptop
@@ -9,16 +9,14 @@ between threads well and one process per GPU is the usual CUDA rule. When GPUs e
 worker is pinned to one GPU with `CUDA_VISIBLE_DEVICES` (the dask-cuda convention), so inside the
 worker the device is always `cuda:0`, and advertises a `GPU` resource.
 
-The teacher cache lives in this module, i.e. once per worker process: the first task on a worker
-loads the teacher, later tasks reuse it. `teacher_loads()` counts loads so tests (and the closing
-note of a run) can check "once per worker".
+The teacher cache is pipeline/models/loader.py's `cached_teacher`, i.e. once per worker process:
+the first task on a worker loads the teacher, later tasks reuse it; `teacher_loads()` counts loads
+so tests can check "once per worker".
 """
 
 import contextlib
 import json
 import logging
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +25,6 @@ from pipeline.errors import PipelineError
 CONNECT_TIMEOUT_S = 5
 WAIT_FOR_WORKERS_S = 60
 
-_teachers: dict[tuple, object] = {}
-_loads: Counter = Counter()
-_lock = threading.Lock()
 
 
 def local_cluster(n_workers: int, gpus: int | None = None):
@@ -126,31 +121,3 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
 def worker_count(client) -> int:
     """Threads across the cluster: how many tasks can run at once."""
     return max(1, sum(client.nthreads().values()))
-
-
-def cached_teacher(path: str, sha256: str | None, device, trust_remote_code: bool = False):
-    """The teacher of this worker process, loaded on first use and kept for later tasks."""
-    from pipeline.models.hf import load_model_spec
-
-    key = (str(path), sha256, str(device))
-    with _lock:
-        if key not in _teachers:
-            loaded = load_model_spec(path, device, trust_remote_code)
-            if sha256 and loaded.weights_sha256 != sha256:
-                raise PipelineError(f"teacher {path} changed on disk since the plan was made "
-                                    f"(sha256 {loaded.weights_sha256[:12]} != {sha256[:12]}); "
-                                    "rerun `pipeline label` to re-plan")
-            _teachers[key] = loaded
-            _loads[sha256 or str(path)] += 1
-        return _teachers[key]
-
-
-def teacher_loads() -> dict[str, int]:
-    """Teacher loads in this process, by sha256 (run it on workers with `client.run`)."""
-    return dict(_loads)
-
-
-def clear_teacher_cache() -> None:
-    with _lock:
-        _teachers.clear()
-        _loads.clear()

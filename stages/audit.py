@@ -23,7 +23,7 @@ import torch
 
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import PipelineError
-from pipeline.models.hf import load_model_spec
+from pipeline.models.loader import load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
 
 MIN_TAIL = 1e-12

@@ -38,8 +38,9 @@ from pipeline.evaluation.report import (
 )
 from pipeline.io.hashing import sha256_file, sha256_json
 from pipeline.io.storage import Store, is_remote, temporary_dir
-from pipeline.models.checkpoint import WEIGHTS, LoadedModel
-from pipeline.models.hf import HF_PREFIX, is_hf_spec, load_model_spec
+from pipeline.models.hf import HF_PREFIX
+from pipeline.models.loaded import WEIGHTS, LoadedModel
+from pipeline.models.loader import is_hf_spec, load_model_spec
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.reader import SoftLabelDataset
 

@@ -25,6 +25,7 @@ import torch
 import pipeline
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
+from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.hashing import sha256_file, sha256_json
 from pipeline.io.locking import DirLock
 from pipeline.io.storage import Store, is_remote, temporary_dir
@@ -32,20 +33,15 @@ from pipeline.labeling import modes as labelmodes
 from pipeline.labeling.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
 from pipeline.labeling.packing import ShardSpill, iter_shard_inputs
 from pipeline.labeling.shards import ShardWork, label_in_process, label_on_cluster
-from pipeline.labeling.tokenizer import load_tokenizer
 from pipeline.models.checkpoint import load_model_dir
-from pipeline.models.hf import HF_PREFIX, local_weights_sha256
+from pipeline.models.hf import HF_PREFIX
+from pipeline.models.loader import local_weights_sha256
+from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import layout
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.card import write_card
-from pipeline.softlabels.manifest import (
-    MANIFEST,
-    PLAN,
-    PROGRESS_DIR,
-    shard_relpath,
-    write_json_atomic,
-)
+from pipeline.softlabels.layout import MANIFEST, PLAN, PROGRESS_DIR, shard_relpath
 
 
 @dataclass
@@ -107,7 +103,7 @@ def _check_args(cfg: LabelConfig) -> None:
 def _load_teacher(spec: str, device, trust_remote_code: bool = False):
     """A local native model folder directly; hf:..., Hugging Face folders and URIs through
     pipeline.models.hf.load_model_spec (the one loader of teacher specs)."""
-    from pipeline.models.hf import is_native_dir, load_model_spec
+    from pipeline.models.loader import is_native_dir, load_model_spec
 
     if is_native_dir(spec):
         return load_model_dir(spec, device)

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.hashing import sha256_file
 from pipeline.io.storage import cache_dir, is_remote
 from pipeline.labeling.modes import match_loss
-from pipeline.labeling.tokenizer import load_tokenizer
+from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
-from pipeline.softlabels.manifest import write_json_atomic
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
 from pipeline.training import ddp

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.labeling.tokenizer import train_bpe_tokenizer
 from pipeline.models import build_model
 from pipeline.models.checkpoint import save_model_dir
+from pipeline.models.tokenizer import train_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the market rose as shares in the bank fell while the minister said the game was won "
@@ -46,7 +46,7 @@ def make_teacher(tokenizer: Path, out: Path, family: str = "gpt", seed: int = 0,
     import torch
 
     torch.manual_seed(seed)
-    from pipeline.labeling.tokenizer import load_tokenizer
+    from pipeline.models.tokenizer import load_tokenizer
 
     vocab = load_tokenizer(tokenizer).vocab_size
     defaults = {"gpt": dict(n_layer=1, n_head=2, d_model=32, context=64),

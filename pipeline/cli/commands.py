@@ -293,7 +293,7 @@ def tokenizer_train(
 ) -> None:
     """Train a byte-level BPE tokenizer (tokenizers) and save it as one JSON file."""
     from pipeline.labeling.corpus import CorpusSpec, read_texts
-    from pipeline.labeling.tokenizer import train_bpe_tokenizer
+    from pipeline.models.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(read_texts(CorpusSpec(corpus, text_column), limit_docs),
                               vocab_size, out_file)

@@ -21,7 +21,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.softlabels.manifest import write_json_atomic  # noqa: E402
+from pipeline.io.atomic import write_json as write_json_atomic  # noqa: E402
 
 RESULTS_JSON, RESULTS_PARQUET, REPORT_MD = "results.json", "results.parquet", "report.md"
 PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import PipelineError
+from pipeline.io import atomic
 
 LOCAL_PROTOCOLS = ("file", "local")
 CACHE_ENV = "SOFTLABELS_CACHE"
@@ -258,10 +259,8 @@ class Store:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: local tmp → fsync → rename → fsync dir; remote one PUT (one whole object)."""
         if not self.remote:
-            from pipeline.softlabels.manifest import write_bytes_atomic
-
             self.path(rel).parent.mkdir(parents=True, exist_ok=True)
-            return write_bytes_atomic(self.path(rel), data)
+            return atomic.write_bytes(self.path(rel), data)
         with remote_errors(self.uri_of(rel)):
             self.fs.pipe_file(self.path(rel), data)
 
@@ -275,18 +274,7 @@ class Store:
             if Path(local).resolve() == dest.resolve():
                 return
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".tmp")
-            try:
-                shutil.copyfile(local, tmp)
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, dest)
-            except OSError as exc:  # disk full: one line, and no .tmp left behind
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                raise PipelineError(f"writing {dest} failed: {exc.strerror or exc} (disk full? "
-                                    "free space and rerun)") from exc
-            return
+            return atomic.copy_file(local, dest)
         with remote_errors(self.uri_of(rel)):
             self.fs.put_file(str(local), self.path(rel))
 

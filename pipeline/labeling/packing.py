@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.io.hashing import sha256_bytes, sha256_json
 from pipeline.labeling.corpus import CorpusSpec, CorpusStats, iter_documents, split_of
-from pipeline.labeling.tokenizer import LoadedTokenizer
+from pipeline.models.tokenizer import LoadedTokenizer
 
 SPLITS = ("train", "validation")
 TOKENIZE_BATCH = 256

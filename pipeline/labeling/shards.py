@@ -101,7 +101,7 @@ def label_in_process(work: ShardWork, inputs: Iterable[ShardInput], model, devic
 
 def label_shard_task(work: ShardWork, shard_input: ShardInput) -> dict:
     """A dask task: label one shard with this worker's cached teacher and write it."""
-    from pipeline.cluster import cached_teacher
+    from pipeline.models.loader import cached_teacher
 
     device = resolve_device(work.device)
     teacher = (cached_teacher(work.teacher, work.teacher_sha256, device, work.trust_remote_code)

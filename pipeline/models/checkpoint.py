@@ -11,9 +11,6 @@ padded embeddings) records `tokenizer_vocab_size` in config.json, so the pair is
 
 import functools
 import json
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,42 +19,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import PipelineError
+from pipeline.io import atomic
 from pipeline.io.hashing import sha256_file
-from pipeline.labeling.tokenizer import LoadedTokenizer, load_tokenizer
-from pipeline.models import build_model, count_parameters, model_config_dict
+from pipeline.models import build_model, model_config_dict
 from pipeline.models.hf import HFCausalLM
+from pipeline.models.loaded import WEIGHTS, LoadedModel
+from pipeline.models.tokenizer import load_tokenizer
 
-WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    config: dict
-    tokenizer: LoadedTokenizer
-    weights_sha256: str
-    path: Path
-    spec: str | None = None  # as the user named it (hf:NAME, s3://...) when that is not `path`
-    weights_files: list[Path] | None = None  # default: path / model.safetensors
-
-    def describe(self) -> dict:
-        dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
-        return {"spec": self.spec or str(self.path), "family": self.config["family"],
-                "sha256": self.weights_sha256, "parameters": count_parameters(self.model),
-                "dtype": dtype}
-
-    @property
-    def weights_bytes(self) -> int:
-        return sum(Path(f).stat().st_size for f in self.weights_files or [self.path / WEIGHTS])
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+CONFIG, TOKENIZER = "config.json", "tokenizer.json"
 
 
 def save_model_dir(model: nn.Module, tokenizer_path: str | Path, out: str | Path,
@@ -71,18 +40,16 @@ def save_model_dir(model: nn.Module, tokenizer_path: str | Path, out: str | Path
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Tied weights share storage; safetensors refuses shared tensors, so drop the alias.
     state.pop("head.weight", None)
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, out / WEIGHTS)
+    with atomic.replacing(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
     config = model_config_dict(model)
     if padded_vocab:  # trained on a dataset whose vocabulary exceeds its tokenizer (module doc)
         tokens = tokenizer_size(str(tokenizer_path))
         if config.get("vocab_size", 0) > tokens:
             config["tokenizer_vocab_size"] = tokens
-    _atomic_write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
+    atomic.write_bytes(out / CONFIG, json.dumps(config, indent=2).encode())
     if Path(tokenizer_path).resolve() != (out / TOKENIZER).resolve():
-        shutil.copyfile(tokenizer_path, out / (TOKENIZER + ".tmp"))
-        os.replace(out / (TOKENIZER + ".tmp"), out / TOKENIZER)
+        atomic.copy_file(tokenizer_path, out / TOKENIZER)
     return out
 
 

@@ -21,7 +21,7 @@ stay in this module.
   encoded without special tokens (no BOS), as with native tokenizers; the EOS id joins documents.
 - **Padding**: `HFCausalLM.forward(ids, attention_mask)` derives position ids from the mask, so
   a left- or right-padded row gets the same logits at its real positions as the row alone
-  (`label_padded`, tested). Packed rows are always full, so labeling passes no mask.
+  (tests/pipeline/models/test_hf.py). Packed rows are always full, so labeling passes no mask.
 - **Students** (`family = "hf"`, `[model] config = {model_type = "gpt2", ...}`): built with
   `AutoConfig.for_model` + `AutoModelForCausalLM.from_config`; their checkpoints and run folders
   are `save_pretrained` folders (config.json, model.safetensors, tokenizer.json,
@@ -156,7 +156,7 @@ class HFCausalLM(nn.Module):
             os.replace(out / (TOKENIZER_JSON + ".tmp"), out / TOKENIZER_JSON)
         from tokenizers import Tokenizer
 
-        from pipeline.labeling.tokenizer import find_eos
+        from pipeline.models.tokenizer import find_eos
 
         tok = Tokenizer.from_file(str(out / TOKENIZER_JSON))
         eos = find_eos(tok)
@@ -166,51 +166,6 @@ class HFCausalLM(nn.Module):
             config["eos_token"] = tok.id_to_token(eos)
         (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2))
         return out
-
-
-def is_hf_spec(spec) -> bool:
-    return str(spec).startswith(HF_PREFIX)
-
-
-def _read_config(folder: Path) -> dict | None:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def is_hf_config(config: dict | None) -> bool:
-    return bool(config) and "model_type" in config and "family" not in config
-
-
-def is_native_dir(spec) -> bool:
-    """A local folder that is not a Hugging Face folder (the native loader reports whatever
-    else is wrong with it, e.g. missing files)."""
-    from pipeline.io.storage import is_remote
-
-    if is_hf_spec(spec) or is_remote(spec):
-        return False
-    return not is_hf_config(_read_config(Path(spec)))
-
-
-def load_model_spec(spec, device="cpu", trust_remote_code: bool = False):
-    """Load a teacher/model spec (module doc) → LoadedModel (model returns logits; tokenizer with
-    encode_batch/eos_id/vocab_size/sha256/describe; weights_sha256; describe())."""
-    from pipeline.io.remote import local_copy
-    from pipeline.io.storage import is_remote
-    from pipeline.models.checkpoint import load_model_dir
-
-    spec = str(spec)
-    target = spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
-    if is_remote(target):
-        target = str(local_copy(target))
-    if not is_hf_spec(spec) and is_native_dir(target):
-        loaded = load_model_dir(target, device)
-    else:
-        loaded = load_hf(target, device, trust_remote_code)
-    loaded.spec = spec
-    return loaded
 
 
 def _hub_or_folder(name: str) -> bool:
@@ -224,7 +179,7 @@ def _hub_or_folder(name: str) -> bool:
 
 
 def load_hf(name: str, device="cpu", trust_remote_code: bool = False):
-    from pipeline.models.checkpoint import LoadedModel
+    from pipeline.models.loaded import LoadedModel, weights_sha256
 
     transformers = _quiet_transformers()
     device = torch.device(device)
@@ -260,29 +215,6 @@ def _snapshot(name: str) -> Path:
     return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
 
 
-def local_weights_sha256(spec) -> str | None:
-    """The weights hash a plan records for a teacher spec, without loading the model; None for a
-    hub name, a URI or a folder without weights (`pipeline run` compares it with plan.json)."""
-    from pipeline.io.storage import is_remote
-
-    spec = str(spec)
-    target = Path(spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec)
-    if is_remote(target) or not target.is_dir():
-        return None
-    hf = is_hf_spec(spec) or not is_native_dir(target)
-    files = sorted(target.glob("*.safetensors")) if hf else [target / "model.safetensors"]
-    return weights_sha256(files) if files and all(f.is_file() for f in files) else None
-
-
-def weights_sha256(files: list[Path]) -> str:
-    """sha256 of model.safetensors (as for native folders); of the shard hashes if sharded."""
-    from pipeline.io.hashing import sha256_file, sha256_json
-
-    if len(files) == 1:
-        return sha256_file(files[0])
-    return sha256_json({f.name: sha256_file(f) for f in files})
-
-
 def hf_tokenizer(tok, folder: Path, vocab_size: int, name: str):
     """The fast tokenizer as a LoadedTokenizer: its tokenizer.json file, hash, EOS id, and the
     model's logits width as vocab_size (module doc)."""
@@ -290,7 +222,7 @@ def hf_tokenizer(tok, folder: Path, vocab_size: int, name: str):
 
     from pipeline.io.hashing import sha256_file
     from pipeline.io.storage import cache_dir
-    from pipeline.labeling.tokenizer import LoadedTokenizer, find_eos
+    from pipeline.models.tokenizer import LoadedTokenizer, find_eos
 
     path = folder / TOKENIZER_JSON
     if not path.is_file():  # serialise the fast tokenizer; cache it under its own hash
@@ -311,35 +243,3 @@ def hf_tokenizer(tok, folder: Path, vocab_size: int, name: str):
     return LoadedTokenizer(backend, path, sha256_file(path), vocab_size, int(eos), size)
 
 
-def pad_batch(rows: list[list[int]], pad_id: int, side: str = "right"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of different lengths → (ids [B, T], attention_mask [B, T]), padded on `side`."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        span = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        ids[i, span] = torch.tensor(r, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
-@torch.inference_mode()
-def label_padded(model: HFCausalLM, rows: list[list[int]], k: int, pad_id: int,
-                 side: str = "right", device="cpu") -> list[tuple[torch.Tensor, ...]]:
-    """Top-k labels of rows of different lengths in one padded batch: per row (ids, logprobs,
-    tail) at its real positions only. Padding never changes a label (tested against each row
-    alone)."""
-    from pipeline.device import autocast
-    from pipeline.labeling.forward import check_finite, topk_from_logits
-
-    ids, mask = pad_batch(rows, pad_id, side)
-    device = torch.device(device)
-    with autocast(device):
-        logits = model(ids.to(device), mask.to(device))
-    out = []
-    for i in range(len(rows)):
-        real = logits[i][mask[i].bool().to(logits.device)].unsqueeze(0)  # [1, len, V]
-        check_finite(real, i, "padded batch")
-        out.append(tuple(t[0] for t in topk_from_logits(real, k)))
-    return out

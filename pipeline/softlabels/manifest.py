@@ -4,52 +4,12 @@ A dataset without a manifest is not a dataset (a labeler was interrupted); reade
 shards the manifest does not list, and never at paths outside the dataset directory.
 """
 
-import contextlib
 import json
-import os
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import PipelineError
+from pipeline.softlabels.layout import MANIFEST, PLAN
 from pipeline.softlabels.schema import FORMAT_MAJOR
-
-MANIFEST = "manifest.json"
-PLAN = "plan.json"
-PROGRESS_DIR = "_progress"
-SHARDS_DIR = "shards"
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    """tmp → fsync → rename → fsync dir: a reader sees the old file or the new one, never half."""
-    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:  # disk full, quota, read-only: one line, and no half-written .tmp
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise PipelineError(f"writing {path} failed: {exc.strerror or exc} (disk full? free "
-                            "space and rerun)") from exc
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def shard_relpath(split: str, index: int) -> str:
-    return f"{SHARDS_DIR}/{split}/part-{index:05d}.parquet"
 
 
 def safe_shard_path(root: Path, rel: str) -> Path:

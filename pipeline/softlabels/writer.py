@@ -21,7 +21,7 @@ from pipeline.io.hashing import sha256_file
 from pipeline.io.storage import Store, temporary_dir
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import encode_logprobs
-from pipeline.softlabels.manifest import PROGRESS_DIR, shard_relpath
+from pipeline.softlabels.layout import PROGRESS_DIR, shard_relpath
 from pipeline.softlabels.ragged import pack, row_offsets
 
 

@@ -27,6 +27,8 @@ from safetensors.torch import save_file
 
 from pipeline.device import autocast
 from pipeline.errors import PipelineError
+from pipeline.io.atomic import fsync_dir, fsync_file
+from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.models import build_model, count_parameters
 from pipeline.models.checkpoint import (
     WEIGHTS,
@@ -35,7 +37,6 @@ from pipeline.models.checkpoint import (
     model_files,
     save_model_dir,
 )
-from pipeline.softlabels.manifest import fsync_dir, write_json_atomic
 from pipeline.training.losses import compute_loss
 from pipeline.training.students import StudentSpec
 
@@ -51,10 +52,6 @@ def lr_at(step: int, total: int, spec: StudentSpec) -> float:
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * progress))
 
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 class StudentRun:
@@ -177,7 +174,7 @@ class StudentRun:
                    "last_val": self.last_val}
         (tmp / TRAINER).write_text(json.dumps(trainer, indent=2))
         for f in tmp.iterdir():
-            _fsync_file(f)
+            fsync_file(f)
         shutil.rmtree(state / name, ignore_errors=True)
         os.replace(tmp, state / name)
         fsync_dir(state)

@@ -58,7 +58,7 @@ def test_hf_teacher_and_students_end_to_end(tmp_path, tiny_corpus, tiny_tokenize
     hf = AutoModelForCausalLM.from_pretrained(runs / "llama", local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(runs / "llama", local_files_only=True)
     assert type(hf).__name__ == "LlamaForCausalLM" and tok.eos_token == "<|endoftext|>"
-    from pipeline.models.hf import load_model_spec
+    from pipeline.models.loader import load_model_spec
 
     ours = load_model_spec(runs / "llama")
     ids = torch.randint(0, 320, (2, 16))

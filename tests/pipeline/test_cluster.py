@@ -12,6 +12,7 @@ from distributed import Client
 from pipeline import cluster
 from pipeline.errors import PipelineError
 from pipeline.io.hashing import sha256_file
+from pipeline.models import loader
 from tests.conftest import make_teacher, run_cli
 
 
@@ -60,17 +61,17 @@ def test_workers_and_scheduler_together_are_refused():
 
 
 def test_teacher_cache_loads_once_and_refuses_a_changed_teacher(tmp_path, tiny_tokenizer):
-    cluster.clear_teacher_cache()
+    loader.clear_teacher_cache()
     path = make_teacher(tiny_tokenizer, tmp_path / "t")
     sha = sha256_file(path / "model.safetensors")
-    first = cluster.cached_teacher(str(path), sha, "cpu")
-    assert cluster.cached_teacher(str(path), sha, "cpu") is first
-    assert cluster.teacher_loads() == {sha: 1}
-    cluster.clear_teacher_cache()
-    assert cluster.teacher_loads() == {}
+    first = loader.cached_teacher(str(path), sha, "cpu")
+    assert loader.cached_teacher(str(path), sha, "cpu") is first
+    assert loader.teacher_loads() == {sha: 1}
+    loader.clear_teacher_cache()
+    assert loader.teacher_loads() == {}
     make_teacher(tiny_tokenizer, tmp_path / "t", seed=1)  # same path, new weights
     with pytest.raises(PipelineError, match="changed on disk"):
-        cluster.cached_teacher(str(path), sha, "cpu")
+        loader.cached_teacher(str(path), sha, "cpu")
 
 
 @pytest.mark.slow

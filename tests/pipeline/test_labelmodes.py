@@ -15,9 +15,9 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.hashing import sha256_file
 from pipeline.labeling import modes as M
 from pipeline.labeling.forward import label_tokens
-from pipeline.labeling.tokenizer import load_tokenizer
 from pipeline.models import build_model
 from pipeline.models.checkpoint import load_model_dir, save_model_dir
+from pipeline.models.tokenizer import load_tokenizer
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import (
     decode_logprobs,

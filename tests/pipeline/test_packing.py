@@ -4,7 +4,7 @@ import numpy as np
 
 from pipeline.labeling.corpus import CorpusSpec, CorpusStats
 from pipeline.labeling.packing import iter_shard_inputs
-from pipeline.labeling.tokenizer import load_tokenizer
+from pipeline.models.tokenizer import load_tokenizer
 
 
 def test_packing_rows_shards_and_provenance(tiny_corpus, tiny_tokenizer):

@@ -523,7 +523,7 @@ def pattern(shows: str) -> str:
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory, tiny_corpus, tiny_tokenizer, tiny_teacher, small_dataset):
     """Inputs several cases share, built on first use."""
-    from pipeline.labeling.tokenizer import train_bpe_tokenizer
+    from pipeline.models.tokenizer import train_bpe_tokenizer
     from stages.label import LabelConfig
     from stages.label import run as label
     from stages.train import TrainConfig

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.labeling.tokenizer import train_bpe_tokenizer
+from pipeline.models.tokenizer import train_bpe_tokenizer
 from stages.evaluate import EvaluateConfig, inputs_fingerprint, is_up_to_date, run
 from stages.label import LabelConfig
 from stages.label import run as label

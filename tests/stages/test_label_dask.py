@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client
 
-from pipeline.cluster import clear_teacher_cache, local_cluster, teacher_loads
+from pipeline.cluster import local_cluster
+from pipeline.models.loader import clear_teacher_cache, teacher_loads
 from pipeline.softlabels.validate import validate_dataset
 from stages.label import LabelConfig, run
 from tests.conftest import run_cli

@@ -133,7 +133,7 @@ def test_tokens_only_dataset_trains_ce_and_refuses_kd(tmp_path, tokens_only):
 
 
 def test_student_with_another_tokenizer_is_refused(tmp_path, labeled):
-    from pipeline.labeling.tokenizer import train_bpe_tokenizer
+    from pipeline.models.tokenizer import train_bpe_tokenizer
 
     other = train_bpe_tokenizer(["some other text entirely"] * 20, 300, tmp_path / "tok.json")
     path = tmp_path / "t.toml"

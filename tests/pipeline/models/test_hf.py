@@ -12,11 +12,49 @@ import torch
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.models import build_model
 from pipeline.models.checkpoint import load_weights, save_model_dir
-from pipeline.models.hf import HFCausalLM, label_padded, load_model_spec
+from pipeline.models.hf import HFCausalLM
+from pipeline.models.loader import load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.training.students import parse_student, resolve_for_dataset
 from stages.label import LabelConfig, run
 from tests.interop import HF_GPT2, make_hf_model
+
+# Padded batches: how a caller would label rows of different lengths with an HF model; the
+# test checks that padding never changes a label (HFCausalLM derives positions from the mask).
+
+def pad_batch(rows: list[list[int]], pad_id: int, side: str = "right"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths → (ids [B, T], attention_mask [B, T]), padded on `side`."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def label_padded(model: HFCausalLM, rows: list[list[int]], k: int, pad_id: int,
+                 side: str = "right", device="cpu") -> list[tuple[torch.Tensor, ...]]:
+    """Top-k labels of rows of different lengths in one padded batch: per row (ids, logprobs,
+    tail) at its real positions only. Padding never changes a label (tested against each row
+    alone)."""
+    from pipeline.device import autocast
+    from pipeline.labeling.forward import check_finite, topk_from_logits
+
+    ids, mask = pad_batch(rows, pad_id, side)
+    device = torch.device(device)
+    with autocast(device):
+        logits = model(ids.to(device), mask.to(device))
+    out = []
+    for i in range(len(rows)):
+        real = logits[i][mask[i].bool().to(logits.device)].unsqueeze(0)  # [1, len, V]
+        check_finite(real, i, "padded batch")
+        out.append(tuple(t[0] for t in topk_from_logits(real, k)))
+    return out
+
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +180,7 @@ def test_refusals_are_one_line(tmp_path, hf_teacher):
 def test_plan_weights_hash_without_loading(hf_labeled, hf_teacher, tiny_teacher):
     """`pipeline run` decides "label complete" from this hash: it must be the manifest's."""
     from pipeline.io.hashing import sha256_file
-    from pipeline.models.hf import local_weights_sha256
+    from pipeline.models.loader import local_weights_sha256
 
     m = json.loads((hf_labeled / "manifest.json").read_text())
     assert local_weights_sha256(f"hf:{hf_teacher}") == m["teacher"]["sha256"]

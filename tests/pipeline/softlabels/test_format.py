@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.labeling.tokenizer import load_tokenizer
+from pipeline.models.tokenizer import load_tokenizer
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.validate import validate_dataset
 from stages.label import LabelConfig, run
