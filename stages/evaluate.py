@@ -216,7 +216,7 @@ def load_results(out: str | Path) -> dict | None:
         return None
 
 
-def is_up_to_date(cfg: EvaluateConfig) -> bool:
+def is_complete(cfg: EvaluateConfig) -> bool:
     """True when OUT/results.json was made from exactly these inputs."""
     results = load_results(cfg.out)
     return bool(results) and results.get("inputs_fingerprint") == inputs_fingerprint(cfg)

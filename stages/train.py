@@ -69,8 +69,7 @@ def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
         raise ConfigError("no students: pass --student FILE.toml (see data/students/)")
     specs, names = [], {}
     for path in cfg.students:
-        spec = resolve_for_dataset(with_overrides(load_student(path), cfg.max_steps, cfg.epochs),
-                                   ds.vocab_size, ds.seq_len)
+        spec = _fit_to(ds, load_student(path), cfg)
         if spec.name in names:
             raise ConfigError(f"{path}: student name {spec.name!r} is also used by "
                               f"{names[spec.name]}; set a distinct `name` in one of them")
@@ -85,6 +84,37 @@ def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
         spec = match_loss(spec, ds.spec)  # sampled labels → `sampled` loss; refuse mismatches
         specs.append(spec)
     return specs
+
+
+def _fit_to(ds: SoftLabelDataset, spec: StudentSpec, cfg: TrainConfig) -> StudentSpec:
+    """The student with the run's length overrides and the dataset's vocabulary and length."""
+    return resolve_for_dataset(with_overrides(spec, cfg.max_steps, cfg.epochs), ds.vocab_size,
+                               ds.seq_len)
+
+
+def student_complete(cfg: TrainConfig, spec: StudentSpec, ds: SoftLabelDataset | None = None
+                     ) -> bool:
+    """True when `run` would skip this student: its run folder has complete.json and the config
+    `run` would resolve now (same student, length, dataset), the very test `run` applies.
+    `spec` may be a job's inline student, parsed but never written to a file."""
+    try:
+        ds = ds or SoftLabelDataset(cfg.labels)
+        spec = match_loss(_fit_to(ds, spec, cfg), ds.spec)
+        return _prepare_dir(Path(cfg.out) / spec.name, resolved_config(spec, ds, cfg),
+                            resume=True) == "skip"
+    except (PipelineError, tomllib.TOMLDecodeError):
+        return False  # `run` reports what is wrong
+
+
+def is_complete(cfg: TrainConfig) -> bool:
+    """True when every student of cfg.students is finished with its current config (cheap: the
+    manifest and run folders are read, no shard)."""
+    try:
+        ds = SoftLabelDataset(cfg.labels)
+        specs = [load_student(path) for path in cfg.students]
+    except PipelineError:
+        return False
+    return bool(specs) and all(student_complete(cfg, spec, ds) for spec in specs)
 
 
 def resolved_config(spec: StudentSpec, ds: SoftLabelDataset, cfg: TrainConfig) -> dict:

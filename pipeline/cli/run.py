@@ -1,16 +1,10 @@
 """`pipeline run JOB.toml`: label → train → evaluate, skipping whatever is already complete.
 
 Each stage is idempotent on its own (label resumes by shard, train resumes from its last
-checkpoint, evaluate rewrites its report); on top of that the orchestrator checks cheaply,
-before starting a stage, whether its outputs already match the job, so a rerun of a finished
-job does no work at all and a rerun of a broken one finishes it:
-
-- label is complete when the dataset's manifest exists and its plan matches the job's corpus,
-  teacher weights and labeling options (the corpus is not re-read: a changed file under the
-  same path is not noticed — label into a new folder for a new corpus);
-- a student is complete when its run folder has `complete.json` and a config.toml equal to
-  what train would resolve now (same student, length and dataset);
-- evaluate is complete when the report's inputs fingerprint matches (pipeline/evaluation/report.py).
+checkpoint, evaluate rewrites its report) and owns its completion test, `is_complete(cfg)`: a
+cheap check, before the stage starts, that its outputs already match the job. This module only
+asks them, so a rerun of a finished job does no work at all and a rerun of a broken one finishes
+it (README "pipeline run" says what each stage compares).
 
 A lock file in OUT stops two runs of one job from overlapping (a scheduler firing again
 before the last run ended). A stage failure is one line naming the stage (exit 1, or 2 for a
@@ -20,7 +14,6 @@ bad student/job setting); an unexpected crash also leaves its traceback in OUT/r
 import contextlib
 import resource
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,9 +24,8 @@ from pipeline.cli.jobs import Job, StudentEntry, load_job
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluation.report import print_leaderboard
 from pipeline.io.locking import LOCK, DirLock
-from pipeline.softlabels.reader import SoftLabelDataset
 from stages import label as label_stage
-from stages.evaluate import COMPLETE, EvaluateConfig, is_up_to_date, load_results
+from stages.evaluate import EvaluateConfig, is_complete, load_results
 from stages.label import LabelConfig
 
 ERROR_LOG = "run-error.log"
@@ -103,40 +95,22 @@ def _label_state(job: Job) -> StageState:
     return StageState("label", label_stage.is_complete(cfg), where)
 
 
-def _student_complete(job: Job, s: StudentEntry, ds, tcfg) -> bool:
-    """Finished (complete.json) with the config train would resolve now: the same test train
-    uses to skip a run, so a changed student file, length or dataset means "to run"."""
-    from pipeline.training.students import (
-        load_student,
-        parse_student,
-        resolve_for_dataset,
-        with_overrides,
-    )
-    from stages.train import resolved_config
+def _student_done(tcfg, s: StudentEntry) -> bool:
+    """The train stage's own skip test, on the job's student (an inline table is parsed, not
+    written: a dry run writes nothing). An invalid student is "to run": train says why."""
+    from pipeline.training.students import load_student, parse_student
+    from stages import train as train_stage
 
-    run_dir = job.runs_dir / s.name
-    if not (run_dir / COMPLETE).is_file() or not (run_dir / "config.toml").is_file():
-        return False
     try:
         spec = load_student(s.path) if s.path else parse_student(s.inline, s.name)
-        spec = resolve_for_dataset(with_overrides(spec, tcfg.max_steps, tcfg.epochs),
-                                   ds.vocab_size, ds.seq_len)
-        want = resolved_config(spec, ds, tcfg)
-        have = tomllib.loads((run_dir / "config.toml").read_text())
-    except (PipelineError, tomllib.TOMLDecodeError):
-        return False  # train will report it
-    for cfg in (want, have):  # the dataset path may be spelled differently; its hash may not
-        cfg.get("data", {}).pop("labels", None)
-    return want == have
+    except PipelineError:
+        return False
+    return train_stage.student_complete(tcfg, spec)
 
 
 def _train_state(job: Job) -> tuple[StageState, list[StudentEntry]]:
-    try:
-        ds = SoftLabelDataset(job.labels_dir)
-    except PipelineError:
-        ds = None
     tcfg = train_config(job, [])
-    todo = [s for s in job.students if ds is None or not _student_complete(job, s, ds, tcfg)]
+    todo = [s for s in job.students if not _student_done(tcfg, s)]
     names = ", ".join(f"{s.name}{'' if s in todo else ' (complete)'}" for s in job.students)
     return StageState("train", not todo, f"{len(job.students)} students → {job.runs_dir}: "
                       f"{names}"), todo
@@ -148,7 +122,7 @@ def _evaluate_state(job: Job, upstream_done: bool) -> StageState:
     if not upstream_done:
         return StageState("evaluate", False, detail)
     try:
-        return StageState("evaluate", is_up_to_date(evaluate_config(job)), detail)
+        return StageState("evaluate", is_complete(evaluate_config(job)), detail)
     except PipelineError:
         return StageState("evaluate", False, detail)
 
@@ -256,7 +230,7 @@ def _run_stages(job: Job, cfg: RunConfig, console: Console) -> dict:
 
     ev_cfg = evaluate_config(job, cfg.quiet)
     with _stage("evaluate", job):
-        fresh = is_up_to_date(ev_cfg)
+        fresh = is_complete(ev_cfg)
     if fresh:
         console.print(f"evaluate: report up to date, skipped ({job.report_dir})",
                       highlight=False)

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.models.tokenizer import train_bpe_tokenizer
-from stages.evaluate import EvaluateConfig, inputs_fingerprint, is_up_to_date, run
+from stages.evaluate import EvaluateConfig, inputs_fingerprint, is_complete, run
 from stages.label import LabelConfig
 from stages.label import run as label
 from stages.train import TrainConfig
@@ -121,7 +121,7 @@ def test_distilled_student_beats_random_init(pair):
 @pytest.mark.slow
 def test_fingerprint_tracks_inputs(pair, tmp_path):
     d, cfg, _ = pair
-    assert is_up_to_date(cfg)
+    assert is_complete(cfg)
     runs = tmp_path / "runs"
     shutil.copytree(d / "runs", runs)
     copy = fast(labels=cfg.labels, runs=[str(runs / "random"), str(runs / "kd")],

@@ -219,3 +219,21 @@ def test_resume_drops_metrics_after_the_checkpoint_and_a_cut_line(tmp_path, labe
     again = StudentRun(spec, d, torch.device("cpu"), labeled / "tokenizer.json", 10)
     assert again.load_checkpoint()["step"] == 2 and again.step == 2
     assert [r["step"] for r in _metrics(d)] == [1, 2]
+
+
+def test_is_complete_is_the_skip_test_run_applies(tmp_path, labeled):
+    """The stage owns its completion: `pipeline run` asks stages.train.is_complete, which must
+    say "to run" exactly when `run` would train (unfinished, or another length or config)."""
+    from stages.train import is_complete
+
+    path = student(tmp_path, "s", max_steps=4, checkpoint_every=2)
+    cfg = TrainConfig(labels=str(labeled), students=[path], out=str(tmp_path / "runs"),
+                      device="cpu", quiet=True)
+    assert not is_complete(cfg)
+    run(cfg)
+    assert is_complete(cfg)
+    assert not is_complete(TrainConfig(**{**cfg.__dict__, "max_steps": 5}))
+    assert not is_complete(TrainConfig(**{**cfg.__dict__, "data_seed": 1}))
+    assert not is_complete(TrainConfig(**{**cfg.__dict__, "labels": str(tmp_path / "none")}))
+    (tmp_path / "runs" / "s" / "complete.json").unlink()
+    assert not is_complete(cfg)
