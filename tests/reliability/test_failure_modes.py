@@ -451,6 +451,12 @@ CASES = [
          "unbroken run's weights",
          checked_by=f"{INTERRUPTS}test_a_second_signal_or_a_slow_stop_exits_at_once_and_resume_"
                     "still_equals_unbroken"),
+    Case("train", "SIGTERM to the process group with `--workers N`",
+         "interrupted by SIGTERM: train stopped; to resume, run: pipeline train ... --workers 2 "
+         "--resume (exit 75)", 75,
+         "each student's last checkpoint; no worker process left; `--resume` finishes",
+         checked_by=f"{INTERRUPTS}test_train_on_dask_workers_stops_cleanly_on_sigterm_to_the_"
+                    "process_group"),
     Case("train", "under torchrun, SIGTERM to one rank (or to all)",
          "interrupted by a signal to another rank: train stopped at a step boundary, checkpoint "
          "saved for <name> at step <n>/<n>; to resume, run: pipeline train ... --resume (exit "

@@ -219,6 +219,15 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def assert_gone(pids: set[int]) -> None:
+    """The workers exit with their client (or are killed by it), within seconds."""
+    deadline = time.monotonic() + 10
+    while (alive := {p for p in pids if Path(f"/proc/{p}").exists()}) and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in alive]
+
+
 @pytest.mark.slow
 def test_label_on_dask_workers_stops_cleanly_on_sigint_to_the_process_group(tmp_path,
                                                                             tiny_corpus,
@@ -238,16 +247,38 @@ def test_label_on_dask_workers_stops_cleanly_on_sigint_to_the_process_group(tmp_
     assert err.strip().splitlines()[-1].startswith("interrupted by SIGINT: label stopped with ")
     assert "Traceback" not in err, err
     assert took < 30
-    deadline = time.monotonic() + 10  # the workers exit with their client (or are killed)
-    while (alive := {p for p in workers if Path(f"/proc/{p}").exists()}) and \
-            time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in alive]
+    assert_gone(workers)
     assert not (out / "manifest.json").exists()
     ref = tmp_path / "ref"
     label_here(tiny_corpus, tiny_teacher, ref, **opts)
     label_here(tiny_corpus, tiny_teacher, out, **opts)
     assert_same_dataset(out, ref)
+
+
+@pytest.mark.slow
+def test_train_on_dask_workers_stops_cleanly_on_sigterm_to_the_process_group(cli, small_dataset,
+                                                                             tmp_path):
+    """Each student is a task on a worker: the client stops, the cluster closes with it, and
+    --resume continues every student from its last checkpoint."""
+    student = write_student(tmp_path, "d", max_steps=600, epochs=None, checkpoint_every=50)
+    args = train_args(small_dataset, student, tmp_path / "runs")
+    proc = start([*args, "--workers", "2"], tmp_path)
+    logged = tmp_path / "runs" / "d" / "metrics.jsonl"
+    wait_for(proc, lambda: logged.exists() and len(logged.read_text().splitlines()) > 5,
+             "5 steps on a worker")
+    workers = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, err, took = finish(proc)
+
+    assert code == EXIT, err
+    assert err.strip().splitlines() == [
+        "interrupted by SIGTERM: train stopped; to resume, run: pipeline "
+        f"{' '.join(map(str, args))} --workers 2 --resume (exit 75)"], err
+    assert took < 30
+    assert_gone(workers)
+    code, _, err = cli(*args, "--resume")
+    assert code == 0, err
+    assert json.loads((tmp_path / "runs" / "d" / "complete.json").read_text())["step"] == 600
 
 
 @pytest.mark.slow
