@@ -21,7 +21,13 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
-from tests.reliability.conftest import assert_same_dataset, label_argv, label_here, write_student
+from tests.reliability.conftest import (
+    assert_same_dataset,
+    label_argv,
+    label_here,
+    train_unbroken,
+    write_student,
+)
 from tests.reliability.test_train_kills import GPT_DROPOUT, metrics, train_args
 
 EXIT = 75
@@ -94,14 +100,8 @@ def latest_step(run_dir: Path) -> int:
 
 @pytest.fixture(scope="module")
 def reference(small_dataset, tmp_path_factory):
-    """The same student trained without interruption (in process, one thread)."""
-    from stages.train import TrainConfig, run
-
-    tmp = tmp_path_factory.mktemp("interrupt-ref")
-    student = write_student(tmp, "k", GPT_DROPOUT, **TRAIN)
-    run(TrainConfig(labels=str(small_dataset), students=[str(student)], out=str(tmp / "runs"),
-                    device="cpu", quiet=True))
-    return student, tmp / "runs" / "k"
+    return train_unbroken(small_dataset, tmp_path_factory.mktemp("interrupt-ref"), GPT_DROPOUT,
+                          **TRAIN)
 
 
 @pytest.mark.slow
