@@ -39,13 +39,27 @@ def local_cluster(n_workers: int, gpus: int | None = None):
     quiet = {"silence_logs": logging.ERROR}
     if not gpus:
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                            dashboard_address=":0", **quiet)
+                            dashboard_address=":0", preload=[__name__], **quiet)
     # LocalCluster gives every worker the same options; SpecCluster lets each get its own GPU.
     workers = {i: {"cls": Nanny, "options": {
-        "nthreads": 1, "resources": {"GPU": 1},
+        "nthreads": 1, "resources": {"GPU": 1}, "preload": [__name__],
         "env": {"CUDA_VISIBLE_DEVICES": str(i % gpus)}}} for i in range(n_workers)}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
     return SpecCluster(workers=workers, scheduler=scheduler, **quiet)
+
+
+def dask_setup(worker) -> None:
+    """Preloaded into every local worker process (dask calls it on start): Ctrl-C and a
+    scheduler's SIGTERM reach the whole process group, but stopping is the client's job
+    (pipeline/interrupt.py): it closes the cluster, which ends each worker (SIGKILL if need be;
+    a worker also exits when the client's process is gone). So a worker ignores them, instead
+    of dying mid-task with a traceback and being restarted by its nanny during the shutdown."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _visible_gpus() -> int:

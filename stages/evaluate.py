@@ -145,8 +145,8 @@ def _score(cfg: EvaluateConfig, ds: SoftLabelDataset, models: list[_Model], devi
     if cfg.max_rows:
         total_rows = min(total_rows, cfg.max_rows)
     done = 0
-    with positions_progress(disable=cfg.quiet) as progress:
-        task = progress.add_task("evaluating", total=total_rows * ds.seq_len, rate="")
+    with positions_progress(disable=cfg.quiet, stage="evaluate") as progress:
+        task = progress.add_task("evaluate", total=total_rows * ds.seq_len, rate="", unit="pos")
         start = time.perf_counter()
         for shard in shards:
             ds.verify_checksum(shard)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import pipeline
+from pipeline import interrupt
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.io.atomic import write_json as write_json_atomic
@@ -302,7 +303,10 @@ def run(cfg: LabelConfig) -> dict:
             return json.loads(store.read_bytes(MANIFEST))
         store.remove(MANIFEST)
         work = _shard_work(cfg, plan, spec, tokenizer, teacher)
-        new = _label_missing(cfg, plan, work, teacher, device, spill, set(records), client)
+        try:
+            new = _label_missing(cfg, plan, work, teacher, device, spill, set(records), client)
+        except interrupt.Interrupted as exc:
+            raise interrupt.Interrupted(exc.signum, _stopped(store, plan)) from None
         all_records = list(records.values()) + new
         _check_complete(plan, all_records)
         store.put_file(tokenizer.path, "tokenizer.json")
@@ -310,6 +314,14 @@ def run(cfg: LabelConfig) -> dict:
         write_card(store, manifest)
         _write_json(store, MANIFEST, manifest)  # the commit point: always last
         return manifest
+
+
+def _stopped(store: Store, plan: dict) -> str:
+    """What a stop kept: the shards with a completion record (the shard in flight has none)."""
+    done = sum(len(store.listdir(f"{PROGRESS_DIR}/{split}"))
+               for split in {s["split"] for s in plan["shards"]})
+    return (f"label stopped with {done} of {len(plan['shards'])} shards complete (a shard in "
+            "flight is discarded, never half-kept)")
 
 
 def _client(cfg: LabelConfig):
@@ -347,12 +359,14 @@ def _check_complete(plan: dict, records: list[dict]) -> None:
 
 @contextlib.contextmanager
 def _progress(total: int, quiet: bool):
-    """A positions/s bar; yields `advance(n)` for teacher batches or finished tasks."""
-    with positions_progress(disable=quiet) as progress:
-        task = progress.add_task("labeling", total=total, rate="")
+    """A positions/s bar; yields `advance(n)` for teacher batches or finished tasks, which is
+    also where a SIGINT/SIGTERM stops in-process labeling: between two teacher batches."""
+    with positions_progress(disable=quiet, stage="label") as progress:
+        task = progress.add_task("label", total=total, rate="", unit="pos")
         start = time.perf_counter()
 
         def advance(n):
+            interrupt.check()
             progress.advance(task, n)
             done_n = progress.tasks[task].completed
             progress.update(task, rate=rate_text(done_n, time.perf_counter() - start))
@@ -366,9 +380,10 @@ def _label_missing(cfg, plan, work, teacher, device, spill: ShardSpill, done: se
     total = sum(s["rows"] for s in todo) * cfg.seq_len
     inputs = (spill.get(s["split"], s["index"]) for s in todo)  # the planned inputs, exactly
     with _progress(total, cfg.quiet) as advance:
-        if client is not None:
+        if client is not None:  # a signal interrupts the wait; the cluster's exit stops workers
             return label_on_cluster(client, work, inputs, advance)
-        return label_in_process(work, inputs, teacher and teacher.model, device, advance)
+        with interrupt.deferred():  # stop between teacher batches; the writer finishes its queue
+            return label_in_process(work, inputs, teacher and teacher.model, device, advance)
 
 
 def config_dict(cfg: LabelConfig) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline import interrupt
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.hashing import sha256_file
@@ -200,7 +201,8 @@ def _stream_settings(sc: StreamConfig) -> dict:
             "consumers": sc.consumers}
 
 
-def _after_step(run: StudentRun, val: list[dict], settings: dict, pass_rate: float) -> None:
+def _after_step(run: StudentRun, val: list[dict], settings: dict, pass_rate: float) -> bool:
+    """Log, evaluate, checkpoint and complete as the student file says; True if it saved."""
     t = run.spec.train
     evaluate = run.step % t.eval_every == 0 or run.done
     if run.step % t.log_every == 0 or evaluate:
@@ -208,10 +210,25 @@ def _after_step(run: StudentRun, val: list[dict], settings: dict, pass_rate: flo
         if evaluate:
             record.update(run.evaluate(val[:t.eval_batches]))
         run.append_metrics(record)
-    if run.step % t.checkpoint_every == 0 or run.done:
+    saved = run.step % t.checkpoint_every == 0 or run.done
+    if saved:
         run.save_checkpoint(settings)
     if run.done:
         _complete(run, pass_rate)
+    return saved
+
+
+def _stop(runs: list[StudentRun], settings: dict, saved: dict) -> None:
+    """SIGINT/SIGTERM (on any rank): checkpoint every unfinished student at the step it has
+    reached (unless it just did), so a resume loses nothing, then raise Interrupted."""
+    left = [r for r in runs if not r.done]
+    for r in left:
+        if saved.get(id(r)) != r.step:
+            r.save_checkpoint(settings)
+    ddp.barrier()  # torchrun: rank 0 has written before any rank exits (its exit kills the rest)
+    where = ", ".join(f"{r.spec.name} at step {r.step}/{r.total_steps}" for r in left)
+    raise interrupt.Interrupted(interrupt.requested(),
+                                f"train stopped at a step boundary, checkpoint saved for {where}")
 
 
 def _complete(run: StudentRun, pass_rate: float | None) -> None:
@@ -232,7 +249,10 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
     reader = ddp.reader(ds, sc, verify=False, pin_memory=device.type == "cuda")
     if reader.rows == 0:
         raise PipelineError(f"dataset {ds.root} has no training rows (split 'train' is empty)")
+    if ddp.agree_to_stop(interrupt.requested() is not None):  # before this group starts
+        raise interrupt.Interrupted(interrupt.requested())
     runs = _open_runs(todo, reader, ds, cfg, device, on_checkpoint)
+    saved = {id(r): r.step for r in runs}  # the step of each student's latest checkpoint
     settings = _stream_settings(sc)
     val = _validation_batches(ds, batch_size, max(r.spec.train.eval_batches for r in runs),
                               device)
@@ -241,9 +261,9 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
             _complete(r, None)
     active = [r for r in runs if not r.done]
     epoch, pos = min((r.position for r in active), default=(0, 0))
-    with positions_progress(disable=cfg.quiet or not ddp.is_main()) as progress:
+    with positions_progress(disable=cfg.quiet or not ddp.is_main(), stage="train") as progress:
         tasks = {id(r): progress.add_task(r.spec.name, total=r.total_steps, completed=r.step,
-                                          rate="") for r in runs}
+                                          rate="", unit="steps") for r in runs}
         start, seen, lengths = time.perf_counter(), 0, {}
         for e, p, batch in (reader.iter_epochs(epoch, pos) if active else ()):
             if e not in lengths:  # once per epoch: it re-derives the epoch's plan
@@ -258,12 +278,16 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
                 r.train_step(batch)
                 r.epoch = e
                 r.position = (e, p + 1) if p + 1 < length else (e + 1, 0)
-                _after_step(r, val, settings, rate)
+                if _after_step(r, val, settings, rate):
+                    saved[id(r)] = r.step
                 progress.update(tasks[id(r)], completed=r.step,
-                                rate=rate_text(seen, time.perf_counter() - start, "tok"))
+                                rate=rate_text(seen, time.perf_counter() - start, "tok"),
+                                tokens_per_s=rate, loss=r.last_parts.get("loss"))
             active = [r for r in active if not r.done]
             if not active:
                 break
+            if ddp.agree_to_stop(interrupt.requested() is not None):  # every rank, every batch
+                _stop(runs, settings, saved)
 
 
 def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
@@ -295,9 +319,10 @@ def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
         for split in ("train", VALIDATION):  # every shard we will read, before the first step
             for shard in ds.shards.get(split, []):
                 ds.verify_checksum(shard)
-        for size in sorted({t[0].train.batch_size for t in todo}):
-            _train_group(ds, [t for t in todo if t[0].train.batch_size == size], cfg, device,
-                         on_checkpoint)
+        with interrupt.deferred():  # a signal stops the loop at the next step boundary
+            for size in sorted({t[0].train.batch_size for t in todo}):
+                _train_group(ds, [t for t in todo if t[0].train.batch_size == size], cfg,
+                             device, on_checkpoint)
         ddp.barrier()  # complete.json exists before any rank returns
     return {spec.name: out / spec.name for spec in specs}
 

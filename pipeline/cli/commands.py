@@ -9,20 +9,31 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline import interrupt, progress
+from pipeline.cli.summary import (
+    corpus_counts,
+    dataset_lines,
+    interrupted_line,
+    say,
+    train_lines,
+)
 from pipeline.errors import PipelineError
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Offline teacher labeling for knowledge distillation: label a corpus once "
                        "into Parquet soft labels, then train and evaluate many students from it.")
-tokenizer_app = typer.Typer(no_args_is_help=True, help="Tokenizer utilities.")
+tokenizer_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                            help="Tokenizer utilities.")
 app.add_typer(tokenizer_app, name="tokenizer")
 out = Console()
 err = Console(stderr=True)
@@ -35,10 +46,15 @@ def _global_options(
         help="S3-compatible endpoint for s3:// paths (e.g. http://minio:9000); sets "
              "AWS_ENDPOINT_URL for this command. Credentials and region come from the usual AWS "
              "environment."),
+    log_format: Literal["auto", "plain", "json"] = typer.Option(
+        "auto", "--log-format", envvar=progress.FORMAT_ENV,
+        help="Progress on stderr: auto (bars on a terminal, else a plain line every "
+             f"${progress.INTERVAL_ENV} s, default 30), plain, or json (JSON lines)."),
 ) -> None:
     from pipeline.io.storage import set_endpoint_url
 
     set_endpoint_url(endpoint_url)
+    progress.set_log_format(log_format)
 
 
 @app.command()
@@ -99,9 +115,8 @@ def label(
         top_p=top_p, min_k=min_k, max_k=max_k, samples=samples,
         proposal_temperature=proposal_temperature, seed=seed, u8_min_logprob=u8_min_logprob,
         trust_remote_code=trust_remote_code))
-    s = manifest["summary"]
-    out.print(f"dataset {out_dir}: {s['rows']:,} rows, {s['positions']:,} positions, "
-              f"{s['bytes']:,} bytes ({s['bytes_per_position']:.2f} B/position)")
+    for line in dataset_lines(manifest, out_dir):
+        say(out, line)
 
 
 @app.command()
@@ -142,12 +157,8 @@ def train(
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return
     for name, s in summaries(runs).items():
-        val = s.get("val_loss")
-        out.print(f"{name}: {s['step']} steps, {s['tokens']:,} tokens, final loss "
-                  f"{s['final'].get('loss', float('nan')):.4f}"
-                  + (f", val_loss {val:.4f}" if val is not None else "")
-                  + f" → {_run_location(out_dir, name, runs[name])}",
-                  soft_wrap=True)
+        for line in train_lines(name, s, _run_location(out_dir, name, runs[name])):
+            say(out, line)
 
 
 def _run_location(out_dir: str, name: str, local) -> str:
@@ -193,6 +204,7 @@ def inspect(dataset: str = typer.Argument(..., help="Dataset directory or URI.")
     for split, shards in m["splits"].items():
         rows.append((f"split {split}", f"{len(shards)} shards, "
                      f"{sum(s['rows'] for s in shards):,} rows"))
+    rows += corpus_counts(m)
     mass = m["summary"].get("mean_topk_mass")
     rows.append(("mean top-k mass", "-" if mass is None else f"{mass:.4f}"))
     rows.append(("bytes/position", f"{m['summary']['bytes_per_position']:.2f}"))
@@ -301,9 +313,17 @@ def tokenizer_train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console entry point; `argv` (default: sys.argv[1:]) lets tests run it in process."""
+    """The console entry point; `argv` (default: sys.argv[1:]) lets tests run it in process.
+    SIGINT/SIGTERM stop the command cleanly (pipeline/interrupt.py): one line, exit 75."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, prog_name="pipeline")
+        with interrupt.handling():
+            app(args=argv, prog_name="pipeline")
+    except interrupt.Interrupted as exc:
+        if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for all ranks
+            err.print(escape(interrupted_line(exc, argv, set(app_verbs()))), highlight=False,
+                      soft_wrap=True)
+        sys.exit(interrupt.EXIT_INTERRUPTED)
     except PipelineError as exc:
         # escape: messages name TOML sections like [corpus], which rich would eat as markup
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -316,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:
         msg = f"writing {where} failed: {exc.strerror} (disk full? free space and rerun)"
         err.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def app_verbs() -> list[str]:
+    return [c.name or c.callback.__name__ for c in app.registered_commands]
 
 
 if __name__ == "__main__":

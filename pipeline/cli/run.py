@@ -21,8 +21,10 @@ from pathlib import Path
 from rich.console import Console
 
 from pipeline.cli.jobs import Job, StudentEntry, load_job
+from pipeline.cli.summary import dataset_lines, say
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluation.report import print_leaderboard
+from pipeline.interrupt import Interrupted
 from pipeline.io.locking import LOCK, DirLock
 from stages import label as label_stage
 from stages.evaluate import EvaluateConfig, is_complete, load_results
@@ -135,9 +137,13 @@ def plan(job: Job) -> list[StageState]:
 
 @contextlib.contextmanager
 def _stage(name: str, job: Job):
-    """Turn any failure inside a stage into one line that names the stage."""
+    """Turn any failure inside a stage into one line that names the stage; a stop (SIGINT/SIGTERM)
+    is told as the stage it interrupted."""
     try:
         yield
+    except Interrupted as exc:
+        exc.stage = name
+        raise
     except ConfigError as exc:
         raise ConfigError(f"stage {name} failed: {exc}") from exc
     except PipelineError as exc:
@@ -152,20 +158,20 @@ def _stage(name: str, job: Job):
 
 
 def print_plan(job: Job, states: list[StageState], console: Console) -> None:
-    console.print(f"job {job.name} ({job.path}) → {job.out}", highlight=False)
+    say(console, f"job {job.name} ({job.path}) → {job.out}")
     for i, s in enumerate(states, 1):
-        status = "[green]complete, skip[/green]" if s.done else "[yellow]to run[/yellow]"
-        console.print(f"  {i}. {s.name:<9} {status}  {s.detail}", highlight=False,
-                      soft_wrap=True)
+        say(console, f"  {i}. {s.name:<9} {'complete, skip' if s.done else 'to run'}")
+        say(console, f"     {s.detail}")
 
 
-def _timed(console: Console, name: str, job: Job, fn) -> None:
+def _timed(console: Console, name: str, job: Job, fn):
     console.print(f"{name}: running", highlight=False)
     start, cpu = time.perf_counter(), _cpu_seconds()
     with _stage(name, job):
-        fn()
+        result = fn()
     console.print(f"{name}: done in {time.perf_counter() - start:.1f} s "
                   f"({_cpu_seconds() - cpu:.1f} CPU-s)", highlight=False)
+    return result
 
 
 def _cpu_seconds() -> float:
@@ -186,7 +192,7 @@ def run(cfg: RunConfig, console: Console | None = None) -> dict:
         print_plan(job, states, console)
         return {"stages": {s.name: "skipped" if s.done else "planned" for s in states},
                 "results": None, "report": str(job.report_dir)}
-    console.print(f"job {job.name} ({job.path}) → {job.out}", highlight=False)
+    say(console, f"job {job.name} ({job.path}) → {job.out}")
     with _job_lock(job):
         return _run_stages(job, cfg, console)
 
@@ -213,7 +219,10 @@ def _run_stages(job: Job, cfg: RunConfig, console: Console) -> dict:
     if label.done:
         console.print(f"label: complete, skipped ({job.labels_dir})", highlight=False)
     else:
-        _timed(console, "label", job, lambda: label_stage.run(label_config(job, cfg.quiet)))
+        manifest = _timed(console, "label", job,
+                          lambda: label_stage.run(label_config(job, cfg.quiet)))
+        for line in dataset_lines(manifest, str(job.labels_dir)):
+            say(console, line)
     ran["label"] = "skipped" if label.done else "ran"
 
     train, todo = _train_state(job)

@@ -207,29 +207,62 @@ def read_metrics_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def plot_training_curves(rows: list[dict], path: Path) -> bool:
-    """Train loss and validation loss against step for every run; False if none has metrics."""
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    drawn = False
+# (metric key for the line, metric key for the dots, panel title): quantities that mean the same
+# for every run. Not the total loss: a KD student's is α·KD + (1−α)·CE, a baseline's pure CE, and
+# one axis holding both reads as "distillation halves the loss".
+CURVE_PANELS = (("ce", "val_ce", "cross-entropy of the next token, nats (train line, validation "
+                 "dots)"),
+                ("kd", "val_kd", "KD term of the loss (runs that distil), nats"))
+
+
+def training_curves(rows: list[dict]) -> list[list[tuple[str, str, list, list]]]:
+    """Per panel of CURVE_PANELS: (label, metric, steps, values) of every run that logged it."""
+    panels: list[list] = [[] for _ in CURVE_PANELS]
     for r in rows:
         if r.get("role") == "teacher" or not r.get("path"):
             continue
         recs = read_metrics_jsonl(Path(r["path"]) / "metrics.jsonl")
-        for ax, key, style in ((ax_train, "loss", {}), (ax_val, "val_loss", {"marker": "o"})):
-            pts = [(x["step"], x[key]) for x in recs if "step" in x and key in x]
-            if pts:
-                ax.plot([s for s, _ in pts], [v for _, v in pts], label=r["name"], **style)
-                drawn = True
-    for ax, title in ((ax_train, "training loss"), (ax_val, "validation loss")):
+        label = f"{r['name']} ({_loss_kind(Path(r['path']))})"
+        for series, keys in zip(panels, CURVE_PANELS):
+            for key in keys[:2]:
+                pts = [(x["step"], x[key]) for x in recs if "step" in x and key in x]
+                if pts:
+                    series.append((label, key, [s for s, _ in pts], [v for _, v in pts]))
+    return panels
+
+
+def _loss_kind(run_dir: Path) -> str:
+    """The run's [loss] kind from its config.toml (the KD terms of two kinds differ)."""
+    import tomllib
+
+    try:
+        return tomllib.loads((run_dir / "config.toml").read_text())["loss"]["kind"]
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return "?"
+
+
+def plot_training_curves(rows: list[dict], path: Path) -> bool:
+    """Cross-entropy (train and validation) and, where it exists, the KD term against step for
+    every run, each on its own axis; False if no run has metrics."""
+    panels = [(title, series) for (_, _, title), series
+              in zip(CURVE_PANELS, training_curves(rows)) if series]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels):
+        colors: dict[str, str] = {}  # a run's validation dots take its training line's colour
+        for label, key, steps, values in series:
+            dots = key.startswith("val_")
+            line = ax.plot(steps, values, "o" if dots else "-", markersize=4,
+                           color=colors.get(label), label=None if dots else label)[0]
+            colors.setdefault(label, line.get_color())
         ax.set_xlabel("step")
-        ax.set_title(title)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    if drawn:
-        fig.savefig(path, dpi=110, metadata={"Software": MARK})
+    fig.savefig(path, dpi=110, metadata={"Software": MARK})
     plt.close(fig)
-    return drawn
+    return True
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -264,5 +297,8 @@ def render_markdown(results: dict, has_curves: bool) -> str:
         "**speed** = tok/s ÷ teacher tok/s; **size** = params ÷ teacher params.", "",
         f"![fidelity vs size]({PARETO_PNG})", ""]
     if has_curves:
-        parts += [f"![training curves]({CURVES_PNG})", ""]
+        parts += [f"![training curves]({CURVES_PNG})", "",
+                  "Training curves: next-token cross-entropy (train line, validation dots) of "
+                  "every run, and the KD term of the distilled runs on its own axis; not the "
+                  "total loss, which for a KD student mixes KD and CE.", ""]
     return "\n".join(parts)

@@ -37,8 +37,8 @@ def train_on_cluster(cfg, student_paths: list[str], task) -> list[dict]:
                    workers=None, scheduler=None, resume=True, quiet=True)
     run_id = uuid.uuid4().hex[:8]
     with open_client(cfg.workers, cfg.scheduler) as client, \
-            positions_progress(disable=cfg.quiet) as progress:
-        bar = progress.add_task("students", total=len(student_paths), rate="")
+            positions_progress(disable=cfg.quiet, stage="train") as progress:
+        bar = progress.add_task("students", total=len(student_paths), rate="", unit="students")
         futures = [client.submit(task,
                                  replace(base, students=[str(Path(p).resolve())]),
                                  key=f"train-{Path(p).stem}-{run_id}", pure=False)

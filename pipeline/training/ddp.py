@@ -10,6 +10,8 @@ no-op and the trainer is exactly the single-process one. The trainer asks this m
 - `reader(...)`: every rank must take the same number of optimizer steps (DDP all-reduces at
   each one), so a distributed epoch is as long as its shortest rank; the longer ranks drop their
   last batch or so. The lengths come from Parquet metadata, so no communication is needed;
+- `agree_to_stop(flag)`: one all-reduce per step, so every rank stops at the same step when
+  any of them got SIGINT/SIGTERM (pipeline/interrupt.py);
 - `student_run(...)`: a StudentRun whose model is wrapped in DistributedDataParallel (gradients
   averaged across ranks in backward), whose logged losses are averaged across ranks, and which
   writes checkpoints and metrics on rank 0 only. Checkpoints hold the plain model, so a run
@@ -79,6 +81,24 @@ def setup(device_name: str = "auto") -> torch.device:
 def barrier() -> None:
     if _rank.active:
         dist.barrier()
+
+
+def agree_to_stop(asked: bool) -> bool:
+    """Whether any rank was asked to stop (SIGINT/SIGTERM), the same answer on every rank: the
+    ranks get a signal at different moments, and a rank that stopped alone would leave the
+    others waiting in their next all-reduce. Called by every rank at the same step."""
+    if not _rank.active:
+        return asked
+    flag = torch.tensor([int(asked)], device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _collective_device() -> torch.device:
+    """nccl reduces CUDA tensors only; gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def for_rank(sc: StreamConfig) -> StreamConfig:

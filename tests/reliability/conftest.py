@@ -53,6 +53,17 @@ def write_student(tmp_path: Path, name: str = "s", body: str = TINY_GPT, **train
     return path
 
 
+def train_unbroken(dataset: Path, tmp: Path, body: str, **train) -> tuple[Path, Path]:
+    """Student "k" trained in process without interruption: (student file, run folder), the
+    reference a killed or interrupted and resumed run must equal."""
+    from stages.train import TrainConfig, run
+
+    student = write_student(tmp, "k", body, **train)
+    run(TrainConfig(labels=str(dataset), students=[str(student)], out=str(tmp / "runs"),
+                    device="cpu", quiet=True))
+    return student, tmp / "runs" / "k"
+
+
 def edit_manifest(root: Path, fn) -> None:
     m = json.loads((root / "manifest.json").read_text())
     fn(m)

@@ -232,6 +232,7 @@ class Case:
 STORAGE_DOWN = "error: s3://<bucket>/<key>: object storage unreachable (<error>: " \
     "...); check that the server is up and AWS_ENDPOINT_URL (--endpoint-url) points at it, then " \
     "rerun: completed shards and checkpoints are kept"
+INTERRUPTS = "tests/reliability/test_interrupts.py::"
 SELF_PICKLE = "<dir>/model.safetensors is not a valid safetensors file (...); refusing to load " \
               "it - re-export the weights with safetensors"
 
@@ -324,6 +325,20 @@ CASES = [
          "killed", "completed shards; a rerun gives the identical dataset",
          checked_by="tests/reliability/test_label_kills.py::"
                     "test_sigkill_at_seeded_moments_then_rerun_equals_uninterrupted"),
+    Case("label", "SIGTERM or SIGINT (preemption, a time limit, Ctrl-C)",
+         "interrupted by SIGTERM: label stopped with <n> of <n> shards complete (a shard in "
+         "flight is discarded, never half-kept); to resume, run: pipeline label ... (exit 75)",
+         75, "completed shards (no partial one, no manifest); the rerun gives the identical "
+         "dataset",
+         checked_by=f"{INTERRUPTS}test_label_signal_keeps_finished_shards_and_rerun_equals_"
+                    "uninterrupted"),
+    Case("label", "Ctrl-C (SIGINT to the process group) with `--workers N`",
+         "interrupted by SIGINT: label stopped with <n> of <n> shards complete (...); to "
+         "resume, run: pipeline label ... --workers 2 (exit 75)", 75,
+         "completed shards; no worker process left, no worker traceback; the rerun gives the "
+         "identical dataset",
+         checked_by=f"{INTERRUPTS}test_label_on_dask_workers_stops_cleanly_on_sigint_to_the_"
+                    "process_group"),
     Case("label", "object storage server stops mid-run",
          STORAGE_DOWN, 1, "completed shards on the bucket; no manifest; a rerun once the server "
          "is back gives the identical dataset",
@@ -421,6 +436,35 @@ CASES = [
          "the last checkpoint; `--resume` gives bit-identical weights",
          checked_by="tests/reliability/test_train_kills.py::"
                     "test_sigkill_then_resume_gives_identical_weights"),
+    Case("train", "SIGTERM or SIGINT (preemption, a time limit, Ctrl-C)",
+         "interrupted by SIGTERM: train stopped at a step boundary, checkpoint saved for <name> "
+         "at step <n>/<n>; to resume, run: pipeline train ... --resume (exit 75)", 75,
+         "a checkpoint of the step in flight, even between `checkpoint_every` steps; "
+         "`--resume` gives the unbroken run's weights and metrics",
+         checked_by=f"{INTERRUPTS}test_train_signal_checkpoints_the_step_in_flight_and_resume_"
+                    "equals_unbroken"),
+    Case("train", "a second signal during that stop, or a stop longer than "
+         "`SOFTLABELS_STOP_GRACE_S` (25 s)",
+         "interrupted: second SIGTERM; exiting now (exit 75): the last checkpoint or shard on "
+         "disk stays the valid one and a rerun resumes", 75,
+         "the previous checkpoint (the half-written one is ignored); `--resume` gives the "
+         "unbroken run's weights",
+         checked_by=f"{INTERRUPTS}test_a_second_signal_or_a_slow_stop_exits_at_once_and_resume_"
+                    "still_equals_unbroken"),
+    Case("train", "SIGTERM to the process group with `--workers N`",
+         "interrupted by SIGTERM: train stopped; to resume, run: pipeline train ... --workers 2 "
+         "--resume (exit 75)", 75,
+         "each student's last checkpoint; no worker process left; `--resume` finishes",
+         checked_by=f"{INTERRUPTS}test_train_on_dask_workers_stops_cleanly_on_sigterm_to_the_"
+                    "process_group"),
+    Case("train", "under torchrun, SIGTERM to one rank (or to all)",
+         "interrupted by a signal to another rank: train stopped at a step boundary, checkpoint "
+         "saved for <name> at step <n>/<n>; to resume, run: pipeline train ... --resume (exit "
+         "75)", "75 (each rank; torchrun: 1)",
+         "every rank stopped after the same step, which rank 0 checkpointed; `--resume` gives "
+         "the unbroken run's weights",
+         checked_by="tests/e2e/test_torchrun.py::"
+                    "test_sigterm_to_one_rank_stops_every_rank_at_the_same_step"),
     Case("train", "object storage server stops mid-run (`--out s3://...`)",
          STORAGE_DOWN, 1, "the checkpoints uploaded so far; no complete.json; `--resume` "
          "once the server is back gives bit-identical weights",
@@ -475,6 +519,12 @@ CASES = [
          "earlier stages' outputs; a rerun resumes",
          lambda e: ["run", job(e, corpus=e.tmp / "nope"), "--quiet"],
          lambda e: _no_job_output(e, "labels/manifest.json")),
+    Case("run", "SIGTERM or SIGINT during a stage",
+         "interrupted by SIGTERM during stage train: train stopped at a step boundary, "
+         "checkpoint saved for <name> at step <n>/<n>; to resume, run: pipeline run <file> "
+         "--quiet (exit 75)", 75,
+         "earlier stages' outputs and what the stage kept; the rerun skips what is complete",
+         checked_by=f"{INTERRUPTS}test_run_names_the_stage_it_interrupted_and_a_rerun_finishes"),
 ]
 
 

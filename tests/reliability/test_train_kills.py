@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
-from tests.reliability.conftest import write_student
+from tests.reliability.conftest import train_unbroken
 
 SEED = 7
 GPT_DROPOUT = '[model]\nfamily = "gpt"\nn_layer = 1\nn_head = 2\nd_model = 16\ndropout = 0.1\n'
@@ -102,13 +102,8 @@ def metrics(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reference(small_dataset, tmp_path_factory):
-    from stages.train import TrainConfig, run
-
-    tmp = tmp_path_factory.mktemp("train-ref")
-    student = write_student(tmp, "k", GPT_DROPOUT, **TRAIN)
-    run(TrainConfig(labels=str(small_dataset), students=[str(student)], out=str(tmp / "runs"),
-                    device="cpu", quiet=True))
-    return student, tmp / "runs" / "k"
+    return train_unbroken(small_dataset, tmp_path_factory.mktemp("train-ref"), GPT_DROPOUT,
+                          **TRAIN)
 
 
 @pytest.mark.slow
