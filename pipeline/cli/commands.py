@@ -146,15 +146,15 @@ def train(
         out.print(f"{name}: {s['step']} steps, {s['tokens']:,} tokens, final loss "
                   f"{s['final'].get('loss', float('nan')):.4f}"
                   + (f", val_loss {val:.4f}" if val is not None else "")
-                  + f" → {_run_location(out_dir, name, runs[name])}",
+                  + f" → {_run_location(out_dir, name)}",
                   soft_wrap=True)
 
 
-def _run_location(out_dir: str, name: str, local) -> str:
-    """Where a run folder lives: the URI for --out on object storage (trained in staging)."""
-    from pipeline.io.storage import is_remote
+def _run_location(out_dir: str, name: str) -> str:
+    """Where a run folder lives: in --out, even where it was trained in a staging copy."""
+    from pipeline.io.storage import Store
 
-    return f"{out_dir.rstrip('/')}/{name}" if is_remote(out_dir) else str(local)
+    return str(Store(out_dir).locate(name))
 
 
 @app.command()

@@ -32,8 +32,9 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluation.report import print_leaderboard
 from pipeline.io.locking import LOCK, DirLock
 from pipeline.softlabels.reader import SoftLabelDataset
+from pipeline.training.layout import COMPLETE, CONFIG
 from stages import label as label_stage
-from stages.evaluate import COMPLETE, EvaluateConfig, is_up_to_date, load_results
+from stages.evaluate import EvaluateConfig, is_up_to_date, load_results
 from stages.label import LabelConfig
 
 ERROR_LOG = "run-error.log"
@@ -115,14 +116,14 @@ def _student_complete(job: Job, s: StudentEntry, ds, tcfg) -> bool:
     from stages.train import resolved_config
 
     run_dir = job.runs_dir / s.name
-    if not (run_dir / COMPLETE).is_file() or not (run_dir / "config.toml").is_file():
+    if not (run_dir / COMPLETE).is_file() or not (run_dir / CONFIG).is_file():
         return False
     try:
         spec = load_student(s.path) if s.path else parse_student(s.inline, s.name)
         spec = resolve_for_dataset(with_overrides(spec, tcfg.max_steps, tcfg.epochs),
                                    ds.vocab_size, ds.seq_len)
         want = resolved_config(spec, ds, tcfg)
-        have = tomllib.loads((run_dir / "config.toml").read_text())
+        have = tomllib.loads((run_dir / CONFIG).read_text())
     except (PipelineError, tomllib.TOMLDecodeError):
         return False  # train will report it
     for cfg in (want, have):  # the dataset path may be spelled differently; its hash may not

@@ -21,7 +21,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.io.atomic import write_json as write_json_atomic  # noqa: E402
+from pipeline.io.storage import Store  # noqa: E402
+from pipeline.training.layout import METRICS  # noqa: E402
 
 RESULTS_JSON, RESULTS_PARQUET, REPORT_MD = "results.json", "results.parquet", "report.md"
 PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"
@@ -167,7 +168,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(rows: list[dict], path: Path) -> None:
+def plot_pareto(rows: list[dict]):
+    """Fidelity (tail KL, or CE without soft labels) against parameters, the Pareto front
+    drawn."""
     metric = "kl_tail" if any(not _missing(r.get("kl_tail")) for r in rows) else "ce"
     pts = [r for r in rows if not _missing(r.get(metric))]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -191,8 +194,7 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
     ax.set_title("fidelity vs size (lower-left is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": MARK})
-    plt.close(fig)
+    return fig
 
 
 def read_metrics_jsonl(path: Path) -> list[dict]:
@@ -207,14 +209,14 @@ def read_metrics_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def plot_training_curves(rows: list[dict], path: Path) -> bool:
-    """Train loss and validation loss against step for every run; False if none has metrics."""
+def plot_training_curves(rows: list[dict]):
+    """Train loss and validation loss against step for every run; None if none has metrics."""
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
     drawn = False
     for r in rows:
         if r.get("role") == "teacher" or not r.get("path"):
             continue
-        recs = read_metrics_jsonl(Path(r["path"]) / "metrics.jsonl")
+        recs = read_metrics_jsonl(Path(r["path"]) / METRICS)
         for ax, key, style in ((ax_train, "loss", {}), (ax_val, "val_loss", {"marker": "o"})):
             pts = [(x["step"], x[key]) for x in recs if "step" in x and key in x]
             if pts:
@@ -227,21 +229,32 @@ def plot_training_curves(rows: list[dict], path: Path) -> bool:
             ax.legend(fontsize=8)
     fig.tight_layout()
     if drawn:
-        fig.savefig(path, dpi=110, metadata={"Software": MARK})
+        return fig
     plt.close(fig)
-    return drawn
+    return None
 
 
-def write_report(results: dict, out: Path) -> None:
-    """results.json, results.parquet, the PNG plots and report.md (results.json last: it is the
-    completion record `pipeline run` checks)."""
-    out.mkdir(parents=True, exist_ok=True)
+def _save_png(store: Store, name: str, fig) -> None:
+    with store.writing(name) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": MARK})
+    plt.close(fig)
+
+
+def write_report(results: dict, out) -> None:
+    """The report files in REPORT_FILES order into a folder, URI or Store, each committed whole
+    by the storage layer (renamed into place, or uploaded), results.json last: it is the
+    completion record `pipeline run` checks."""
+    store = Store.of(out)
+    store.makedirs()
     rows = results["rows"]
-    write_parquet(rows, out / RESULTS_PARQUET)
-    plot_pareto(rows, out / PARETO_PNG)
-    has_curves = plot_training_curves(rows, out / CURVES_PNG)
-    (out / REPORT_MD).write_text(render_markdown(results, has_curves))
-    write_json_atomic(out / RESULTS_JSON, results)
+    with store.writing(RESULTS_PARQUET) as tmp:
+        write_parquet(rows, tmp)
+    _save_png(store, PARETO_PNG, plot_pareto(rows))
+    curves = plot_training_curves(rows)
+    if curves is not None:
+        _save_png(store, CURVES_PNG, curves)
+    store.write_bytes(REPORT_MD, render_markdown(results, curves is not None).encode())
+    store.write_json(RESULTS_JSON, results)
 
 
 def render_markdown(results: dict, has_curves: bool) -> str:

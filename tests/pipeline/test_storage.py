@@ -10,9 +10,9 @@ import fsspec
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.io.remote import local_copy
-from pipeline.io.storage import Store, is_remote, safe_rel
+from pipeline.io.storage import Store, is_remote
 from pipeline.labeling.corpus import CorpusSpec, iter_documents
+from pipeline.softlabels.manifest import shard_rel
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.validate import validate_dataset
 from stages.label import LabelConfig, run
@@ -66,7 +66,7 @@ def test_store_roundtrip(kind, tmp_path, mem):
                                  "shards/../../x.parquet", "shards\\..\\x.parquet"])
 def test_safe_rel_refuses_escapes(rel):
     with pytest.raises(PipelineError, match="escapes the dataset directory"):
-        safe_rel(rel, "s3://bucket/ds")
+        shard_rel(Store("s3://bucket/ds"), rel)
 
 
 def _upload(local, uri: str) -> None:
@@ -125,6 +125,10 @@ def test_remote_corpus_and_label_to_memory(tiny_corpus, tiny_teacher, local_ds, 
     want = json.loads((local_ds / "manifest.json").read_text())
     assert m["splits"] == want["splits"]  # the same bytes as a local run, shard by shard
     assert not Store(f"{mem}/ds").exists(".lock")
+
+
+def local_copy(uri: str):
+    return Store(uri).local_folder()
 
 
 def test_local_copy_refreshes_changed_files(tmp_path, mem, monkeypatch):
