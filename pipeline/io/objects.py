@@ -248,51 +248,33 @@ class ObjectFolder:
 
 
 class ObjectFile:
-    """A file on object storage with the few Path methods the corpus readers use (suffix, name,
-    open, read_bytes, relative_to), so local and remote corpora share one code path."""
+    """One object below an ObjectFolder with the few Path methods the corpus readers use
+    (suffix, open, read_bytes, relative_to), so local and remote corpora share one code path."""
 
-    def __init__(self, fs, path: str, protocol: str):
-        self.fs, self.path, self.protocol = fs, path.rstrip("/"), protocol
-        self._pure = PurePosixPath(self.path)
-
-    @property
-    def suffix(self) -> str:
-        return self._pure.suffix
-
-    @property
-    def name(self) -> str:
-        return self._pure.name
-
-    @property
-    def parent(self) -> "ObjectFile":
-        return ObjectFile(self.fs, str(self._pure.parent), self.protocol)
+    def __init__(self, folder: ObjectFolder, rel: str):
+        self.folder, self.rel = folder, rel
+        self.suffix = PurePosixPath(rel).suffix
 
     def open(self, mode: str = "rb"):
-        with remote_errors(str(self)):
-            return self.fs.open(self.path, mode)
+        return self.folder.open(self.rel, mode)
 
     def read_bytes(self) -> bytes:
-        with remote_errors(str(self)):
-            return self.fs.cat_file(self.path)
+        return self.folder.read_bytes(self.rel)
 
-    def is_relative_to(self, other: "ObjectFile") -> bool:
-        return self._pure.is_relative_to(other._pure)
+    def is_relative_to(self, other) -> bool:
+        return other is self.folder
 
-    def relative_to(self, other: "ObjectFile") -> PurePosixPath:
-        return self._pure.relative_to(other._pure)
+    def relative_to(self, other) -> PurePosixPath:
+        return PurePosixPath(self.rel)
 
     def __str__(self) -> str:
-        return f"{self.protocol}://{self.path}"
-
-    def __lt__(self, other: "ObjectFile") -> bool:
-        return self.path < other.path
+        return self.folder.locate(self.rel)
 
 
-def find_object_files(uri: str) -> tuple[ObjectFile, list[ObjectFile]] | None:
-    """(root, sorted files) of a remote object, prefix (recursively) or glob; None when nothing
-    matches."""
+def find_object_files(uri: str) -> tuple[ObjectFolder, list[ObjectFile]] | None:
+    """(root folder, sorted files below it) of a remote object, prefix (recursively) or glob;
+    None when nothing matches."""
     fs, path = filesystem(uri)
-    protocol = uri.split("://", 1)[0]
     with remote_errors(uri):
         if any(ch in path for ch in "*?["):
             files = sorted(p for p in fs.glob(path) if fs.isfile(p))
@@ -305,4 +287,6 @@ def find_object_files(uri: str) -> tuple[ObjectFile, list[ObjectFile]] | None:
             files, root = [], path
     if not files:
         return None
-    return ObjectFile(fs, root, protocol), [ObjectFile(fs, f, protocol) for f in files]
+    folder = ObjectFolder(f"{uri.split('://', 1)[0]}://{root}")
+    return folder, [ObjectFile(folder, PurePosixPath(f).relative_to(folder.base).as_posix())
+                    for f in files]
