@@ -62,6 +62,34 @@ def test_store_roundtrip(kind, tmp_path, mem):
         assert not list((tmp_path / "d").rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_writing_commits_whole_files_or_nothing(kind, tmp_path, mem):
+    store = Store(tmp_path / "d" if kind == "local" else mem)
+    with store.writing("sub/f.bin") as tmp:
+        tmp.write_bytes(b"new")
+        assert not store.exists("sub/f.bin")  # nothing under its name until committed
+    assert store.read_bytes("sub/f.bin") == b"new"
+    with pytest.raises(RuntimeError), store.writing("sub/f.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert store.read_bytes("sub/f.bin") == b"new" and store.listdir("sub") == ["f.bin"]
+    assert store.create_new("lock", b"1") and not store.create_new("lock", b"2")
+    assert store.read_bytes("lock") == b"1"
+    dest = tmp_path / "cache" / "f.bin"
+    got = store.fetch("sub/f.bin", dest, hashlib.sha256(b"new").hexdigest())
+    assert got.read_bytes() == b"new" and (got == dest) == (kind == "memory")
+
+
+def test_inside_refuses_a_link_out_of_a_local_folder(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "outside.parquet").write_bytes(b"x")
+    (tmp_path / "d" / "link.parquet").symlink_to(tmp_path / "outside.parquet")
+    store = Store(tmp_path / "d")
+    assert store.inside("./a//b.parquet") == "a/b.parquet"
+    with pytest.raises(PipelineError, match="escapes the folder"):
+        store.inside("link.parquet")
+
+
 @pytest.mark.parametrize("rel", ["../x.parquet", "/abs.parquet", "s3://other/x.parquet", "",
                                  "shards/../../x.parquet", "shards\\..\\x.parquet"])
 def test_safe_rel_refuses_escapes(rel):
