@@ -15,6 +15,7 @@ import torch
 
 from pipeline.models.checkpoint import load_model_dir
 from pipeline.models.loaded import LoadedModel
+from pipeline.softlabels.layout import TOKENIZER
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader
 from pipeline.training.students import StudentSpec, dumps_toml, load_student, resolve_for_dataset
@@ -125,7 +126,7 @@ class Context:
     def student_run(self, spec: StudentSpec, ds: SoftLabelDataset, steps: int) -> StudentRun:
         """A fresh StudentRun (same seed → same initial weights every time); writes nothing."""
         return StudentRun(spec, self.work / "runs" / spec.name, self.device,
-                          ds.root / "tokenizer.json", steps)
+                          ds.root / TOKENIZER, steps)
 
     def batches(self, ds: SoftLabelDataset, split: str = "train", limit: int | None = None,
                 labels: bool = True) -> list[dict]:

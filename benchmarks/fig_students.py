@@ -18,6 +18,7 @@ from benchmarks.common import REPO, Context
 from benchmarks.profiling import cprofile_top
 from benchmarks.report import Figure
 from benchmarks.timing import interleaved, per_round, timed
+from pipeline.training.layout import COMPLETE
 from stages.train import TrainConfig
 from stages.train import run as train
 
@@ -45,7 +46,7 @@ def measure(ctx: Context) -> list[Figure]:
         def go() -> float:
             seconds = timed(lambda: train(configs[name]))
             if name in compute:
-                done = json.loads((runs / name / f"many-{name}" / "complete.json").read_text())
+                done = json.loads((runs / name / f"many-{name}" / COMPLETE).read_text())
                 compute[name].append(done["train_seconds"])
             return seconds
         return go

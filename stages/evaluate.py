@@ -10,8 +10,8 @@ and complete.json, the teacher, the settings) so `pipeline run` can skip an eval
 inputs have not changed.
 
 `--labels`, `--run`, `--teacher` and `--out` may be object-storage URIs (pipeline/io/storage.py:
-model folders are copied to a local cache; the report is written locally, then uploaded with
-results.json last); a model may be `hf:NAME_OR_PATH` or a Hugging Face folder.
+model folders are copied to a local cache; the report's files are committed one by one through
+the store, results.json last); a model may be `hf:NAME_OR_PATH` or a Hugging Face folder.
 """
 
 import json
@@ -36,16 +36,16 @@ from pipeline.evaluation.report import (
     sort_rows,
     write_report,
 )
-from pipeline.io.hashing import sha256_file, sha256_json
-from pipeline.io.storage import Store, is_remote, temporary_dir
+from pipeline.io.hashing import sha256_json
+from pipeline.io.storage import Store
 from pipeline.models.hf import HF_PREFIX
 from pipeline.models.loaded import WEIGHTS, LoadedModel
 from pipeline.models.loader import is_hf_spec, load_model_spec
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.reader import SoftLabelDataset
+from pipeline.training.layout import COMPLETE
 
 SPLIT = "validation"
-COMPLETE = "complete.json"
 warn = Console(stderr=True)
 
 
@@ -185,21 +185,18 @@ def inputs_fingerprint(cfg: EvaluateConfig) -> str:
 
 def _model_inputs(spec: str) -> dict:
     """A model's weights and completion record, hashed where they are (local or remote); a hub
-    model (hf:NAME) by name, a local HF folder by its safetensors files."""
-    target = spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
-    if is_hf_spec(spec) and not Path(target).is_dir() and not is_remote(target):
+    model (hf:NAME) by name, an HF folder by its safetensors files."""
+    store = Store(spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec)
+    if is_hf_spec(spec) and not store.isdir():
         return {"name": spec, "weights": None, "complete": None}
-    store = Store(target)
-    if store.remote:
-        def sha(name):
-            return store.sha256(name) if store.isfile(name) else None
-    else:
-        def sha(name):
-            return sha256_file(store.path(name)) if store.path(name).is_file() else None
+
+    def sha(name):
+        return store.sha256(name) if store.isfile(name) else None
+
     weights = sha(WEIGHTS)
-    if weights is None and not store.remote:  # a sharded HF folder
-        shards = sorted(Path(store.path()).glob("*.safetensors"))
-        weights = sha256_json([sha256_file(f) for f in shards]) if shards else None
+    if weights is None:  # a sharded HF folder
+        shards = [n for n in store.listdir() if n.endswith(".safetensors")]
+        weights = sha256_json([store.sha256(n) for n in shards]) if shards else None
     return {"name": model_name(spec), "weights": weights, "complete": sha(COMPLETE)}
 
 
@@ -255,18 +252,5 @@ def run(cfg: EvaluateConfig) -> dict:
                     "labels": f"{ds.spec.mode} k={ds.spec.k}", **scored},
         "settings": {**_settings(cfg), "bench": {**asdict(bench), "device": str(device)}},
         "rows": sort_rows(rows)}
-    _write(results, cfg.out)
+    write_report(results, Store(cfg.out))  # results.json, the completion record, last
     return results
-
-
-def _write(results: dict, out: str) -> None:
-    """The report folder; on object storage written locally, then uploaded (results.json,
-    the completion record, last)."""
-    store = Store(out)
-    if not store.remote:
-        return write_report(results, Path(out))
-    with temporary_dir() as tmp:
-        write_report(results, Path(tmp))
-        names = sorted(p.name for p in Path(tmp).iterdir() if p.name != RESULTS_JSON)
-        for name in [*names, RESULTS_JSON]:
-            store.put_file(Path(tmp) / name, name)

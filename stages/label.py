@@ -8,8 +8,9 @@ rerunning an interrupted one finishes it. With `--workers N` / `--scheduler ADDR
 as dask tasks instead (pipeline/labeling/shards.py); planning, resume and the manifest stay here, so
 both paths produce the same dataset.
 
-`--out` and `--corpus` may be object-storage URIs (pipeline/io/storage.py): shards and records are
-then whole objects and the manifest is still written last. `--teacher` may be `hf:NAME_OR_PATH`
+`--out` and `--corpus` may be object-storage URIs: every write goes through the storage layer
+(pipeline/io/storage.py), so shards and records are whole objects there and the manifest is still
+written last. `--teacher` may be `hf:NAME_OR_PATH`
 or a Hugging Face folder (pipeline/models/hf.py).
 """
 
@@ -26,10 +27,10 @@ import pipeline
 from pipeline import interrupt
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.io.atomic import write_json as write_json_atomic
+from pipeline.io.cache import temporary_dir
 from pipeline.io.hashing import sha256_file, sha256_json
 from pipeline.io.locking import DirLock
-from pipeline.io.storage import Store, is_remote, temporary_dir
+from pipeline.io.storage import Store
 from pipeline.labeling import modes as labelmodes
 from pipeline.labeling.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
 from pipeline.labeling.packing import ShardSpill, iter_shard_inputs
@@ -42,7 +43,7 @@ from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import layout
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.card import write_card
-from pipeline.softlabels.layout import MANIFEST, PLAN, PROGRESS_DIR, shard_relpath
+from pipeline.softlabels.layout import MANIFEST, PLAN, record_relpath, shard_relpath
 
 
 @dataclass
@@ -171,8 +172,8 @@ def is_complete(cfg: LabelConfig) -> bool:
 def _local_tokenizer_sha256(cfg: LabelConfig) -> str | None:
     """The hash of the tokenizer.json labeling would use, when it is a local file."""
     path = Path(cfg.tokenizer) if cfg.tokenizer else None
-    if path is None and cfg.teacher and not is_remote(cfg.teacher):
-        path = Path(cfg.teacher.removeprefix(HF_PREFIX)) / layout.TOKENIZER
+    if path is None and cfg.teacher:  # None for a teacher on object storage
+        path = Store(cfg.teacher.removeprefix(HF_PREFIX)).local_path(layout.TOKENIZER)
     return sha256_file(path) if path is not None and path.is_file() else None
 
 
@@ -198,14 +199,6 @@ def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill) -> dict:
     return plan
 
 
-def _write_json(store: Store, name: str, obj) -> None:
-    """Local: write_json_atomic (tmp → fsync → rename); remote: one whole object."""
-    if store.remote:
-        store.write_json(name, obj)
-    else:
-        write_json_atomic(store.path(name), obj)
-
-
 def _prepare_out(store: Store, plan: dict, overwrite: bool) -> None:
     """Refuse to mix two plans in one folder; with --overwrite remove the old dataset, and only
     when every file in the folder is provably one the labeler wrote (softlabels/layout.py)."""
@@ -224,27 +217,20 @@ def _prepare_out(store: Store, plan: dict, overwrite: bool) -> None:
         for name in entries:
             store.remove(name)
     store.makedirs()
-    _write_json(store, PLAN, plan)
+    store.write_json(PLAN, plan)
 
 
 def _completed(store: Store, shard: dict) -> dict | None:
     """The shard's completion record if the file on disk still matches it, else None."""
     rel = shard_relpath(shard["split"], shard["index"])
     try:
-        rec = json.loads(store.read_bytes(
-            f"{PROGRESS_DIR}/{shard['split']}/part-{shard['index']:05d}.json"))
+        rec = json.loads(store.read_bytes(record_relpath(shard["split"], shard["index"])))
     except (OSError, PipelineError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not isinstance(rec, dict) or rec.get("path") != rel:
         return None
-    if store.remote:
-        ok = (rec.get("input_sha256") == shard["input_sha256"] and store.isfile(rel)
-              and store.size(rel) == rec.get("bytes") and store.sha256(rel) == rec.get("sha256"))
-    else:
-        path = store.path(rel)
-        ok = (rec.get("input_sha256") == shard["input_sha256"] and path.is_file()
-              and path.stat().st_size == rec.get("bytes")
-              and sha256_file(path) == rec.get("sha256"))
+    ok = (rec.get("input_sha256") == shard["input_sha256"] and store.isfile(rel)
+          and store.size(rel) == rec.get("bytes") and store.sha256(rel) == rec.get("sha256"))
     return rec if ok else None
 
 
@@ -309,16 +295,16 @@ def run(cfg: LabelConfig) -> dict:
             raise interrupt.Interrupted(exc.signum, _stopped(store, plan)) from None
         all_records = list(records.values()) + new
         _check_complete(plan, all_records)
-        store.put_file(tokenizer.path, "tokenizer.json")
+        store.put_file(tokenizer.path, layout.TOKENIZER)
         manifest = _manifest(cfg, plan, spec, tokenizer, teacher, all_records)
         write_card(store, manifest)
-        _write_json(store, MANIFEST, manifest)  # the commit point: always last
+        store.write_json(MANIFEST, manifest)  # the commit point: always last
         return manifest
 
 
 def _stopped(store: Store, plan: dict) -> str:
     """What a stop kept: the shards with a completion record (the shard in flight has none)."""
-    done = sum(len(store.listdir(f"{PROGRESS_DIR}/{split}"))
+    done = sum(len(store.listdir(f"{layout.PROGRESS_DIR}/{split}"))
                for split in {s["split"] for s in plan["shards"]})
     return (f"label stopped with {done} of {len(plan['shards'])} shards complete (a shard in "
             "flight is discarded, never half-kept)")

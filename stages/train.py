@@ -11,8 +11,10 @@ Each student's position in the stream is (epoch, batch) in the reader's canonica
 resume the pass starts at the earliest student position; students further ahead skip batches
 they already saw, so every student sees exactly the batches of an unbroken run.
 
-`--labels` may be an object-storage URI (shards are streamed from it); `--out` too, through
-local staging folders uploaded at every checkpoint (pipeline/training/remote.py).
+`--labels` may be an object-storage URI (shards are streamed from it); `--out` too: a run folder
+is written in place (renames, hard links: pipeline/training/layout.py), so where the store has no
+local path the students train in local staging folders uploaded at every checkpoint
+(pipeline/training/remote.py).
 """
 
 import json
@@ -28,14 +30,17 @@ import torch
 from pipeline import interrupt
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.atomic import write_json as write_json_atomic
+from pipeline.io.cache import cache_dir
 from pipeline.io.hashing import sha256_file
-from pipeline.io.storage import cache_dir, is_remote
+from pipeline.io.storage import Store, absolute
 from pipeline.labeling.modes import match_loss
 from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
+from pipeline.softlabels.layout import TOKENIZER
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
 from pipeline.training import ddp
+from pipeline.training.layout import COMPLETE, CONFIG, METRICS, STATE
 from pipeline.training.students import (
     StudentSpec,
     dumps_toml,
@@ -43,7 +48,7 @@ from pipeline.training.students import (
     resolve_for_dataset,
     with_overrides,
 )
-from pipeline.training.trainer import COMPLETE, StudentRun
+from pipeline.training.trainer import StudentRun
 
 VALIDATION = "validation"
 
@@ -120,8 +125,7 @@ def is_complete(cfg: TrainConfig) -> bool:
 
 def resolved_config(spec: StudentSpec, ds: SoftLabelDataset, cfg: TrainConfig) -> dict:
     """What config.toml records: the student with defaults filled, plus what data it saw."""
-    labels = cfg.labels if is_remote(cfg.labels) else str(Path(cfg.labels).resolve())
-    data = {"labels": labels,
+    data = {"labels": absolute(cfg.labels),
             "dataset_fingerprint": ds.manifest.get("plan_fingerprint", ""),
             "tokenizer_sha256": ds.tokenizer_sha256, "seed": cfg.data_seed,
             "shuffle_rows": cfg.shuffle_rows, "num_workers": cfg.num_workers}
@@ -142,11 +146,11 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 def _prepare_dir(run_dir: Path, resolved: dict, resume: bool) -> str:
     """'skip' (finished with this config), 'resume' or 'fresh'; refuse anything else."""
-    existing = run_dir / "config.toml"
+    existing = run_dir / CONFIG
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "fresh"
     diff = (_differences(tomllib.loads(existing.read_text()), resolved)
-            if existing.is_file() else ["config.toml missing"])
+            if existing.is_file() else [f"{CONFIG} missing"])
     if (run_dir / COMPLETE).is_file() and not diff:
         return "skip"
     if diff:
@@ -188,9 +192,9 @@ def _open_runs(todo, reader, ds, cfg, device, on_checkpoint=None) -> list[Studen
         resumed = action == "resume" and run.load_checkpoint() is not None
         if not resumed and ddp.is_main():  # fresh, or killed before its first checkpoint
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run killed
-            shutil.rmtree(run_dir / "state", ignore_errors=True)  # before its first checkpoint
-            (run_dir / "config.toml").write_text(dumps_toml(resolved))
+            (run_dir / METRICS).unlink(missing_ok=True)  # left by a run killed
+            shutil.rmtree(run_dir / STATE, ignore_errors=True)  # before its first checkpoint
+            (run_dir / CONFIG).write_text(dumps_toml(resolved))
             run.save_checkpoint(_stream_settings(reader.cfg))
         runs.append(run)
     return runs
@@ -293,7 +297,7 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
 def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
     """Train (or resume, or skip when finished) every student; return {name: run folder}.
     `on_checkpoint(run_dir)` runs after every checkpoint and after complete.json."""
-    if is_remote(cfg.out):  # local staging folders, uploaded at every checkpoint
+    if Store(cfg.out).local_path() is None:  # no renames or links there: train in staging
         from pipeline.training.remote import train_to_remote
 
         return train_to_remote(cfg, run)
@@ -330,19 +334,12 @@ def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
 def dataset_tokenizer(ds: SoftLabelDataset) -> Path:
     """The dataset's tokenizer.json as a local file, checked against the manifest (a remote
     dataset's is downloaded once into the cache, named by its sha256)."""
-    if ds.store.remote:
-        tok = cache_dir() / "tokenizers" / f"{ds.tokenizer_sha256}.json"
-        if not tok.is_file() or sha256_file(tok) != ds.tokenizer_sha256:
-            if not ds.store.isfile("tokenizer.json"):
-                tok = ds.store.uri_of("tokenizer.json")
-            else:
-                ds.store.get_file("tokenizer.json", tok)
-    else:
-        tok = ds.root / "tokenizer.json"
-    if not Path(tok).is_file() or sha256_file(tok) != ds.tokenizer_sha256:
-        raise PipelineError(f"{tok} is missing or differs from the manifest's tokenizer sha256; "
-                            "the dataset is incomplete - relabel it")
-    return Path(tok)
+    cached = cache_dir() / "tokenizers" / f"{ds.tokenizer_sha256}.json"
+    tok = ds.store.fetch(TOKENIZER, cached, ds.tokenizer_sha256)
+    if not tok.is_file() or sha256_file(tok) != ds.tokenizer_sha256:
+        raise PipelineError(f"{ds.store.locate(TOKENIZER)} is missing or differs from the "
+                            "manifest's tokenizer sha256; the dataset is incomplete - relabel it")
+    return tok
 
 
 def train_student_task(cfg: TrainConfig) -> dict:

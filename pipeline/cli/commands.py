@@ -157,15 +157,15 @@ def train(
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return
     for name, s in summaries(runs).items():
-        for line in train_lines(name, s, _run_location(out_dir, name, runs[name])):
+        for line in train_lines(name, s, _run_location(out_dir, name)):
             say(out, line)
 
 
-def _run_location(out_dir: str, name: str, local) -> str:
-    """Where a run folder lives: the URI for --out on object storage (trained in staging)."""
-    from pipeline.io.storage import is_remote
+def _run_location(out_dir: str, name: str) -> str:
+    """Where a run folder lives: in --out, even where it was trained in a staging copy."""
+    from pipeline.io.storage import Store
 
-    return f"{out_dir.rstrip('/')}/{name}" if is_remote(out_dir) else str(local)
+    return str(Store(out_dir).locate(name))
 
 
 @app.command()

@@ -6,7 +6,7 @@ float64 and turns the sums into the reported means at the end.
 
 Fidelity uses only the stored labels (teacher top-k ids, log-probabilities and exact tail mass),
 so the teacher is never re-run: the KL is the exact KL between the two distributions coarsened
-to S ∪ {tail} (DESIGN.md §5), never larger than the full KL.
+to S ∪ {tail} (`kl_tail`, defined in pipeline/training/losses.py), never larger than the full KL.
 """
 
 import math

@@ -21,7 +21,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.io.atomic import write_json as write_json_atomic  # noqa: E402
+from pipeline.io.storage import Store  # noqa: E402
+from pipeline.training.layout import CONFIG, METRICS  # noqa: E402
 
 RESULTS_JSON, RESULTS_PARQUET, REPORT_MD = "results.json", "results.parquet", "report.md"
 PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"
@@ -167,7 +168,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(rows: list[dict], path: Path) -> None:
+def plot_pareto(rows: list[dict]):
+    """Fidelity (tail KL, or CE without soft labels) against parameters, the Pareto front
+    drawn."""
     metric = "kl_tail" if any(not _missing(r.get("kl_tail")) for r in rows) else "ce"
     pts = [r for r in rows if not _missing(r.get(metric))]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -191,8 +194,7 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
     ax.set_title("fidelity vs size (lower-left is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": MARK})
-    plt.close(fig)
+    return fig
 
 
 def read_metrics_jsonl(path: Path) -> list[dict]:
@@ -221,7 +223,7 @@ def training_curves(rows: list[dict]) -> list[list[tuple[str, str, list, list]]]
     for r in rows:
         if r.get("role") == "teacher" or not r.get("path"):
             continue
-        recs = read_metrics_jsonl(Path(r["path"]) / "metrics.jsonl")
+        recs = read_metrics_jsonl(Path(r["path"]) / METRICS)
         label = f"{r['name']} ({_loss_kind(Path(r['path']))})"
         for series, keys in zip(panels, CURVE_PANELS):
             for key in keys[:2]:
@@ -236,18 +238,18 @@ def _loss_kind(run_dir: Path) -> str:
     import tomllib
 
     try:
-        return tomllib.loads((run_dir / "config.toml").read_text())["loss"]["kind"]
+        return tomllib.loads((run_dir / CONFIG).read_text())["loss"]["kind"]
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
         return "?"
 
 
-def plot_training_curves(rows: list[dict], path: Path) -> bool:
+def plot_training_curves(rows: list[dict]):
     """Cross-entropy (train and validation) and, where it exists, the KD term against step for
-    every run, each on its own axis; False if no run has metrics."""
+    every run, each on its own axis; None if no run has metrics."""
     panels = [(title, series) for (_, _, title), series
               in zip(CURVE_PANELS, training_curves(rows)) if series]
     if not panels:
-        return False
+        return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels):
         colors: dict[str, str] = {}  # a run's validation dots take its training line's colour
@@ -260,21 +262,30 @@ def plot_training_curves(rows: list[dict], path: Path) -> bool:
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": MARK})
+    return fig
+
+
+def _save_png(store: Store, name: str, fig) -> None:
+    with store.writing(name) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": MARK})
     plt.close(fig)
-    return True
 
 
-def write_report(results: dict, out: Path) -> None:
-    """results.json, results.parquet, the PNG plots and report.md (results.json last: it is the
-    completion record `pipeline run` checks)."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(results: dict, out) -> None:
+    """The report files in REPORT_FILES order into a folder, URI or Store, each committed whole
+    by the storage layer (renamed into place, or uploaded), results.json last: it is the
+    completion record `pipeline run` checks."""
+    store = Store.of(out)
+    store.makedirs()
     rows = results["rows"]
-    write_parquet(rows, out / RESULTS_PARQUET)
-    plot_pareto(rows, out / PARETO_PNG)
-    has_curves = plot_training_curves(rows, out / CURVES_PNG)
-    (out / REPORT_MD).write_text(render_markdown(results, has_curves))
-    write_json_atomic(out / RESULTS_JSON, results)
+    with store.writing(RESULTS_PARQUET) as tmp:
+        write_parquet(rows, tmp)
+    _save_png(store, PARETO_PNG, plot_pareto(rows))
+    curves = plot_training_curves(rows)
+    if curves is not None:
+        _save_png(store, CURVES_PNG, curves)
+    store.write_bytes(REPORT_MD, render_markdown(results, curves is not None).encode())
+    store.write_json(RESULTS_JSON, results)
 
 
 def render_markdown(results: dict, has_curves: bool) -> str:

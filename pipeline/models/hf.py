@@ -220,8 +220,8 @@ def hf_tokenizer(tok, folder: Path, vocab_size: int, name: str):
     model's logits width as vocab_size (module doc)."""
     from tokenizers import Tokenizer
 
+    from pipeline.io.cache import cache_dir
     from pipeline.io.hashing import sha256_file
-    from pipeline.io.storage import cache_dir
     from pipeline.models.tokenizer import LoadedTokenizer, find_eos
 
     path = folder / TOKENIZER_JSON

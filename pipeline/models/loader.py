@@ -12,8 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.io.remote import local_copy
-from pipeline.io.storage import is_remote
+from pipeline.io.storage import Store
 from pipeline.models.checkpoint import load_model_dir
 from pipeline.models.hf import HF_PREFIX, load_hf
 from pipeline.models.loaded import weights_sha256
@@ -37,19 +36,21 @@ def is_hf_config(config: dict | None) -> bool:
 
 def is_native_dir(spec) -> bool:
     """A local folder that is not a Hugging Face folder (the native loader reports whatever
-    else is wrong with it, e.g. missing files)."""
-    if is_hf_spec(spec) or is_remote(spec):
-        return False
-    return not is_hf_config(_read_config(Path(spec)))
+    else is wrong with it, e.g. missing files); a folder on object storage is not local."""
+    folder = None if is_hf_spec(spec) else Store(spec).local_path()
+    return folder is not None and not is_hf_config(_read_config(folder))
+
+
+def _target(spec: str) -> str:
+    """The folder (or hub name) a spec names: `hf:` dropped."""
+    return spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
 
 
 def load_model_spec(spec, device="cpu", trust_remote_code: bool = False):
     """Load a teacher/model spec (module doc) → LoadedModel (model returns logits; tokenizer with
     encode_batch/eos_id/vocab_size/sha256/describe; weights_sha256; describe())."""
     spec = str(spec)
-    target = spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
-    if is_remote(target):
-        target = str(local_copy(target))
+    target = str(Store(_target(spec)).local_folder())  # a remote folder: its cached copy
     if not is_hf_spec(spec) and is_native_dir(target):
         loaded = load_model_dir(target, device)
     else:
@@ -61,9 +62,8 @@ def load_model_spec(spec, device="cpu", trust_remote_code: bool = False):
 def local_weights_sha256(spec) -> str | None:
     """The weights hash a plan records for a teacher spec, without loading the model; None for a
     hub name, a URI or a folder without weights (`pipeline run` compares it with plan.json)."""
-    spec = str(spec)
-    target = Path(spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec)
-    if is_remote(target) or not target.is_dir():
+    target = Store(_target(str(spec))).local_path()
+    if target is None or not target.is_dir():
         return None
     hf = is_hf_spec(spec) or not is_native_dir(target)
     files = sorted(target.glob("*.safetensors")) if hf else [target / "model.safetensors"]

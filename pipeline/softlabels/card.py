@@ -1,5 +1,8 @@
 """The generated README.md dataset card: what a consuming team needs to trust and load the data."""
 
+from pipeline.io.storage import Store
+from pipeline.softlabels.layout import CARD, CARD_HEADING, SHARDS_DIR, TOKENIZER
+
 
 def render_card(m: dict) -> str:
     teacher = m.get("teacher") or {}
@@ -8,15 +11,14 @@ def render_card(m: dict) -> str:
                        f"{sum(x['positions'] for x in sh):,} | {sum(x['bytes'] for x in sh):,} |"
                        for s, sh in m["splits"].items())
     mass = summary.get("mean_topk_mass")
-    return f"""# Soft-label dataset
-
+    return f"""{CARD_HEADING}
 Made by softlabel-pipeline {m['tool']['version']} on {m['created_at']}
 (format {m['format_version']}, spec: docs/FORMAT.md of softlabel-pipeline).
 
 - **Teacher**: {teacher.get('spec', 'none (tokenized only)')}
   · sha256 `{teacher.get('sha256', '-')}` · {teacher.get('parameters', '-')} parameters
   · {teacher.get('dtype', '-')}
-- **Tokenizer**: `tokenizer.json` · sha256 `{m['tokenizer']['sha256']}` · vocab
+- **Tokenizer**: `{TOKENIZER}` · sha256 `{m['tokenizer']['sha256']}` · vocab
   {m['tokenizer']['vocab_size']}
 - **Corpus**: `{corpus['uri']}` · {corpus['documents_read']:,} documents read,
   {corpus['documents_skipped_empty']:,} empty skipped, {corpus['non_utf8_documents']:,} with
@@ -34,10 +36,10 @@ Made by softlabel-pipeline {m['tool']['version']} on {m['created_at']}
 
 ```python
 import polars as pl
-df = pl.read_parquet("shards/train/*.parquet")   # one row = one packed sequence
+df = pl.read_parquet("{SHARDS_DIR}/train/*.parquet")   # one row = one packed sequence
 
 import pyarrow.dataset as pads
-table = pads.dataset("shards/validation", format="parquet").to_table()
+table = pads.dataset("{SHARDS_DIR}/validation", format="parquet").to_table()
 ```
 
 Position t's `topk_ids`/`topk_logprobs` (flattened, k per position) describe the teacher's
@@ -56,7 +58,4 @@ def _extras(labels: dict) -> str:
 
 def write_card(root, manifest: dict) -> None:
     """README.md next to the manifest; `root` is a folder, a URI or a pipeline.io.storage.Store."""
-    from pipeline.io.storage import Store
-
-    store = root if isinstance(root, Store) else Store(root)
-    store.write_bytes("README.md", render_card(manifest).encode())
+    Store.of(root).write_bytes(CARD, render_card(manifest).encode())

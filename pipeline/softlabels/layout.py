@@ -20,15 +20,16 @@ also have, by content), and names the first file that is not.
 import json
 import re
 
+from pipeline.io.atomic import TMP_SUFFIX
+from pipeline.io.locking import LOCK
+
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 PROGRESS_DIR = "_progress"
 SHARDS_DIR = "shards"
 TOKENIZER = "tokenizer.json"
 CARD = "README.md"
-LOCK = ".lock"
 CARD_HEADING = "# Soft-label dataset\n"
-TMP_SUFFIX = ".tmp"
 
 _SPLIT = r"[A-Za-z0-9_-]+"
 _SHARD = re.compile(rf"{SHARDS_DIR}/{_SPLIT}/part-\d{{5}}\.parquet(\.tmp)?")
@@ -36,12 +37,17 @@ _RECORD = re.compile(rf"{PROGRESS_DIR}/{_SPLIT}/part-\d{{5}}\.json(\.tmp)?")
 _DIR = re.compile(rf"({SHARDS_DIR}|{PROGRESS_DIR})(/{_SPLIT})?/")  # an empty folder of ours
 
 
+def shard_name(split: str, index: int) -> str:
+    """`SPLIT/part-NNNNN`: how a shard is named in files, task keys and messages."""
+    return f"{split}/part-{index:05d}"
+
+
 def shard_relpath(split: str, index: int) -> str:
-    return f"{SHARDS_DIR}/{split}/part-{index:05d}.parquet"
+    return f"{SHARDS_DIR}/{shard_name(split, index)}.parquet"
 
 
 def record_relpath(split: str, index: int) -> str:
-    return f"{PROGRESS_DIR}/{split}/part-{index:05d}.json"
+    return f"{PROGRESS_DIR}/{shard_name(split, index)}.json"
 
 
 def read_json(store, rel: str):

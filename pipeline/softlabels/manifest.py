@@ -5,31 +5,27 @@ shards the manifest does not list, and never at paths outside the dataset direct
 """
 
 import json
-from pathlib import Path, PurePosixPath
 
 from pipeline.errors import PipelineError
+from pipeline.io.storage import OutsideFolder, Store
 from pipeline.softlabels.layout import MANIFEST, PLAN
 from pipeline.softlabels.schema import FORMAT_MAJOR
 
 
-def safe_shard_path(root: Path, rel: str) -> Path:
-    """Resolve a manifest path, refusing anything that escapes the dataset directory."""
-    pure = PurePosixPath(rel)
-    if "://" in rel or pure.is_absolute() or ".." in pure.parts or not rel:
-        raise PipelineError(f"manifest shard path {rel!r} escapes the dataset directory {root}; "
-                            "refusing an untrusted manifest")
-    full = (root / pure).resolve()
-    if not full.is_relative_to(root.resolve()):
-        raise PipelineError(f"manifest shard path {rel!r} resolves outside {root}; refusing")
-    return full
+def shard_rel(store: Store, rel: str) -> str:
+    """A manifest's shard path, refused when it leaves the dataset (another folder, bucket or
+    URL): the storage layer's one "stays inside this folder" rule, worded for the manifest."""
+    try:
+        return store.inside(rel)
+    except OutsideFolder:
+        raise PipelineError(f"manifest shard path {rel!r} escapes the dataset directory "
+                            f"{store.root}; refusing an untrusted manifest") from None
 
 
 def load_manifest(root) -> dict:
     """The manifest of a dataset folder or URI (`root` may be a pipeline.io.storage.Store)."""
-    from pipeline.io.storage import Store
-
-    store = root if isinstance(root, Store) else Store(root)
-    path = store.uri_of(MANIFEST) if store.remote else store.path(MANIFEST)
+    store = Store.of(root)
+    path = store.locate(MANIFEST)
     if not store.isfile(MANIFEST):
         hint = (" (a labeling run did not finish: rerun `pipeline label` to complete it)"
                 if store.exists(PLAN) else "")

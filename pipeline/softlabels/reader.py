@@ -13,20 +13,20 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.io.hashing import sha256_file
-from pipeline.io.storage import Store, safe_rel
+from pipeline.io.storage import Store
 from pipeline.softlabels import checks, ragged
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import decode_logprobs, importance_weights
-from pipeline.softlabels.manifest import load_manifest, safe_shard_path
+from pipeline.softlabels.layout import MANIFEST
+from pipeline.softlabels.manifest import load_manifest, shard_rel
 
 
 @dataclass
 class ShardInfo:
     split: str
     index: int
-    path: Path | str  # a Path locally; `bucket/key` (the store's path) on object storage
-    rel: str
+    path: Path | str  # what names the shard: a Path locally, its URI on object storage
+    rel: str  # below the dataset root, checked to stay inside it
     rows: int
     sha256: str
     bytes: int
@@ -39,29 +39,21 @@ class SoftLabelDataset:
 
     def __init__(self, root: str | Path):
         self.store = Store(root)
-        self.root = self.store.uri if self.store.remote else Path(self.store.path())
+        self.root = self.store.root
         self.manifest = load_manifest(self.store)
-        where = self.store.uri_of("manifest.json") if self.store.remote else self.root / \
-            "manifest.json"
+        where = self.store.locate(MANIFEST)
         # Untrusted input: every field used below is type- and range-checked first.
         self.spec, self.seq_len = checks.manifest_fields(self.manifest, where)
         self.shards: dict[str, list[ShardInfo]] = {}
         for split, entries in self.manifest["splits"].items():
             for e in entries:
                 checks.shard_entry(e, split, where)
-            self.shards[split] = [
-                ShardInfo(split, i, self._shard_path(e["path"]), e["path"],
-                          int(e["rows"]), e["sha256"], int(e["bytes"]))
-                for i, e in enumerate(entries)]
+            self.shards[split] = [self._shard(split, i, e) for i, e in enumerate(entries)]
 
-    def _shard_path(self, rel: str) -> Path | str:
-        """Refuse a manifest path that leaves the dataset (another folder, bucket or URL)."""
-        if not self.store.remote:
-            return safe_shard_path(self.root, rel)
-        return self.store.path(safe_rel(rel, self.store.uri))
-
-    def _rel(self, shard: ShardInfo) -> str:
-        return safe_rel(shard.rel, self.store.uri)
+    def _shard(self, split: str, index: int, entry: dict) -> ShardInfo:
+        rel = shard_rel(self.store, entry["path"])  # never a path outside the dataset
+        return ShardInfo(split, index, self.store.locate(rel), rel, int(entry["rows"]),
+                         entry["sha256"], int(entry["bytes"]))
 
     @property
     def tokenizer_sha256(self) -> str:
@@ -77,15 +69,9 @@ class SoftLabelDataset:
         return self.shards[split]
 
     def verify_checksum(self, shard: ShardInfo) -> None:
-        if self.store.remote:
-            rel = self._rel(shard)
-            present = self.store.isfile(rel)
-            same = present and (self.store.size(rel) == shard.bytes
-                                and self.store.sha256(rel) == shard.sha256)
-        else:
-            present = shard.path.is_file()
-            same = present and (shard.path.stat().st_size == shard.bytes
-                                and sha256_file(shard.path) == shard.sha256)
+        present = self.store.isfile(shard.rel)
+        same = present and (self.store.size(shard.rel) == shard.bytes
+                            and self.store.sha256(shard.rel) == shard.sha256)
         if not present:
             raise PipelineError(f"shard {shard.rel} listed in the manifest is missing")
         if not same:
@@ -94,10 +80,7 @@ class SoftLabelDataset:
 
     def open_shard(self, shard: ShardInfo) -> pq.ParquetFile:
         try:
-            # remote: a seekable file object; Parquet reads the footer, then only the row
-            # groups asked for (ranged GETs), never the whole object up front
-            source = self.store.open(self._rel(shard)) if self.store.remote else shard.path
-            pf = pq.ParquetFile(source)
+            pf = pq.ParquetFile(self.store.input_file(shard.rel))
         except (pa.ArrowException, OSError) as exc:
             raise PipelineError(f"shard {shard.rel} is not a readable Parquet file: {exc}") from exc
         expected = S.arrow_schema(self.spec)

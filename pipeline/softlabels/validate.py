@@ -13,6 +13,7 @@ from pipeline.errors import PipelineError
 from pipeline.softlabels import checks, ragged
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import decode_logprobs
+from pipeline.softlabels.layout import TOKENIZER
 from pipeline.softlabels.reader import ShardInfo, SoftLabelDataset, _flat_values
 
 LOGPROB_SLACK = {"fp32": 1e-6, "fp16": 1e-3, "u8": 1e-6}  # rounding can reorder equal values
@@ -120,7 +121,6 @@ def validate_dataset(root: str | Path) -> tuple[list[str], dict]:
                 continue
             rows += table.num_rows
             problems += check_table(ds, shard, table)
-    if ds.store.isfile("tokenizer.json"):  # local or object storage (pipeline/io/storage.py)
-        if ds.store.sha256("tokenizer.json") != ds.tokenizer_sha256:
-            problems.append("tokenizer.json: sha256 differs from manifest tokenizer.sha256")
+    if ds.store.isfile(TOKENIZER) and ds.store.sha256(TOKENIZER) != ds.tokenizer_sha256:
+        problems.append(f"{TOKENIZER}: sha256 differs from manifest tokenizer.sha256")
     return problems, {"shards": shards_checked, "rows": rows}

@@ -1,14 +1,14 @@
 """The format's one writer: atomic shard files, completion records, then the manifest.
 
-A shard is written to `part-XXXXX.parquet.tmp`, fsynced, renamed into place, and only then gets
-a completion record in `_progress/`. A rerun trusts a shard only if its record exists and the
-file's size and sha256 still match, so a kill at any moment leaves nothing a later run would take
-as complete. Shards are named by (split, index) from the plan, never by worker, so a retried task
-rewrites the same file. On object storage (pipeline/io/storage.py) the shard is uploaded as one
-whole object after it is complete, and its record after it.
+A shard is written through the storage layer's `writing` (pipeline/io/storage.py: a local
+`part-XXXXX.parquet.tmp`, fsynced and renamed into place, or a local temporary file uploaded as
+one whole object), and only once it is committed does it get a completion record in
+`_progress/`. A rerun trusts a shard only if its record exists and the file's size and sha256
+still match, so a kill at any moment leaves nothing a later run would take as complete. Shards
+are named by (split, index) from the plan (softlabels/layout.py), never by worker, so a retried
+task rewrites the same file.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.io.hashing import sha256_file
-from pipeline.io.storage import Store, temporary_dir
+from pipeline.io.storage import Store
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import encode_logprobs
-from pipeline.softlabels.layout import PROGRESS_DIR, shard_relpath
+from pipeline.softlabels.layout import record_relpath, shard_relpath
 from pipeline.softlabels.ragged import pack, row_offsets
 
 
@@ -96,41 +96,29 @@ def _variable_columns(spec: S.LabelSpec, labels: ShardLabels, rows: int) -> dict
             S.COL_TOPK_LOGPROBS: _ragged_column(lps, labels.counts, lp_type)}
 
 
-def write_shard(root: Path | str, split: str, index: int, table: pa.Table, kv_metadata: dict,
-                row_group_rows: int, input_sha256: str) -> dict:
-    """Write one shard atomically and its completion record; return the record.
-
-    `root` may be a URI (pipeline/io/storage.py): the shard is then written to a local temp file
-    and uploaded as one object (objects appear whole), and the record is uploaded after it."""
-    store = Store(root)
+def write_shard(root: Path | str | Store, split: str, index: int, table: pa.Table,
+                kv_metadata: dict, row_group_rows: int, input_sha256: str) -> dict:
+    """Write one shard atomically, then its completion record; return the record. `root` may be
+    a folder, a URI or a Store: the record is made from the finished local file before it is
+    committed, and written only after the commit."""
+    store = Store.of(root)
     rel = shard_relpath(split, index)
     meta = {f"softlabels.{k}": str(v) for k, v in kv_metadata.items()}
     meta.update({"softlabels.split": split, "softlabels.shard": str(index)})
     table = table.replace_schema_metadata(meta)
-    if store.remote:
-        with temporary_dir() as tmp_dir:
-            local = Path(tmp_dir) / Path(rel).name
-            _write_parquet(local, table, row_group_rows, rel)
-            record = shard_record(table, rel, local, input_sha256)
-            store.put_file(local, rel)
-    else:
-        final = store.path(rel)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(final.name + ".tmp")
+    with store.writing(rel) as tmp:
         _write_parquet(tmp, table, row_group_rows, rel)
-        os.replace(tmp, final)
-        record = shard_record(table, rel, final, input_sha256)
-    store.write_json(f"{PROGRESS_DIR}/{split}/part-{index:05d}.json", record)
+        record = shard_record(table, rel, tmp, input_sha256)
+    store.write_json(record_relpath(split, index), record)
     return record
 
 
 def _write_parquet(tmp: Path, table: pa.Table, row_group_rows: int, rel: str) -> None:
-    """tmp file → fsync; on failure (disk full) remove it and say so in one line."""
+    """The Parquet file (the storage layer fsyncs and commits it); on failure (disk full) remove
+    it and say so in one line."""
     try:
         with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
             writer.write_table(table, row_group_size=max(1, row_group_rows))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise PipelineError(f"writing shard {rel} failed: {exc} (disk full? free space and "

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.io.storage import is_remote
+from pipeline.io.storage import absolute
 from pipeline.progress import positions_progress
 
 
@@ -32,8 +32,7 @@ def train_on_cluster(cfg, student_paths: list[str], task) -> list[dict]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PipelineError("--workers/--scheduler cannot be combined with torchrun: use one "
                             "(dask for many students, torchrun for one big student)")
-    labels = cfg.labels if is_remote(cfg.labels) else str(Path(cfg.labels).resolve())
-    base = replace(cfg, labels=labels, out=str(Path(cfg.out).resolve()),
+    base = replace(cfg, labels=absolute(cfg.labels), out=absolute(cfg.out),
                    workers=None, scheduler=None, resume=True, quiet=True)
     run_id = uuid.uuid4().hex[:8]
     with open_client(cfg.workers, cfg.scheduler) as client, \

@@ -1,4 +1,6 @@
-"""Distillation losses from stored top-k soft labels (DESIGN.md §5), and which of them are exact.
+"""Distillation losses from stored top-k soft labels, and which of them are exact.
+
+This module owns the loss formulas (the data flow around them: docs/ARCHITECTURE.md).
 
 Notation at one position: the teacher stored a set S of k token ids with log-probabilities
 log p_i and the exact tail mass r = 1 - sum_S p_i. The student has logits z over the whole
@@ -24,9 +26,10 @@ a guess. Because KL over S ∪ {tail} splits exactly into a binary part and a co
     kl_tail_tau = KL_bin(1 - r || 1 - q_r) + (1 - r) * tau^2 * KL(p_S^tau || q_S^tau)
 
 with Hinton's tau^2 on the tempered part only (it keeps gradient size independent of tau; the
-binary part is untempered). At tau = 1 this is exactly the §5 formula. `kl_renorm` at tau is
-tau^2 * KL(p_S^tau || q_S^tau). The teacher's stored log-probabilities are renormalised to
-mass 1 - r inside S, so fp16 rounding of stored values never makes p a non-distribution.
+binary part is untempered). At tau = 1 this is exactly the kl_tail formula above. `kl_renorm`
+at tau is tau^2 * KL(p_S^tau || q_S^tau). The teacher's stored log-probabilities are
+renormalised to mass 1 - r inside S, so fp16 rounding of stored values never makes p a
+non-distribution.
 
 Memory: the student's logits are the only [batch, seq, vocab] tensor. We take one logsumexp
 over the vocabulary and gather the k logits of S (and the target's logit for CE) from the

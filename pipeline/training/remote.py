@@ -1,10 +1,10 @@
 """`pipeline train --out s3://...`: run folders on object storage.
 
-A checkpoint is a folder written as `step-N.tmp`, renamed, then pointed at by `latest.json`, and
-the run folder's model files are hard links to it (pipeline/training/trainer.py). Object storage
-has no rename and no links, so training runs in a local *staging* copy of each run folder (under the
-cache, named by the URI) and every checkpoint is uploaded as whole objects, in an order that
-keeps the remote folder usable at every moment:
+A run folder is written in place with renames and hard links (pipeline/training/layout.py), which
+object storage does not have, so training runs in a local *staging* copy of each run folder
+(under the cache, named by the URI) and every checkpoint is uploaded as whole objects, replaying
+the run folder's write order (layout.write_order), with older remote checkpoints removed right
+after latest.json:
 
   state/step-N/* → state/latest.json (now points at step N) → older state/step-* removed →
   config.toml, metrics.jsonl, model files (weights last) → complete.json (only when finished)
@@ -24,10 +24,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.io.storage import Store, cache_dir
+from pipeline.io.cache import cache_dir
+from pipeline.io.storage import Store
+from pipeline.training import layout
 from pipeline.training.students import load_student
-
-STATE, LATEST, COMPLETE = "state", "latest.json", "complete.json"
 
 
 def staging_root(uri: str) -> Path:
@@ -43,32 +43,25 @@ def download_run(remote: Store, name: str, local: Path) -> None:
         return
     local.mkdir(parents=True)
     for f in names:
-        if f != STATE and remote.isfile(f"{name}/{f}"):
+        if f != layout.STATE and remote.isfile(f"{name}/{f}"):
             remote.get_file(f"{name}/{f}", local / f)
-    if remote.isfile(f"{name}/{STATE}/{LATEST}"):
-        ckpt = json.loads(remote.read_bytes(f"{name}/{STATE}/{LATEST}"))["checkpoint"]
-        for f in remote.listdir(f"{name}/{STATE}/{ckpt}"):
-            remote.get_file(f"{name}/{STATE}/{ckpt}/{f}", local / STATE / ckpt / f)
-        remote.get_file(f"{name}/{STATE}/{LATEST}", local / STATE / LATEST)
+    latest = f"{name}/{layout.LATEST_REL}"
+    if remote.isfile(latest):
+        ckpt = f"{layout.STATE}/{json.loads(remote.read_bytes(latest))['checkpoint']}"
+        for f in remote.listdir(f"{name}/{ckpt}"):
+            remote.get_file(f"{name}/{ckpt}/{f}", local / ckpt / f)
+        remote.get_file(latest, local / layout.LATEST_REL)
 
 
 def upload_run(local: Path, remote: Store, name: str) -> None:
-    """Upload a run folder's latest checkpoint and files in the module doc's order."""
-    latest = local / STATE / LATEST
-    if latest.is_file():
-        ckpt = json.loads(latest.read_text())["checkpoint"]
-        for f in sorted((local / STATE / ckpt).iterdir()):
-            remote.put_file(f, f"{name}/{STATE}/{ckpt}/{f.name}")
-        remote.put_file(latest, f"{name}/{STATE}/{LATEST}")
-        for old in remote.listdir(f"{name}/{STATE}"):
-            if old not in (ckpt, LATEST):
-                remote.remove(f"{name}/{STATE}/{old}")
-    files = sorted(f for f in local.iterdir() if f.is_file() and not f.name.endswith(".tmp"))
-    order = [f for f in files if f.name not in (COMPLETE, "model.safetensors")]
-    order += [f for f in files if f.name == "model.safetensors"]
-    order += [f for f in files if f.name == COMPLETE]
-    for f in order:
-        remote.put_file(f, f"{name}/{f.name}")
+    """Upload a run folder's latest checkpoint and files in the run folder's write order."""
+    keep = layout.latest_checkpoint(local)
+    for rel in layout.write_order(local):
+        remote.put_file(local / rel, f"{name}/{rel}")
+        if rel == layout.LATEST_REL:  # the new checkpoint is live: drop the older ones
+            for old in remote.listdir(f"{name}/{layout.STATE}"):
+                if old not in (keep, layout.LATEST):
+                    remote.remove(f"{name}/{layout.STATE}/{old}")
 
 
 def train_to_remote(cfg, run) -> dict[str, Path]:

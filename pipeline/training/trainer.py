@@ -7,11 +7,11 @@ its own work, so students sharing one read pass do not perturb each other: a stu
 the same weights alone or in a group, and a resumed run to the same weights as an unbroken one.
 
 Checkpoints never use pickle: weights and optimizer tensors go to safetensors, the rest to JSON.
-A checkpoint is a folder `state/step-N` written as `step-N.tmp` and renamed, then
+The run folder's files and their write order are pipeline/training/layout.py's: a checkpoint is a
+folder `state/step-N` written as `step-N.tmp` and renamed (pipeline/io/atomic.py), then
 `state/latest.json` is replaced atomically to point at it, so a kill at any instant leaves
-either the old or the new checkpoint. The run folder's top-level `model.safetensors` is a hard
-link to the latest checkpoint's weights (config.json and tokenizer.json likewise), so the run
-folder is a model directory from the first checkpoint on.
+either the old or the new checkpoint; then the run folder's top-level model files become hard
+links to the checkpoint's, so the run folder is a model directory from the first checkpoint on.
 """
 
 import contextlib
@@ -27,21 +27,22 @@ from safetensors.torch import save_file
 
 from pipeline.device import autocast
 from pipeline.errors import PipelineError
-from pipeline.io.atomic import fsync_dir, fsync_file
+from pipeline.io import atomic
 from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.models import build_model, count_parameters
-from pipeline.models.checkpoint import (
-    WEIGHTS,
-    load_state,
-    load_weights,
-    model_files,
-    save_model_dir,
+from pipeline.models.checkpoint import WEIGHTS, load_state, load_weights, save_model_dir
+from pipeline.training.layout import (
+    LATEST,
+    METRICS,
+    OPTIMIZER,
+    STATE,
+    TRAINER,
+    checkpoint_model_files,
+    checkpoint_name,
+    latest_checkpoint,
 )
 from pipeline.training.losses import compute_loss
 from pipeline.training.students import StudentSpec
-
-STATE_DIR, LATEST, METRICS, COMPLETE = "state", "latest.json", "metrics.jsonl", "complete.json"
-OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"
 
 
 def lr_at(step: int, total: int, spec: StudentSpec) -> float:
@@ -160,24 +161,21 @@ class StudentRun:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self, stream_settings: dict) -> None:
-        state = self.dir / STATE_DIR
-        name = f"step-{self.step:08d}"
-        tmp = state / (name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        # the dataset says the vocabulary; it may exceed the tokenizer (an HF teacher's padding)
-        save_model_dir(self.model, self.tokenizer_path, tmp, padded_vocab=True)
-        tensors, groups = _optimizer_tensors(self.optimizer)
-        tensors.update({f"rng.{k}": v for k, v in self.rng.items()})
-        save_file(tensors, str(tmp / OPTIMIZER))
-        trainer = {"step": self.step, "position": list(self.position), "tokens": self.tokens,
-                   "elapsed_s": self.elapsed, "param_groups": groups, "stream": stream_settings,
-                   "last_val": self.last_val}
-        (tmp / TRAINER).write_text(json.dumps(trainer, indent=2))
-        for f in tmp.iterdir():
-            fsync_file(f)
-        shutil.rmtree(state / name, ignore_errors=True)
-        os.replace(tmp, state / name)
-        fsync_dir(state)
+        """Checkpoint folder, then latest.json, then the run folder's model files (the run
+        folder's write order, training/layout.py), then the after_save hook (an upload)."""
+        state = self.dir / STATE
+        name = checkpoint_name(self.step)
+        with atomic.replacing(state / name) as tmp:  # step-N.tmp, fsynced, renamed
+            # the dataset says the vocabulary; it may exceed the tokenizer (an HF teacher's
+            # padding)
+            save_model_dir(self.model, self.tokenizer_path, tmp, padded_vocab=True)
+            tensors, groups = _optimizer_tensors(self.optimizer)
+            tensors.update({f"rng.{k}": v for k, v in self.rng.items()})
+            save_file(tensors, str(tmp / OPTIMIZER))
+            trainer = {"step": self.step, "position": list(self.position),
+                       "tokens": self.tokens, "elapsed_s": self.elapsed, "param_groups": groups,
+                       "stream": stream_settings, "last_val": self.last_val}
+            (tmp / TRAINER).write_text(json.dumps(trainer, indent=2))
         write_json_atomic(state / LATEST, {"checkpoint": name, "step": self.step})
         self._link_model_files(state / name)
         for old in state.iterdir():
@@ -189,7 +187,7 @@ class StudentRun:
     def _link_model_files(self, ckpt: Path) -> None:
         """Make the run folder's model files the checkpoint's (hard links; weights last, so the
         model dir is complete; an hf student: a save_pretrained folder)."""
-        for fname in model_files(ckpt, exclude=(OPTIMIZER, TRAINER)):
+        for fname in checkpoint_model_files(ckpt):
             target = self.dir / fname
             if target.exists() and os.path.samefile(ckpt / fname, target):
                 continue  # already linked (rename onto the same inode would keep the .tmp)
@@ -205,15 +203,13 @@ class StudentRun:
         """The run folder's model files := the latest checkpoint's. save_checkpoint links them
         right after latest.json; a kill in between (or, on object storage, a failed upload
         after it) leaves the previous weights there, so completing a run does this again."""
-        latest = json.loads((self.dir / STATE_DIR / LATEST).read_text())["checkpoint"]
-        self._link_model_files(self.dir / STATE_DIR / latest)
+        self._link_model_files(self.dir / STATE / latest_checkpoint(self.dir))
 
     def load_checkpoint(self) -> dict | None:
         """Restore the latest checkpoint if there is one; return its trainer.json."""
-        latest = self.dir / STATE_DIR / LATEST
-        if not latest.is_file():
+        if (latest := latest_checkpoint(self.dir)) is None:
             return None
-        ckpt = self.dir / STATE_DIR / json.loads(latest.read_text())["checkpoint"]
+        ckpt = self.dir / STATE / latest
         load_weights(self.model, ckpt / WEIGHTS)
         tensors = load_state(ckpt / OPTIMIZER)
         trainer = json.loads((ckpt / TRAINER).read_text())
@@ -241,9 +237,7 @@ class StudentRun:
                 continue
             if record["step"] <= self.step:
                 keep.append(line)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+        atomic.write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
     def summary(self) -> dict:
         return {"name": self.spec.name, "step": self.step, "tokens": self.tokens,

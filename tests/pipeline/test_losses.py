@@ -50,7 +50,7 @@ def test_kl_tail_never_exceeds_dense_kl_and_matches_design_formula(k):
     got = tail_kl_per_position(ls.float(), ids, lp, tail).double()
     assert (got <= _dense_kl(t, s) + 1e-5).all()
     assert (got >= -1e-6).all()
-    # DESIGN.md §5 written out directly in float64.
+    # The kl_tail formula (pipeline/training/losses.py) written out directly in float64.
     si = torch.gather(ls, -1, ids)
     p = lp.double().exp()
     r = tail.double()

@@ -10,9 +10,9 @@ import fsspec
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.io.remote import local_copy
-from pipeline.io.storage import Store, is_remote, safe_rel
+from pipeline.io.storage import Store, is_remote
 from pipeline.labeling.corpus import CorpusSpec, iter_documents
+from pipeline.softlabels.manifest import shard_rel
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.validate import validate_dataset
 from stages.label import LabelConfig, run
@@ -62,11 +62,39 @@ def test_store_roundtrip(kind, tmp_path, mem):
         assert not list((tmp_path / "d").rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_writing_commits_whole_files_or_nothing(kind, tmp_path, mem):
+    store = Store(tmp_path / "d" if kind == "local" else mem)
+    with store.writing("sub/f.bin") as tmp:
+        tmp.write_bytes(b"new")
+        assert not store.exists("sub/f.bin")  # nothing under its name until committed
+    assert store.read_bytes("sub/f.bin") == b"new"
+    with pytest.raises(RuntimeError), store.writing("sub/f.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert store.read_bytes("sub/f.bin") == b"new" and store.listdir("sub") == ["f.bin"]
+    assert store.create_new("lock", b"1") and not store.create_new("lock", b"2")
+    assert store.read_bytes("lock") == b"1"
+    dest = tmp_path / "cache" / "f.bin"
+    got = store.fetch("sub/f.bin", dest, hashlib.sha256(b"new").hexdigest())
+    assert got.read_bytes() == b"new" and (got == dest) == (kind == "memory")
+
+
+def test_inside_refuses_a_link_out_of_a_local_folder(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "outside.parquet").write_bytes(b"x")
+    (tmp_path / "d" / "link.parquet").symlink_to(tmp_path / "outside.parquet")
+    store = Store(tmp_path / "d")
+    assert store.inside("./a//b.parquet") == "a/b.parquet"
+    with pytest.raises(PipelineError, match="escapes the folder"):
+        store.inside("link.parquet")
+
+
 @pytest.mark.parametrize("rel", ["../x.parquet", "/abs.parquet", "s3://other/x.parquet", "",
                                  "shards/../../x.parquet", "shards\\..\\x.parquet"])
 def test_safe_rel_refuses_escapes(rel):
     with pytest.raises(PipelineError, match="escapes the dataset directory"):
-        safe_rel(rel, "s3://bucket/ds")
+        shard_rel(Store("s3://bucket/ds"), rel)
 
 
 def _upload(local, uri: str) -> None:
@@ -125,6 +153,10 @@ def test_remote_corpus_and_label_to_memory(tiny_corpus, tiny_teacher, local_ds, 
     want = json.loads((local_ds / "manifest.json").read_text())
     assert m["splits"] == want["splits"]  # the same bytes as a local run, shard by shard
     assert not Store(f"{mem}/ds").exists(".lock")
+
+
+def local_copy(uri: str):
+    return Store(uri).local_folder()
 
 
 def test_local_copy_refreshes_changed_files(tmp_path, mem, monkeypatch):

@@ -33,10 +33,11 @@ def test_each_panel_holds_one_quantity_for_every_run(tmp_path):
         ("kd (kl_tail)", "kd"): [0.4, 0.3], ("kd (kl_tail)", "val_kd"): [0.35]}
     drawn = {v for panel in (ce, kd_panel) for *_, values in panel for v in values}
     assert not drawn & {3.0, 2.9, 3.1}  # the KD student's total loss is on no axis
-    assert plot_training_curves(rows, tmp_path / "curves.png")
+    fig = plot_training_curves(rows)
+    assert fig is not None and len(fig.axes) == 2  # CE panel and KD panel
+    fig.savefig(tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_no_metrics_no_plot(tmp_path):
-    assert not plot_training_curves([{"name": "x", "path": str(tmp_path)}], tmp_path / "c.png")
-    assert not (tmp_path / "c.png").exists()
+    assert plot_training_curves([{"name": "x", "path": str(tmp_path)}]) is None

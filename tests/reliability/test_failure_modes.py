@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.softlabels.layout import shard_relpath
 from tests.conftest import REPO, make_teacher
 from tests.reliability.conftest import (
     copy_dataset,
@@ -143,7 +144,7 @@ def nan_teacher(env: Env) -> Path:
     order = json.loads((clean / "plan.json").read_text())["shards"]
     first_seen = {}
     for i, s in enumerate(order):
-        rel = f"shards/{s['split']}/part-{s['index']:05d}.parquet"
+        rel = shard_relpath(s["split"], s["index"])
         ids = np.unique(pq.read_table(clean / rel, columns=["input_ids"])
                         .column(0).combine_chunks().values.to_numpy())
         for t in ids.tolist():

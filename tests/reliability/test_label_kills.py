@@ -37,24 +37,24 @@ OPTS = {"shard_rows": 2, "batch_size": 2}  # 16 docs -> ~44 shards of 2 rows: a 
 PHASES = ["before first shard"] * 3 + ["mid-shard"] * 4 + ["after last shard"] + \
          ["during manifest write"] * 2
 
-# Runs the real CLI; only wraps the manifest commit point with an optional pause.
+# Runs the real CLI; only wraps the manifest commit point (the storage layer's atomic local
+# write, pipeline/io/atomic.py) with an optional pause.
 SHIM = """
-import json, os, sys, time
+import os, sys, time
 from pathlib import Path
-import stages.label as L
+import pipeline.io.atomic as A
 from pipeline.cli import main
 phase, marker, real = os.environ.get("KILL_TEST_PHASE"), os.environ.get("KILL_TEST_MARKER"), \\
-    L.write_json_atomic
-def commit(path, obj):
+    A.write_bytes
+def commit(path, data):
     if phase and Path(path).name == "manifest.json":
         if phase == "during manifest write":
-            text = json.dumps(obj, indent=2, sort_keys=True)
-            with open(Path(path).with_name("manifest.json.tmp"), "w") as f:
-                f.write(text[: len(text) // 2]); f.flush(); os.fsync(f.fileno())
+            with open(Path(path).with_name("manifest.json.tmp"), "wb") as f:
+                f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno())
         Path(marker).write_text(phase)
         time.sleep(120)
-    return real(path, obj)
-L.write_json_atomic = commit
+    return real(path, data)
+A.write_bytes = commit
 sys.argv = ["pipeline", *sys.argv[1:]]
 main()
 """

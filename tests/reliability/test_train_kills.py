@@ -29,6 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline.training.layout import OPTIMIZER, STATE, checkpoint_name
 from tests.conftest import REPO
 from tests.reliability.conftest import train_unbroken
 
@@ -43,6 +44,7 @@ from pathlib import Path
 import pipeline.training.trainer as T
 import stages.train as TR
 from pipeline.cli import main
+from pipeline.training.layout import checkpoint_name
 phase, marker = os.environ["KILL_TEST_PHASE"], os.environ["KILL_TEST_MARKER"]
 step = int(os.environ.get("KILL_TEST_STEP", "0"))
 def pause():
@@ -52,7 +54,7 @@ if phase == "mid-checkpoint":
     real_save = T.save_file
     def save_file(tensors, path, *a, **k):
         real_save(tensors, path, *a, **k)
-        if Path(path).parent.name == f"step-{step:08d}.tmp":
+        if Path(path).parent.name == checkpoint_name(step) + ".tmp":
             pause()
     T.save_file = save_file
 if phase == "before weights":
@@ -121,7 +123,7 @@ def test_sigkill_then_resume_gives_identical_weights(cli, small_dataset, referen
     assert not (run_dir / "complete.json").exists()
     latest = run_dir / "state" / "latest.json"
     if phase == "mid-checkpoint":  # the half-written checkpoint is not the one resumed from
-        assert (run_dir / "state" / f"step-{step:08d}.tmp" / "optimizer.safetensors").exists()
+        assert (run_dir / STATE / (checkpoint_name(step) + ".tmp") / OPTIMIZER).exists()
         assert json.loads(latest.read_text())["step"] == step - TRAIN["checkpoint_every"]
     if phase in ("before weights", "before complete"):
         assert json.loads(latest.read_text())["step"] == TRAIN["max_steps"]
