@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pipeline.device import autocast
 from pipeline.errors import PipelineError
 from pipeline.io.atomic import fsync_dir, fsync_file
 from pipeline.io.atomic import write_json as write_json_atomic
@@ -37,7 +36,7 @@ from pipeline.models.checkpoint import (
     model_files,
     save_model_dir,
 )
-from pipeline.training.losses import compute_loss
+from pipeline.training.chunked import model_loss
 from pipeline.training.students import StudentSpec
 
 STATE_DIR, LATEST, METRICS, COMPLETE = "state", "latest.json", "metrics.jsonl", "complete.json"
@@ -110,10 +109,7 @@ class StudentRun:
             group["lr"] = lr
         self.model.train()
         with self.own_rng():
-            with autocast(self.device):
-                logits = self.model(batch["input_ids"])
-            parts = compute_loss(logits, batch, self.spec.loss)
-            del logits
+            parts = model_loss(self.model, batch, self.spec.loss, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             if self.spec.optimizer.grad_clip > 0:
@@ -134,9 +130,7 @@ class StudentRun:
         self.model.eval()
         sums: dict[str, float] = {}
         for batch in batches:
-            with autocast(self.device):
-                logits = self.model(batch["input_ids"])
-            for k, v in compute_loss(logits, batch, self.spec.loss).items():
+            for k, v in model_loss(self.model, batch, self.spec.loss, self.device).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         self.last_val = {f"val_{k}": v / len(batches) for k, v in sums.items()}
         return self.last_val
