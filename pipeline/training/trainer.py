@@ -5,6 +5,8 @@
 teacher's top-k (online KD). Each student keeps its own torch RNG state and swaps it in around
 its own work, so students sharing one read pass do not perturb each other: a student trains to
 the same weights alone or in a group, and a resumed run to the same weights as an unbroken one.
+The loss applies the student's output head one chunk of positions at a time
+(pipeline/training/chunked.py), so memory does not grow with batch × seq × vocab.
 
 Checkpoints never use pickle: weights and optimizer tensors go to safetensors, the rest to JSON.
 A checkpoint is a folder `state/step-N` written as `step-N.tmp` and renamed, then
