@@ -1,10 +1,11 @@
 """Hugging Face `transformers` causal LMs as teachers and students, behind the pipeline's model
-interface (a module mapping [batch, seq] ids to [batch, seq, vocab] logits).
+interface: `model(input_ids)` → [batch, seq, vocab] logits, and `hidden(input_ids)` plus
+`output_head()` (pipeline/models/head.py) so the stages apply the head per chunk of positions.
 
 Why a wrapper rather than special cases in the stages: the labeler, trainer, evaluator and
-benchmark all call `model(input_ids)` and expect a logits tensor; `HFCausalLM` gives them exactly
-that, and the differences (save_pretrained folders, tied weights stored once, padded batches)
-stay in this module.
+benchmark all see that one interface; `HFCausalLM` gives it to them, and the differences
+(save_pretrained folders, tied weights stored once, padded batches, output transforms such as
+Gemma's final-logit soft-capping) stay in this module.
 
 - **Teacher specs** (`load_model_spec`, the one loader the stages call): a native model folder
   (config.json with `family`), a Hugging Face folder (config.json with `model_type`, e.g. a
