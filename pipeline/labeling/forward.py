@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.models.head import CHUNK_POSITIONS, logit_chunks
+from pipeline.models.head import logit_chunks
 
 
 def topk_from_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
@@ -55,10 +55,11 @@ def topk_selector(k: int):
 def label_tokens(model: torch.nn.Module, tokens: np.ndarray, k: int, batch_size: int,
                  device: torch.device, shard_name: str = "shard",
                  on_batch=None, select=None,
-                 chunk: int = CHUNK_POSITIONS) -> tuple[np.ndarray, ...]:
+                 chunk: int | None = None) -> tuple[np.ndarray, ...]:
     """Run the teacher over [rows, seq] tokens in batches; return numpy ids, logprobs, tail.
 
-    The teacher's head runs `chunk` positions at a time (pipeline/models/head.py), so no
+    The teacher's head runs `chunk` positions at a time (default: `chunk_positions()`,
+    pipeline/models/head.py), so no
     [batch, seq, vocab] tensor exists. `select(first_row, rows, seq_len)` → `pick(logits [n, V],
     lo, hi)` → a tuple of [n, ...] tensors for flat positions lo..hi of the batch replaces top-k
     (the other label modes, pipeline/labeling/modes.py); each element is reshaped to

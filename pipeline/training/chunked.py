@@ -5,7 +5,7 @@ Why: every loss (`kl_tail`, `kl_renorm`, `sampled`, CE, pipeline/training/losses
 position, only the student's log-probabilities at a few ids — the stored ids S and the next
 token — s_j = z[id_j] − logsumexp(z). At a 152k vocabulary the full logits of a 16 × 128 batch
 are 1.2 GB in fp32, and autograd keeps several such tensors; here the peak is about one fp32
-chunk of logits (`CHUNK_POSITIONS` × V), whatever the batch.
+chunk of logits (`chunk_positions()` × V, default 1,024 × V), whatever the batch.
 
 `GatheredLogProbs` computes z = head(h) per chunk in fp32 and keeps only h, the ids and the
 logsumexp. Backward recomputes each chunk's logits, turns them into softmax p in place and forms
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.device import autocast
-from pipeline.models.head import CHUNK_POSITIONS, Head, split_model
+from pipeline.models.head import CHUNK_POSITIONS, Head, chunk_positions, split_model
 from pipeline.training.losses import KD_KINDS, LossSpec, compute_loss, loss_from_gathered
 
 SOFTCAP_ROWS = 128  # rows per temporary in the soft-capped backward (one [rows, V] buffer)
@@ -124,11 +124,11 @@ def chunked_loss(h: torch.Tensor, head: Head, batch: dict[str, torch.Tensor], sp
 
 
 def model_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spec: LossSpec,
-               device: torch.device, chunk: int | None = CHUNK_POSITIONS
-               ) -> dict[str, torch.Tensor]:
+               device: torch.device, chunk: int | None = None) -> dict[str, torch.Tensor]:
     """The model's loss on the batch: its body under the device's autocast, then the chunked
-    head and loss in fp32. `chunk` None, or a model without a separable head: full logits and
-    `compute_loss` (the reference path)."""
+    head and loss in fp32, `chunk` positions at a time (default `chunk_positions()`). `chunk`
+    0, or a model without a separable head: full logits and `compute_loss` (the reference)."""
+    chunk = chunk_positions() if chunk is None else chunk
     head = split_model(model) if chunk else None
     if head is None:
         with autocast(device):

@@ -100,7 +100,7 @@ def test_every_parameter_gradient_equals_full_logits(family, kind):
     batch = make_batch(kind, variable=True)
     spec = LossSpec(kind, alpha=0.6)
     grads = []
-    for chunk in (None, 5):  # None: full logits (the reference path)
+    for chunk in (0, 5):  # 0: full logits (the reference path)
         model = make_model(family)
         loss = model_loss(model, batch, spec, CPU, chunk=chunk)["loss"]
         loss.backward()
@@ -134,9 +134,25 @@ def test_no_tensor_larger_than_one_chunk_of_logits():
     batch = make_batch("kl_tail", variable=False)
     batch = {k: v.repeat(6, 5, *[1] * (v.dim() - 2))[:4, :32] for k, v in batch.items()}
     sizes = {}
-    for chunk in (None, 8):
+    for chunk in (0, 8):
         with _Largest() as probe:
             model_loss(model, batch, LossSpec("kl_tail"), CPU, chunk=chunk)["loss"].backward()
         sizes[chunk] = probe.numel
-    assert sizes[None] >= 128 * VOCAB
+    assert sizes[0] >= 128 * VOCAB
     assert sizes[8] == 8 * VOCAB
+
+
+def test_chunk_size_from_the_environment(monkeypatch):
+    from pipeline.errors import PipelineError
+    from pipeline.models.head import CHUNK_ENV, chunk_positions, logit_chunks
+
+    ids = torch.randint(0, VOCAB, (B, L))
+    model = make_model("gpt")
+    assert chunk_positions() == 1024
+    monkeypatch.setenv(CHUNK_ENV, "4")
+    assert [(lo, hi) for lo, hi, _ in logit_chunks(model, ids)][-2:] == [(16, 20), (20, 21)]
+    monkeypatch.setenv(CHUNK_ENV, "0")  # the whole batch at once
+    assert [(lo, hi) for lo, hi, _ in logit_chunks(model, ids)] == [(0, B * L)]
+    monkeypatch.setenv(CHUNK_ENV, "many")
+    with pytest.raises(PipelineError, match=CHUNK_ENV):
+        chunk_positions()
