@@ -38,11 +38,13 @@ def wide_teacher(tokenizer: Path, out: Path, vocab: int, context: int) -> Path:
     """A Qwen2-shaped random teacher with `vocab` logits over `tokenizer` (padded past it)."""
     if (out / "model.safetensors").is_file():
         return out
+    import transformers
     from tokenizers import Tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from pipeline.models.tokenizer import find_eos
 
+    transformers.utils.logging.disable_progress_bar()
     tok = Tokenizer.from_file(str(tokenizer))
     cfg = AutoConfig.for_model("qwen2", vocab_size=vocab, num_hidden_layers=1, hidden_size=64,
                                intermediate_size=128, num_attention_heads=2,

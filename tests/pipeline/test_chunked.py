@@ -10,9 +10,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pipeline.models import build_model
-from pipeline.models.head import split_model
+from pipeline.models.head import Head, split_model
 from pipeline.softlabels.ragged import PAD_LOGPROB
-from pipeline.training.chunked import chunked_loss, model_loss
+from pipeline.training.chunked import chunked_loss, gathered_logprobs, model_loss
 from pipeline.training.losses import KINDS, LossSpec, compute_loss
 
 VOCAB, B, L, K = 97, 3, 7, 5  # 21 positions
@@ -91,6 +91,31 @@ def test_hidden_and_head_gradients_equal_full_logits(family, kind, chunk):
         assert_rel(got[name], want[name])
     for g, w in zip(got_grads, want_grads, strict=True):
         assert_rel(g, w)
+
+
+@pytest.mark.parametrize("transform", [{}, {"bias": True}, {"multiplier": 0.7},
+                                       {"divisor": 3.0, "bias": True}, {"softcap": 1.5},
+                                       {"multiplier": 2.0, "softcap": 4.0, "bias": True}])
+def test_gathered_logprobs_through_every_head_transform(transform):
+    """Any Head (bias, × multiplier, ÷ divisor, soft-cap) against log_softmax of its logits:
+    values and gradients w.r.t. h, weight and bias; repeated ids in a row are summed."""
+    g = torch.Generator().manual_seed(3)
+    n, d = 23, 8
+    w = (torch.randn(VOCAB, d, generator=g) * 2).requires_grad_()
+    b = (torch.randn(VOCAB, generator=g)).requires_grad_() if transform.get("bias") else None
+    head = Head(w, b, transform.get("multiplier"), transform.get("divisor"),
+                transform.get("softcap"))
+    h = torch.randn(n, d, generator=g).requires_grad_()
+    ids = torch.randint(0, VOCAB, (n, 4), generator=g)
+    ids[:, 3] = ids[:, 0]  # the target may be one of the stored ids
+    weights = torch.randn(n, 4, generator=g)
+    leaves = [t for t in (h, w, b) if t is not None]
+    want = (torch.log_softmax(head.logits(h), -1).gather(1, ids) * weights).sum()
+    got = (gathered_logprobs(h, head, ids, chunk=5) * weights).sum()
+    assert_rel(got, want)
+    for x, y in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves),
+                    strict=True):
+        assert_rel(x, y)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
