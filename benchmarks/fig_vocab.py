@@ -99,8 +99,26 @@ def measure(ctx: Context) -> list[Figure]:
         finally:
             probe.close()
     vocab = {k: d.vocab_size for k, d in data.items()}
-    return _figures(s, budget_bytes(vocab["narrow"], vocab["wide"], p.batch_size * p.seq_len),
-                    vocab, p)
+    figures = _figures(s, budget_bytes(vocab["narrow"], vocab["wide"],
+                                       p.batch_size * p.seq_len), vocab, p)
+    if not figures[0].passed or ctx.quick:  # quick: keep the profiling path from rotting
+        top = _profile(ctx, data["wide"], student)
+        figures[0].details["step_allocations"] = top
+        if not figures[0].passed:
+            figures[0].note += f" Profile of one step (torch profiler, bytes allocated): {top}."
+    return figures
+
+
+def _profile(ctx: Context, ds, student: Path) -> str:
+    """The ops that allocate most in one training step at the wide vocabulary, in process."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = ctx.student_run(ctx.student_spec(student, ds, 1), ds, 1)
+    batch = ctx.batches(ds, limit=1)[0]
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run.train_step(batch)
+    top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_memory_usage, reverse=True)[:5]
+    return ", ".join(f"`{e.key}` {e.self_cpu_memory_usage / 2**20:.0f} MB" for e in top)
 
 
 def _figures(s: dict, budget: dict, vocab: dict, p) -> list[Figure]:
@@ -137,10 +155,9 @@ def _note(extra: dict, budget: dict, vocab: dict) -> str:
         f"V = {vocab['narrow']:,} (full-logit path: {min(full):.0f}–{max(full):.0f} MB), "
         f"against a budget of {budget['total'] / 2**20:.0f} MB ({budget['state'] / 2**20:.0f} "
         f"MB of weights, gradients and AdamW state, {budget['chunk'] / 2**20:.0f} MB for one "
-        "fp32 chunk of logits). By construction the chunked loss holds one [chunk, V] fp32 "
-        "buffer in forward and in backward (tests/pipeline/test_chunked.py checks no larger "
-        "logits-shaped tensor exists); what else grows with V: the embedding gradient of the "
-        "tied weight is formed separately and added ([V, d] twice), AdamW's foreach update "
-        "keeps [V, d] temporaries, the checkpoint copies the weights to save them, and glibc "
-        "keeps freed chunk-sized buffers mapped in per-thread arenas. What would close it: a "
-        "smaller SOFTLABELS_CHUNK_POSITIONS, MALLOC_ARENA_MAX=2, or a fused AdamW.")
+        "fp32 chunk of logits). The chunked loss holds one [chunk, V] fp32 buffer in forward "
+        "and in backward (tests/pipeline/test_chunked.py checks that no larger logits-shaped "
+        "tensor exists); besides it, [V, d] temporaries grow with V (the tied embedding's "
+        "gradient is formed apart from the head's and added, AdamW's foreach update, the "
+        "checkpoint's copy of the weights) and glibc may keep freed chunk buffers mapped. What "
+        "would close it: a smaller SOFTLABELS_CHUNK_POSITIONS, MALLOC_ARENA_MAX=2, a fused AdamW.")
