@@ -218,10 +218,13 @@ def _head_matches(model: HFCausalLM, head: Head) -> bool:
         ids = (torch.arange(8) % model.vocab_size).unsqueeze(0).to(head.weight.device)
         want = model(ids).float()
         got = head.logits(model.hidden(ids)).float()
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return False  # no base model / hidden state where we look: full logits it is
     finally:
         model.train(was_training)
     tol = 1e-5 if head.weight.dtype == torch.float32 else 1e-2
-    return bool((want - got).abs().max() <= tol * (want.abs().max() + 1.0))
+    return want.shape == got.shape and bool((want - got).abs().max()
+                                            <= tol * (want.abs().max() + 1.0))
 
 
 def _hub_or_folder(name: str) -> bool:

@@ -181,3 +181,18 @@ def test_chunk_size_from_the_environment(monkeypatch):
     monkeypatch.setenv(CHUNK_ENV, "many")
     with pytest.raises(PipelineError, match=CHUNK_ENV):
         chunk_positions()
+
+
+def test_an_unknown_output_transform_falls_back_to_full_logits(monkeypatch):
+    """A head that does not reproduce the model's logits is refused once: the loss then takes
+    the full-logit path, so it stays right."""
+    from pipeline.models import hf
+
+    model = make_model("gemma2")
+    monkeypatch.setattr(hf, "output_head_of", lambda m: Head(m.get_output_embeddings().weight))
+    model._head_checked = None  # make_model asked already (checked once per model)
+    assert split_model(model) is None  # soft-capping missing: caught by the check
+    batch = make_batch("kl_tail", variable=False)
+    got = model_loss(model, batch, LossSpec("kl_tail"), CPU)["loss"]
+    want = compute_loss(model(batch["input_ids"]), batch, LossSpec("kl_tail"))["loss"]
+    assert_rel(got, want, 1e-7)
