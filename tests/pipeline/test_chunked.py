@@ -58,7 +58,7 @@ def make_batch(kind: str, variable: bool, seed: int = 1) -> dict[str, torch.Tens
 
 def assert_rel(got: torch.Tensor, want: torch.Tensor, rel: float = 1e-5) -> None:
     err = float((got - want).abs().max().detach())
-    assert err <= rel * float(want.abs().max()) + 1e-12, f"max error {err:.3g}"
+    assert err <= rel * float(want.abs().max().detach()) + 1e-12, f"max error {err:.3g}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
