@@ -53,6 +53,10 @@ class Params:
     quality_steps: int = 100  # fig 8: steps per student and seed
     quality_eval_rows: int = 48  # fig 8: validation rows scored against the live teacher
     students: tuple = ("gpt-tiny", "gpt-tiny-renorm", "gru-small")  # fig 5 (data/students)
+    wide_vocab: int = 151_936  # fig 9: Qwen2's logits width
+    vocab_docs: int = 24  # fig 9: articles of both train datasets (≥ vocab_steps batches)
+    vocab_steps: int = 3  # fig 9: optimizer steps per measured `train`
+    vocab_label_docs: int = 8  # fig 9: articles per measured `label` at the wide vocabulary
 
     @classmethod
     def quick(cls) -> "Params":
@@ -60,7 +64,8 @@ class Params:
         return cls(seq_len=32, batch_size=4, shard_rows=32, row_group_rows=8,
                    validation_fraction=0.3, label_docs=3, base_docs=10, storage_rows=4,
                    stream_student_steps=2, stream_epochs=2, students_steps=2, memory_docs=1,
-                   quality_steps=2, quality_eval_rows=4)
+                   quality_steps=2, quality_eval_rows=4, wide_vocab=32_768, vocab_docs=2,
+                   vocab_steps=2, vocab_label_docs=1)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -30,13 +30,14 @@ SHARD_ROWS = 32  # likewise the labeler's shard buffer: several shards even at 1
 class Probe:
     """The memprobe child process: send a job, get the job's peak RSS in bytes."""
 
-    def __init__(self, log):
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.memprobe"], cwd=REPO,
+    def __init__(self, log, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.memprobe", *args], cwd=REPO,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                      text=True)
 
-    def peak(self, stage: str, config: dict) -> float:
-        self.proc.stdin.write(json.dumps({"stage": stage, "config": config}) + "\n")
+    def peak(self, stage: str, config: dict, env: dict | None = None) -> float:
+        job = {"stage": stage, "config": config, "env": env or {}}
+        self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         answer = json.loads(self.proc.stdout.readline() or '{"status": "probe died"}')
         if answer["status"] != 0:

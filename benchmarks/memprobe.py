@@ -1,11 +1,13 @@
 """Peak RSS of a stage, each run in its own child process: `python -m benchmarks.memprobe`.
 
 Protocol: one JSON job per stdin line, `{"stage": "label" | "train", "config": {...}}` (the
-fields of LabelConfig / TrainConfig); one JSON answer per stdout line, `{"maxrss_kb": N,
-"status": S}`. The probe imports torch and the stages once, then forks a fresh child per job and
-reads the child's own peak resident set from `os.wait4` (ru_maxrss), so a measurement holds the
-same interpreter + torch baseline as a `pipeline` process and nothing of the benchmark process
+fields of LabelConfig / TrainConfig; optional `"env": {...}`, set in the child only, e.g.
+SOFTLABELS_CHUNK_POSITIONS); one JSON answer per stdout line, `{"maxrss_kb": N, "status": S}`.
+The probe imports torch and the stages once, then forks a fresh child per job and reads the
+child's own peak resident set from `os.wait4` (ru_maxrss), so a measurement holds the same
+interpreter + torch baseline as a `pipeline` process and nothing of the benchmark process
 (datasets, models of other figures), while paying the imports once instead of per job.
+`--hf` also imports transformers first (its pages then count in every child alike).
 """
 
 import json
@@ -35,6 +37,9 @@ def main() -> None:
 
     # The first optimizer of a process imports torch._dynamo (seconds); pay that once here too.
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    if "--hf" in sys.argv:  # jobs load `hf:` models: import transformers once, not per child
+        import transformers  # noqa: F401
+        import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 
     for line in sys.stdin:
         if not line.strip():
@@ -44,6 +49,7 @@ def main() -> None:
         if pid == 0:  # the child: run the stage, exit without running parent's atexit hooks
             code = 0
             try:
+                os.environ.update(job.get("env") or {})
                 _run(job)
             except BaseException:
                 traceback.print_exc()

@@ -14,19 +14,24 @@ It reports the mean full-vocabulary KL(p ‖ p̂) in nats, the coverage (mean te
 stored ids, from the re-run teacher), the mean entries per position, the largest gap between the
 stored and the re-computed tail mass (a consistency check), and bytes per position (manifest).
 A teacher whose weights differ from the manifest's is refused: the audit would compare labels
-with a different model.
+with a different model. The teacher's logits exist `AUDIT_POSITIONS` positions at a time
+(pipeline/models/head.py), so a 152k-token teacher audits in bounded memory.
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from pipeline.device import autocast, resolve_device
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
+from pipeline.models.head import logit_chunks
 from pipeline.models.loader import load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
 
 MIN_TAIL = 1e-12
+# Positions per chunk: the KL is float64 over the whole vocabulary, a few [n, V] buffers of
+# 8 bytes (128 × 152k × 8 B = 156 MB each), so smaller chunks than training's fp32 ones.
+AUDIT_POSITIONS = 128
 
 
 @dataclass
@@ -40,7 +45,8 @@ class AuditConfig:
 
 
 def implied_logprobs(batch: dict[str, torch.Tensor], vocab: int) -> torch.Tensor:
-    """log p̂ [R, L, V] (float64) of the distribution the stored labels imply (module doc)."""
+    """log p̂ [..., V] (float64) of the distribution the stored labels imply (module doc), for
+    labels [..., k] (a batch [R, L, k] or a chunk of positions [n, k])."""
     ids, tail = batch["topk_ids"], batch["tail_mass"].double().clamp(0.0, 1.0)
     mask = batch.get("label_mask", torch.ones_like(ids, dtype=torch.bool))
     n = mask.sum(-1)
@@ -63,6 +69,26 @@ def kl_full(teacher_logits: torch.Tensor, implied: torch.Tensor) -> torch.Tensor
     """KL(p ‖ p̂) per position over the whole vocabulary, p = softmax(teacher_logits)."""
     log_p = torch.log_softmax(teacher_logits.double(), dim=-1)
     return (log_p.exp() * (log_p - implied)).sum(-1)
+
+
+def _chunks(ds: SoftLabelDataset, cfg: AuditConfig, model, device):
+    """(KL, coverage, entries, stored tail) per chunk of the first cfg.rows rows' positions."""
+    for decoded in _rows(ds, cfg.split, cfg.rows):
+        for lo in range(0, decoded["input_ids"].shape[0], cfg.batch_size):
+            batch = {k: v[lo:lo + cfg.batch_size].to(device) for k, v in decoded.items()}
+            flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items() if k != "input_ids"}
+            for a, b, logits in logit_chunks(model, batch["input_ids"], AUDIT_POSITIONS):
+                part = {k: v[a:b] for k, v in flat.items()}
+                yield *_audit_chunk(logits.float(), part, ds.vocab_size), part["tail_mass"]
+
+
+def _audit_chunk(logits: torch.Tensor, part: dict[str, torch.Tensor], vocab: int):
+    """KL [n], teacher mass on the stored ids [n] and the entry count of n positions."""
+    kl = kl_full(logits, implied_logprobs(part, vocab))
+    mask = part.get("label_mask", torch.ones_like(part["topk_ids"], dtype=torch.bool))
+    lse = torch.logsumexp(logits.double(), -1, keepdim=True)
+    p_stored = (logits.gather(-1, part["topk_ids"]).double() - lse).exp()
+    return kl, p_stored.masked_fill(~mask, 0.0).sum(-1), float(mask.sum())
 
 
 def _rows(ds: SoftLabelDataset, split: str, n: int) -> list[dict]:
@@ -100,24 +126,15 @@ def run(cfg: AuditConfig) -> dict:
     device = resolve_device(cfg.device)
     teacher = load_model_spec(cfg.teacher, device)  # native, hf:, HF folder or URI
     _check(ds, cfg, teacher)
-    vocab = ds.vocab_size
     sums = {"kl": 0.0, "coverage": 0.0, "entries": 0.0}
     kl_max, tail_gap, positions = 0.0, 0.0, 0
-    for decoded in _rows(ds, cfg.split, cfg.rows):
-        for lo in range(0, decoded["input_ids"].shape[0], cfg.batch_size):
-            batch = {k: v[lo:lo + cfg.batch_size].to(device) for k, v in decoded.items()}
-            with autocast(device):
-                logits = teacher.model(batch["input_ids"]).float()
-            kl = kl_full(logits, implied_logprobs(batch, vocab))
-            mask = batch.get("label_mask", torch.ones_like(batch["topk_ids"], dtype=torch.bool))
-            p_stored = torch.softmax(logits.double(), -1).gather(-1, batch["topk_ids"])
-            covered = p_stored.masked_fill(~mask, 0.0).sum(-1)
-            sums["kl"] += float(kl.sum())
-            sums["coverage"] += float(covered.sum())
-            sums["entries"] += float(mask.sum())
-            kl_max = max(kl_max, float(kl.max()))
-            tail_gap = max(tail_gap, float((1.0 - covered - batch["tail_mass"]).abs().max()))
-            positions += kl.numel()
+    for kl, covered, entries, tail in _chunks(ds, cfg, teacher.model, device):
+        sums["kl"] += float(kl.sum())
+        sums["coverage"] += float(covered.sum())
+        sums["entries"] += entries
+        kl_max = max(kl_max, float(kl.max()))
+        tail_gap = max(tail_gap, float((1.0 - covered - tail).abs().max()))
+        positions += kl.numel()
     if positions == 0:
         raise PipelineError(f"{ds.root}: split {cfg.split!r} has no rows to audit; try "
                             "--split train")

@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from pipeline.device import autocast, resolve_device
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.benchmarking import BenchSettings, measure_costs
 from pipeline.evaluation.metrics import MetricSums
@@ -38,6 +38,7 @@ from pipeline.evaluation.report import (
 )
 from pipeline.io.hashing import sha256_json
 from pipeline.io.storage import Store
+from pipeline.models.head import logit_chunks
 from pipeline.models.hf import HF_PREFIX
 from pipeline.models.loaded import WEIGHTS, LoadedModel
 from pipeline.models.loader import is_hf_spec, load_model_spec
@@ -158,10 +159,10 @@ def _score(cfg: EvaluateConfig, ds: SoftLabelDataset, models: list[_Model], devi
                 # its whole values buffer, which the vectorised decoder reads directly
                 batch = {k: v[:n].to(device)
                          for k, v in ds.decode(rb, f"shard {shard.rel}").items()}
-                for m in models:
-                    with torch.inference_mode(), autocast(device):
-                        logits = m.loaded.model(batch["input_ids"])
-                    m.sums.add(logits, batch, is_teacher=m.role == "teacher")
+                for m in models:  # logits one chunk of positions at a time, never [B, L, V]
+                    with torch.inference_mode():
+                        m.sums.add_chunks(logit_chunks(m.loaded.model, batch["input_ids"]),
+                                          batch, is_teacher=m.role == "teacher")
                 done += n
                 progress.advance(task, n * ds.seq_len)
                 progress.update(task, rate=rate_text(done * ds.seq_len,

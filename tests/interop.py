@@ -40,7 +40,9 @@ def make_hf_model(tokenizer: Path, out: Path, model_type: str = "gpt2", seed: in
     defaults = {"gpt2": dict(n_layer=1, n_embd=32, n_head=2, n_positions=64),
                 "llama": dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
                               num_attention_heads=2, num_key_value_heads=1,
-                              max_position_embeddings=64)}[model_type]
+                              max_position_embeddings=64)}
+    defaults["qwen2"] = defaults["llama"]
+    defaults = defaults[model_type]
     cfg = AutoConfig.for_model(model_type, vocab_size=vocab, bos_token_id=None,
                                eos_token_id=None, pad_token_id=None, **{**defaults, **config})
     torch.manual_seed(seed)

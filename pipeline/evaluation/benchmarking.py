@@ -3,7 +3,8 @@
 Method: the same fixed batch of random token ids (seeded, [batch, seq_len]) for every model;
 `warmup` untimed forwards per model (kernel selection, caches, lazy init); then `repeats` rounds
 in which every model runs one timed forward under `torch.inference_mode()` and the device's
-autocast, with a CUDA synchronize after each; the **median** latency is reported (robust to a
+autocast (its head applied one chunk of positions at a time, pipeline/models/head.py), with a
+CUDA synchronize after each; the **median** latency is reported (robust to a
 noisy neighbour on a shared machine) and tokens/s = batch × seq_len / median latency.
 Size is the unique parameter count and the bytes of `model.safetensors` on disk.
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.device import autocast
 from pipeline.models import count_parameters
+from pipeline.models.head import logit_chunks
 
 
 @dataclass
@@ -51,18 +52,24 @@ def interleaved_latencies(models: list[torch.nn.Module], batch: torch.Tensor,
     for m in models:
         m.eval()
     times: list[list[float]] = [[] for _ in models]
-    with autocast(device):
-        for m in models:
-            for _ in range(warmup):
-                m(batch)
-        _sync(device)
-        for _ in range(max(repeats, 1)):
-            for i, m in enumerate(models):
-                start = time.perf_counter()
-                m(batch)
-                _sync(device)
-                times[i].append(time.perf_counter() - start)
+    for m in models:
+        for _ in range(warmup):
+            _forward(m, batch)
+    _sync(device)
+    for _ in range(max(repeats, 1)):
+        for i, m in enumerate(models):
+            start = time.perf_counter()
+            _forward(m, batch)
+            _sync(device)
+            times[i].append(time.perf_counter() - start)
     return times
+
+
+def _forward(model: torch.nn.Module, batch: torch.Tensor) -> None:
+    """The whole forward, logits included, one chunk of positions at a time (as evaluate runs
+    it): a wide vocabulary's [batch, seq, vocab] logits would cost GBs for nothing."""
+    for _ in logit_chunks(model, batch):
+        pass
 
 
 def measure_costs(models: list[tuple[torch.nn.Module, Path | int]], vocab_size: int,

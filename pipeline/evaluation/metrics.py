@@ -2,7 +2,9 @@
 
 Every function is vectorised over [rows, positions] and returns per-position values (or bin
 sums), so the evaluator can stream batches and sum them; `MetricSums` does that summing in
-float64 and turns the sums into the reported means at the end.
+float64 and turns the sums into the reported means at the end. It takes a model's logits one
+chunk of positions at a time (`add_chunks`, fed by pipeline.models.head.logit_chunks): at a
+152k vocabulary a batch's [rows, positions, vocab] logits would be GBs.
 
 Fidelity uses only the stored labels (teacher top-k ids, log-probabilities and exact tail mass),
 so the teacher is never re-run: the KL is the exact KL between the two distributions coarsened
@@ -107,32 +109,50 @@ class MetricSums:
     @torch.inference_mode()
     def add(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
             is_teacher: bool = False) -> None:
-        """Add one batch: model logits [R, L, V]; batch from `decode_batch` (same device).
+        """Add one batch from its full logits [R, L, V] (small vocabularies, tests)."""
+        flat = logits.reshape(-1, logits.shape[-1])
+        self.add_chunks([(0, flat.shape[0], flat)], batch, is_teacher)
+
+    @torch.inference_mode()
+    def add_chunks(self, chunks, batch: dict[str, torch.Tensor], is_teacher: bool = False) -> None:
+        """Add one batch from its logits as (lo, hi, [hi − lo, V]) chunks of the R·L positions
+        (pipeline.models.head.logit_chunks), so no [R, L, V] tensor is needed; batch from
+        `decode_batch` (same device).
 
         For the teacher that labeled the dataset, fidelity holds by definition (KL 0, agreement
         1, mass on its own top-k = Σ p_i), so it is taken from the labels, not re-measured.
         """
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
         ids = batch["input_ids"]
-        nll = next_token_nll(logprobs, ids)
-        conf, correct = top1_confidence_and_correct(logprobs, ids)
-        self.nll += float(nll.double().sum())
-        self.correct += float(correct.sum())
-        self.positions += nll.numel()
-        self.bins += calibration_bins(conf, correct).cpu()
+        rows, length = ids.shape
+        flat = _flat_positions(batch, fidelity="topk_ids" in batch and not is_teacher)
+        for lo, hi, logits in chunks:
+            self._add_chunk(logits.float(), {k: v[lo:hi] for k, v in flat.items()})
+        self.positions += rows * (length - 1)
         if "topk_ids" in batch and is_teacher:
             self.agree += batch["tail_mass"].numel()
             self.mass += float(batch["topk_logprobs"].double().exp().sum())
             self.fid_positions += batch["tail_mass"].numel()
         elif "topk_ids" in batch:
-            on_topk = student_topk_logprobs(logprobs, batch["topk_ids"])
-            if "label_mask" in batch:  # topp/sampled padding: p = 0 for teacher and student
-                on_topk = on_topk.masked_fill(~batch["label_mask"], PAD_LOGPROB)
-            self.kl += float(tail_kl(batch["topk_logprobs"], batch["tail_mass"],
-                                     on_topk).double().sum())
-            self.agree += float(top1_agreement(batch["topk_ids"][..., 0], logits).sum())
-            self.mass += float(mass_on_teacher_topk(on_topk).double().sum())
-            self.fid_positions += on_topk.shape[0] * on_topk.shape[1]
+            self.fid_positions += rows * length
+
+    def _add_chunk(self, logits: torch.Tensor, part: dict[str, torch.Tensor]) -> None:
+        """Sums over one chunk of positions: logits [n, V], `part` the same positions' labels."""
+        lse = torch.logsumexp(logits, dim=-1)
+        top, pred = logits.max(dim=-1)
+        has = part["has_target"]
+        nll = (lse - logits.gather(-1, part["target"].unsqueeze(-1)).squeeze(-1))[has]
+        conf, correct = (top - lse)[has].exp(), (pred == part["target"])[has].float()
+        self.nll += float(nll.double().sum())
+        self.correct += float(correct.sum())
+        self.bins += calibration_bins(conf, correct).cpu()
+        if "topk_ids" not in part:
+            return
+        on_topk = logits.gather(-1, part["topk_ids"]) - lse.unsqueeze(-1)
+        if "label_mask" in part:  # topp/sampled padding: p = 0 for teacher and student
+            on_topk = on_topk.masked_fill(~part["label_mask"], PAD_LOGPROB)
+        self.kl += float(tail_kl(part["topk_logprobs"], part["tail_mass"], on_topk).double().sum())
+        self.agree += float((pred == part["topk_ids"][..., 0]).sum())
+        self.mass += float(mass_on_teacher_topk(on_topk).double().sum())
 
     def result(self) -> dict[str, float | None]:
         """Means per position. Fidelity is None on a dataset without soft labels."""
@@ -147,3 +167,19 @@ class MetricSums:
             "ece": ece_from_bins(self.bins),
             "positions": self.positions, "fidelity_positions": fid,
         }
+
+
+def _flat_positions(batch: dict[str, torch.Tensor], fidelity: bool) -> dict[str, torch.Tensor]:
+    """Per position (row-major, R·L): the next token and whether there is one (not at a row's
+    last position), and with `fidelity` the stored labels."""
+    ids = batch["input_ids"]
+    target = torch.nn.functional.pad(ids[:, 1:], (0, 1))
+    has = torch.ones_like(ids, dtype=torch.bool)
+    has[:, -1] = False
+    out = {"target": target.reshape(-1), "has_target": has.reshape(-1)}
+    if fidelity:
+        for key in ("topk_ids", "topk_logprobs", "tail_mass", "label_mask"):
+            if key in batch:
+                value = batch[key]
+                out[key] = value.reshape(-1, *value.shape[2:])
+    return out

@@ -36,6 +36,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.ragged import PAD_LOGPROB
 
+SAMPLE_POSITIONS = 256  # positions per float64 CDF when sampling (256 × 152k × 8 B = 311 MB)
 LOSSES_FOR_MODE = {"topk": ("kl_tail", "kl_renorm", "ce"), "topp": ("kl_tail", "kl_renorm", "ce"),
                    "sampled": ("sampled", "ce"), "none": ("ce",)}
 
@@ -171,16 +172,29 @@ def sample_from_logits(logits: torch.Tensor, samples: int, temperature: float,
 
 
 def selector(spec: S.LabelSpec, split: str, shard: int):
-    """`select(logits, first_row)` for pipeline.labeling.forward.label_tokens, or None for top-k."""
+    """`select(first_row, rows, seq_len)` → `pick(logits [n, V], lo, hi)` for
+    pipeline.labeling.forward.label_tokens (flat positions lo..hi of a batch), or None for
+    top-k. Sampled draws come from the rows' own uniforms, so chunking changes nothing."""
     if spec.mode == "topp":
-        return lambda logits, _: topp_from_logits(logits, spec.top_p, spec.min_k, spec.k)
+        def pick_topp(logits, lo, hi):
+            return topp_from_logits(logits, spec.top_p, spec.min_k, spec.k)
+        return lambda first_row, rows, seq_len: pick_topp
     if spec.mode == "sampled":
-        def select(logits, first_row):
-            rows, seq_len = logits.shape[0], logits.shape[1]
+        def select(first_row, rows, seq_len):
             u = row_uniforms(spec.seed, split, shard, first_row, rows, seq_len, spec.samples)
-            return sample_from_logits(logits, spec.samples, spec.proposal_temperature, u)
+            u = u.view(rows * seq_len, spec.samples)
+            return lambda logits, lo, hi: _sample_rows(logits, spec, u[lo:hi])
         return select
     return None
+
+
+def _sample_rows(logits: torch.Tensor, spec: S.LabelSpec, u: torch.Tensor) -> tuple:
+    """sample_from_logits over [n, V] logits, SAMPLE_POSITIONS at a time: its float64 CDF
+    is 8 bytes per logit, so a whole chunk at a wide vocabulary would cost GBs."""
+    parts = [sample_from_logits(logits[lo:lo + SAMPLE_POSITIONS], spec.samples,
+                                spec.proposal_temperature, u[lo:lo + SAMPLE_POSITIONS])
+             for lo in range(0, logits.shape[0], SAMPLE_POSITIONS)]
+    return tuple(torch.cat(column) for column in zip(*parts))
 
 
 # -- which loss fits which labels ---------------------------------------------------------------

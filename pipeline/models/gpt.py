@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.models.head import Head
+
 
 @dataclass
 class GPTConfig:
@@ -72,8 +74,14 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[batch, seq] token ids → [batch, seq, vocab] logits."""
+    def forward(self, input_ids: torch.Tensor, *, hidden_only: bool = False) -> torch.Tensor:
+        """[batch, seq] token ids → [batch, seq, vocab] logits (`hidden_only`: the final hidden
+        states [batch, seq, d_model], so a DDP-wrapped model can hand them to a chunked loss)."""
+        h = self.hidden(input_ids)
+        return h if hidden_only else self.head(h)
+
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (after ln_f): what the tied head turns into logits."""
         t = input_ids.shape[1]
         if t > self.cfg.context:
             raise ValueError(f"sequence length {t} exceeds model context {self.cfg.context}")
@@ -81,4 +89,7 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))
+        return self.ln_f(x)
+
+    def output_head(self) -> Head:
+        return Head(self.head.weight)

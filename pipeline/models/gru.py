@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pipeline.models.head import Head
+
 
 @dataclass
 class GRUConfig:
@@ -30,6 +32,14 @@ class GRULM(nn.Module):
         self.head.weight = self.tok_emb.weight
         nn.init.normal_(self.tok_emb.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, *, hidden_only: bool = False) -> torch.Tensor:
+        """Logits [batch, seq, vocab], or with `hidden_only` the final hidden states."""
+        h = self.hidden(input_ids)
+        return h if hidden_only else self.head(h)
+
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         x, _ = self.rnn(self.tok_emb(input_ids))
-        return self.head(self.ln_f(x))
+        return self.ln_f(x)
+
+    def output_head(self) -> Head:
+        return Head(self.head.weight)

@@ -1,10 +1,11 @@
 """Hugging Face `transformers` causal LMs as teachers and students, behind the pipeline's model
-interface (a module mapping [batch, seq] ids to [batch, seq, vocab] logits).
+interface: `model(input_ids)` → [batch, seq, vocab] logits, and `hidden(input_ids)` plus
+`output_head()` (pipeline/models/head.py) so the stages apply the head per chunk of positions.
 
 Why a wrapper rather than special cases in the stages: the labeler, trainer, evaluator and
-benchmark all call `model(input_ids)` and expect a logits tensor; `HFCausalLM` gives them exactly
-that, and the differences (save_pretrained folders, tied weights stored once, padded batches)
-stay in this module.
+benchmark all see that one interface; `HFCausalLM` gives it to them, and the differences
+(save_pretrained folders, tied weights stored once, padded batches, output transforms such as
+Gemma's final-logit soft-capping) stay in this module.
 
 - **Teacher specs** (`load_model_spec`, the one loader the stages call): a native model folder
   (config.json with `family`), a Hugging Face folder (config.json with `model_type`, e.g. a
@@ -38,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.models.head import Head
 
 HF_PREFIX = "hf:"
 TOKENIZER_JSON, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
@@ -119,14 +121,30 @@ class HFCausalLM(nn.Module):
             hf_model = transformers.AutoModelForCausalLM.from_config(student_hf_config(cfg))
         self.cfg = cfg
         self.hf = hf_model
+        self._head_checked: bool | None = None
 
-    def forward(self, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        kw = {}
-        if attention_mask is not None:  # positions count real tokens only (left padding)
-            kw = {"attention_mask": attention_mask,
-                  "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
-        return self.hf(input_ids=input_ids, use_cache=False, **kw).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                hidden_only: bool = False) -> torch.Tensor:
+        """Logits [batch, seq, vocab] from the model's own forward, or with `hidden_only` its
+        final hidden states (so a DDP-wrapped student can hand them to the chunked loss)."""
+        if hidden_only:
+            return self.hidden(input_ids, attention_mask)
+        return self.hf(input_ids=input_ids, use_cache=False, **_mask_kw(attention_mask)).logits
+
+    def hidden(self, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The base model's last hidden state (after its final norm): the lm_head's input."""
+        return self.hf.base_model(input_ids=input_ids, use_cache=False,
+                                  **_mask_kw(attention_mask)).last_hidden_state
+
+    def output_head(self) -> Head | None:
+        """The lm_head plus the model type's output transform (models/head.py), or None when the
+        model's logits are not that (an output transform we do not know): callers then use the
+        full logits. Checked once against the model's own forward on a few tokens."""
+        head = output_head_of(self.hf)
+        if self._head_checked is None:
+            self._head_checked = _head_matches(self, head)
+        return head if self._head_checked else None
 
     @property
     def vocab_size(self) -> int:
@@ -166,6 +184,47 @@ class HFCausalLM(nn.Module):
             config["eos_token"] = tok.id_to_token(eos)
         (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2))
         return out
+
+
+def _mask_kw(attention_mask: torch.Tensor | None) -> dict:
+    """With a mask, positions count real tokens only (left padding gives the row's labels)."""
+    if attention_mask is None:
+        return {}
+    return {"attention_mask": attention_mask,
+            "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
+
+
+def output_head_of(hf_model) -> Head:
+    """lm_head and the output transforms transformers' causal LMs apply after it (read from
+    their modeling code): Gemma 2/3 `final_logit_softcapping`, Cohere `logit_scale` (×),
+    Granite `logits_scaling` (÷). Others that transform logits fail `_head_matches`."""
+    config = hf_model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    lm_head = hf_model.get_output_embeddings()
+    multiplier = getattr(text, "logit_scale", None) if config.model_type.startswith(
+        "cohere") else None
+    divisor = getattr(text, "logits_scaling", None) if config.model_type.startswith(
+        "granite") else None
+    return Head(lm_head.weight, lm_head.bias, multiplier, divisor,
+                getattr(text, "final_logit_softcapping", None))
+
+
+@torch.no_grad()
+def _head_matches(model: HFCausalLM, head: Head) -> bool:
+    """Does head(hidden(ids)) give the model's logits? Eight tokens, eval mode, once."""
+    was_training = model.training
+    model.eval()
+    try:
+        ids = (torch.arange(8) % model.vocab_size).unsqueeze(0).to(head.weight.device)
+        want = model(ids).float()
+        got = head.logits(model.hidden(ids)).float()
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return False  # no base model / hidden state where we look: full logits it is
+    finally:
+        model.train(was_training)
+    tol = 1e-5 if head.weight.dtype == torch.float32 else 1e-2
+    return want.shape == got.shape and bool((want - got).abs().max()
+                                            <= tol * (want.abs().max() + 1.0))
 
 
 def _hub_or_folder(name: str) -> bool:

@@ -31,9 +31,10 @@ at tau is tau^2 * KL(p_S^tau || q_S^tau). The teacher's stored log-probabilities
 renormalised to mass 1 - r inside S, so fp16 rounding of stored values never makes p a
 non-distribution.
 
-Memory: the student's logits are the only [batch, seq, vocab] tensor. We take one logsumexp
-over the vocabulary and gather the k logits of S (and the target's logit for CE) from the
-logits, instead of materialising a full log-softmax.
+Memory: every loss needs only the student's log-probabilities gathered at S and at the next
+token. `compute_loss` takes them from full logits (one logsumexp, then a gather: the reference);
+training takes them from `pipeline.training.chunked`, which never holds more than one chunk of
+positions' logits, and both meet in `loss_from_gathered`.
 
 For other stages (evaluate's fidelity metric): `tail_kl_per_position(student_logprobs_full,
 topk_ids, topk_logprobs, tail)` is the exact coarsened KL per position from a full student
@@ -125,19 +126,31 @@ def compute_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
     logits: [B, L, V] student output for batch["input_ids"] [B, L]. KD kinds also need
     batch["topk_ids"] [B, L, k], batch["topk_logprobs"] [B, L, k], batch["tail_mass"] [B, L].
     CE uses positions 0..L-2 (the last position has no in-row target); KD uses all L.
+    The full-logit reference; training applies the head per chunk of positions instead
+    (pipeline/training/chunked.py) and meets here in `loss_from_gathered`.
     """
     logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1)  # [B, L]: the one pass over the vocabulary
     input_ids = batch["input_ids"]
     targets = input_ids[:, 1:].unsqueeze(-1)
-    ce = (-_student_logprobs_at(logits[:, :-1], lse[:, :-1], targets)).mean()
+    s_target = _student_logprobs_at(logits[:, :-1], lse[:, :-1], targets).squeeze(-1)
+    s = None
+    if spec.kind in KD_KINDS:
+        s = _student_logprobs_at(logits, lse, batch["topk_ids"])
+    return loss_from_gathered(s, s_target, batch, spec)
+
+
+def loss_from_gathered(s: torch.Tensor | None, s_target: torch.Tensor,
+                       batch: dict[str, torch.Tensor], spec: LossSpec) -> dict[str, torch.Tensor]:
+    """The loss parts from the student's log-probabilities at the stored ids, s [B, L, k] (None
+    for `ce`), and at the next token, s_target [B, L-1] (or [B, L]: the last is ignored)."""
+    ce = (-s_target[:, :batch["input_ids"].shape[1] - 1]).mean()
     out = {"ce": ce}
     if spec.kind == "ce":
         out["loss"] = ce
         return out
     if spec.kind not in KD_KINDS:
         raise ValueError(f"unknown loss kind {spec.kind!r}: valid are {KINDS}")
-    s = _student_logprobs_at(logits, lse, batch["topk_ids"])
     if "label_mask" in batch:  # variable-length labels (topp, sampled): padding counts as p = 0
         s = s.masked_fill(~batch["label_mask"], PAD_LOGPROB)
     if spec.kind == "sampled":

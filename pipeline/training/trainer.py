@@ -5,6 +5,8 @@
 teacher's top-k (online KD). Each student keeps its own torch RNG state and swaps it in around
 its own work, so students sharing one read pass do not perturb each other: a student trains to
 the same weights alone or in a group, and a resumed run to the same weights as an unbroken one.
+The loss applies the student's output head one chunk of positions at a time
+(pipeline/training/chunked.py), so memory does not grow with batch × seq × vocab.
 
 Checkpoints never use pickle: weights and optimizer tensors go to safetensors, the rest to JSON.
 The run folder's files and their write order are pipeline/training/layout.py's: a checkpoint is a
@@ -25,12 +27,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pipeline.device import autocast
 from pipeline.errors import PipelineError
 from pipeline.io import atomic
 from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.models import build_model, count_parameters
 from pipeline.models.checkpoint import WEIGHTS, load_state, load_weights, save_model_dir
+from pipeline.training.chunked import model_loss
 from pipeline.training.layout import (
     LATEST,
     METRICS,
@@ -41,7 +43,6 @@ from pipeline.training.layout import (
     checkpoint_name,
     latest_checkpoint,
 )
-from pipeline.training.losses import compute_loss
 from pipeline.training.students import StudentSpec
 
 
@@ -111,10 +112,7 @@ class StudentRun:
             group["lr"] = lr
         self.model.train()
         with self.own_rng():
-            with autocast(self.device):
-                logits = self.model(batch["input_ids"])
-            parts = compute_loss(logits, batch, self.spec.loss)
-            del logits
+            parts = model_loss(self.model, batch, self.spec.loss, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             if self.spec.optimizer.grad_clip > 0:
@@ -135,9 +133,7 @@ class StudentRun:
         self.model.eval()
         sums: dict[str, float] = {}
         for batch in batches:
-            with autocast(self.device):
-                logits = self.model(batch["input_ids"])
-            for k, v in compute_loss(logits, batch, self.spec.loss).items():
+            for k, v in model_loss(self.model, batch, self.spec.loss, self.device).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         self.last_val = {f"val_{k}": v / len(batches) for k, v in sums.items()}
         return self.last_val
