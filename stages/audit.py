@@ -17,26 +17,16 @@ A teacher whose weights differ from the manifest's is refused: the audit would c
 with a different model.
 """
 
-from dataclasses import dataclass
-
 import torch
 
+from pipeline.config.check import check_config
+from pipeline.config.stages import AuditConfig
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.models.loader import load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
 
 MIN_TAIL = 1e-12
-
-
-@dataclass
-class AuditConfig:
-    labels: str
-    teacher: str
-    rows: int = 64
-    split: str = "validation"
-    batch_size: int = 8
-    device: str = "auto"
 
 
 def implied_logprobs(batch: dict[str, torch.Tensor], vocab: int) -> torch.Tensor:
@@ -96,6 +86,7 @@ def _check(ds: SoftLabelDataset, cfg: AuditConfig, teacher) -> None:
 @torch.inference_mode()
 def run(cfg: AuditConfig) -> dict:
     """Audit one dataset against its teacher; return the report as a dict."""
+    check_config(cfg)
     ds = SoftLabelDataset(cfg.labels)
     device = resolve_device(cfg.device)
     teacher = load_model_spec(cfg.teacher, device)  # native, hf:, HF folder or URI

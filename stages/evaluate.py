@@ -24,6 +24,8 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from pipeline.config.check import check_config
+from pipeline.config.stages import EvaluateConfig
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.benchmarking import BenchSettings, measure_costs
@@ -50,21 +52,6 @@ warn = Console(stderr=True)
 
 
 @dataclass
-class EvaluateConfig:
-    labels: str
-    runs: list[str]
-    out: str
-    teacher: str | None = None
-    device: str = "auto"
-    max_rows: int | None = None
-    batch_size: int = 8
-    bench_warmup: int = 3
-    bench_repeats: int = 10
-    quiet: bool = False
-    trust_remote_code: bool = False  # hf: models may run their repo's code only if set
-
-
-@dataclass
 class _Model:
     name: str
     role: str
@@ -75,10 +62,7 @@ class _Model:
 def _check_args(cfg: EvaluateConfig) -> None:
     if not cfg.runs and not cfg.teacher:
         raise PipelineError("nothing to evaluate: pass at least one --run RUN_DIR (or --teacher)")
-    if cfg.batch_size < 1:
-        raise PipelineError(f"--batch-size {cfg.batch_size} must be >= 1")
-    if cfg.max_rows is not None and cfg.max_rows < 1:
-        raise PipelineError(f"--max-rows {cfg.max_rows} must be >= 1")
+    check_config(cfg)
     names = [model_name(r) for r in cfg.runs] + ([model_name(cfg.teacher)] if cfg.teacher
                                                   else [])
     dupes = sorted({n for n in names if names.count(n) > 1})

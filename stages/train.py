@@ -20,11 +20,13 @@ import os
 import shutil
 import time
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from pipeline.config.check import check_config
+from pipeline.config.stages import TrainConfig
+from pipeline.config.toml import dumps_toml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.hashing import sha256_file
@@ -37,7 +39,6 @@ from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compati
 from pipeline.training import ddp
 from pipeline.training.students import (
     StudentSpec,
-    dumps_toml,
     load_student,
     resolve_for_dataset,
     with_overrides,
@@ -47,21 +48,23 @@ from pipeline.training.trainer import COMPLETE, StudentRun
 VALIDATION = "validation"
 
 
-@dataclass
-class TrainConfig:
-    labels: str
-    students: list[str] = field(default_factory=list)
-    out: str = "runs"
-    max_steps: int | None = None
-    epochs: int | None = None
-    device: str = "auto"
-    resume: bool = False
-    num_workers: int = 0
-    data_seed: int = 0
-    shuffle_rows: int = 512
-    quiet: bool = False
-    workers: int | None = None  # one dask task per student on a LocalCluster of N processes
-    scheduler: str | None = None  # ... or an existing dask cluster (pipeline/training/cluster.py)
+def _check_args(cfg: TrainConfig) -> None:
+    """Each value against its rule (pipeline/config/stages.py); --out outside the dataset."""
+    check_config(cfg)
+    if cfg.workers and cfg.scheduler:
+        raise PipelineError("pass either --workers N or --scheduler ADDR, not both")
+    if _inside(cfg.out, cfg.labels):
+        raise PipelineError(f"--out {cfg.out} is inside the dataset folder --labels {cfg.labels}; "
+                            "choose a runs folder outside it (a dataset holds only what the "
+                            "labeler wrote)")
+
+
+def _inside(child: str, parent: str) -> bool:
+    """`child` is `parent` or below it (paths resolved; URIs compared as text)."""
+    if is_remote(child) or is_remote(parent):
+        child, parent = child.rstrip("/"), parent.rstrip("/")
+        return child == parent or child.startswith(parent + "/")
+    return Path(child).resolve().is_relative_to(Path(parent).resolve())
 
 
 def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
@@ -239,14 +242,13 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
 def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
     """Train (or resume, or skip when finished) every student; return {name: run folder}.
     `on_checkpoint(run_dir)` runs after every checkpoint and after complete.json."""
+    _check_args(cfg)
     if is_remote(cfg.out):  # local staging folders, uploaded at every checkpoint
         from pipeline.training.remote import train_to_remote
 
         return train_to_remote(cfg, run)
     ds = SoftLabelDataset(cfg.labels)
     dataset_tokenizer(ds)
-    if cfg.num_workers < 0 or cfg.shuffle_rows < 1:
-        raise PipelineError("--num-workers must be >= 0 and shuffle rows >= 1")
     specs = _load_students(cfg, ds)
     device = ddp.setup(cfg.device)  # torchrun: join the process group, one device per rank
     out = Path(cfg.out)

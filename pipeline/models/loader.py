@@ -10,12 +10,13 @@ import json
 import threading
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 from pipeline.errors import PipelineError
 from pipeline.io.remote import local_copy
 from pipeline.io.storage import is_remote
 from pipeline.models.checkpoint import load_model_dir
-from pipeline.models.hf import HF_PREFIX, load_hf
+from pipeline.models.hf import HF_PREFIX, context_of, load_hf
 from pipeline.models.loaded import weights_sha256
 
 
@@ -68,6 +69,21 @@ def local_weights_sha256(spec) -> str | None:
     hf = is_hf_spec(spec) or not is_native_dir(target)
     files = sorted(target.glob("*.safetensors")) if hf else [target / "model.safetensors"]
     return weights_sha256(files) if files and all(f.is_file() for f in files) else None
+
+
+def local_context(spec) -> int | None:
+    """The positions a local model folder can embed, read from its config.json without loading
+    the model (None: no such folder, or no fixed limit); `pipeline label` caps its default
+    --seq-len at it and `pipeline run` needs it to compare plans cheaply."""
+    spec = str(spec)
+    target = spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
+    config = None if is_remote(target) else _read_config(Path(target))
+    if config is None:
+        return None
+    if is_hf_spec(spec) or is_hf_config(config):
+        return context_of(SimpleNamespace(**config))
+    context = config.get("context")
+    return context if isinstance(context, int) and context > 0 else None
 
 
 # One teacher per worker process (dask workers run many shard tasks): loaded on first use.

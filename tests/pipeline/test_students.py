@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config.toml import dumps_toml
 from pipeline.errors import ConfigError
 from pipeline.training.students import (
-    dumps_toml,
     load_student,
     parse_student,
     resolve_for_dataset,
