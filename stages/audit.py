@@ -23,7 +23,7 @@ from pipeline.config.check import check_config
 from pipeline.config.stages import AuditConfig
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import PipelineError
-from pipeline.models.loader import load_model_spec
+from pipeline.models.loader import check_model_exists, load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
 
 MIN_TAIL = 1e-12
@@ -87,6 +87,7 @@ def _check(ds: SoftLabelDataset, cfg: AuditConfig, teacher) -> None:
 def run(cfg: AuditConfig) -> dict:
     """Audit one dataset against its teacher; return the report as a dict."""
     check_config(cfg)
+    check_model_exists(cfg.teacher, "--teacher")
     ds = SoftLabelDataset(cfg.labels)
     device = resolve_device(cfg.device)
     teacher = load_model_spec(cfg.teacher, device)  # native, hf:, HF folder or URI

@@ -42,7 +42,7 @@ from pipeline.io.hashing import sha256_file, sha256_json
 from pipeline.io.storage import Store, is_remote, temporary_dir
 from pipeline.models.hf import HF_PREFIX
 from pipeline.models.loaded import WEIGHTS, LoadedModel
-from pipeline.models.loader import is_hf_spec, load_model_spec
+from pipeline.models.loader import check_model_exists, is_hf_spec, load_model_spec
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.reader import SoftLabelDataset
 
@@ -63,6 +63,10 @@ def _check_args(cfg: EvaluateConfig) -> None:
     if not cfg.runs and not cfg.teacher:
         raise PipelineError("nothing to evaluate: pass at least one --run RUN_DIR (or --teacher)")
     check_config(cfg)
+    if cfg.teacher:
+        check_model_exists(cfg.teacher, "--teacher")
+    for run in cfg.runs:
+        check_model_exists(run, "--run")
     names = [model_name(r) for r in cfg.runs] + ([model_name(cfg.teacher)] if cfg.teacher
                                                   else [])
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -37,7 +37,7 @@ from pipeline.labeling.packing import ShardSpill, iter_shard_inputs
 from pipeline.labeling.shards import ShardWork, label_in_process, label_on_cluster
 from pipeline.models.checkpoint import load_model_dir
 from pipeline.models.hf import HF_PREFIX
-from pipeline.models.loader import local_context, local_weights_sha256
+from pipeline.models.loader import check_model_exists, local_context, local_weights_sha256
 from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import layout
@@ -55,6 +55,8 @@ def _check_args(cfg: LabelConfig) -> None:
         raise PipelineError("--top-k 0 needs --tokenizer FILE (or --teacher DIR for its tokenizer)")
     if cfg.workers and cfg.scheduler:
         raise PipelineError("pass either --workers N or --scheduler ADDR, not both")
+    if cfg.teacher:
+        check_model_exists(cfg.teacher, "--teacher")
     labelmodes.check_args(cfg)
 
 

@@ -134,8 +134,12 @@ def _total_steps(spec: StudentSpec, reader: StreamReader) -> int:
     t = spec.train
     if t.epochs is None:
         return t.max_steps
-    steps = sum(reader.epoch_length(e) for e in range(t.epochs))
-    return min(steps, t.max_steps) if t.max_steps else steps
+    steps = 0
+    for e in range(t.epochs):  # stop at max_steps: epochs may be huge when steps bound the run
+        steps += reader.epoch_length(e)
+        if t.max_steps and steps >= t.max_steps:
+            return t.max_steps
+    return steps
 
 
 def _validation_batches(ds: SoftLabelDataset, batch_size: int, n: int,

@@ -202,22 +202,58 @@ def tokenizer_train(cfg: TokenizerConfig) -> None:
     out.print(f"tokenizer {cfg.out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}")
 
 
+def _click_error(name: str) -> type:
+    """click's exception class `name`, from whichever click typer uses (it may ship its own)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The console entry point; `argv` (default: sys.argv[1:]) lets tests run it in process."""
+    """The console entry point; `argv` (default: sys.argv[1:]) lets tests run it in process.
+
+    Every failure a user can cause is one line on stderr: a PipelineError (exit 1, or 2 for a
+    bad job/student file), a full disk (exit 1) and a malformed command line (a missing option,
+    a value typer cannot parse: exit 2, as click exits)."""
     try:
-        app(args=argv, prog_name="pipeline")
+        code = app(args=argv, prog_name="pipeline", standalone_mode=False)
     except PipelineError as exc:
-        # escape: messages name TOML sections like [corpus], which rich would eat as markup
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    except _click_error("UsageError") as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `pipeline` alone: the help, as ever
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+            sys.exit(exc.exit_code)
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        _fail(exc.format_message() + _typed(argv, exc) + where, exc.exit_code)
+    except _click_error("ClickException") as exc:
+        _fail(exc.format_message(), exc.exit_code)
     except OSError as exc:
         if exc.errno not in DISK_FULL:
             raise
         # A full disk can hit any write (a tokenizer copy, a report): not a bug, so one line.
         where = exc.filename2 or exc.filename or "a file"
-        msg = f"writing {where} failed: {exc.strerror} (disk full? free space and rerun)"
-        err.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(f"writing {where} failed: {exc.strerror} (disk full? free space and rerun)", 1)
+    if isinstance(code, int) and code:  # typer.Exit(n) and Ctrl-C (130) return their code
+        sys.exit(code)
+
+
+def _typed(argv: list[str] | None, exc) -> str:
+    """", got 'abc'": the value a user typed for the option click could not parse."""
+    opts = getattr(getattr(exc, "param", None), "opts", None) or []
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and i + 1 < len(args):
+                return f", got {args[i + 1]!r}"
+            if arg.startswith(opt + "="):
+                return f", got {arg[len(opt) + 1:]!r}"
+    return ""
+
+
+def _fail(message: str, code: int) -> None:
+    # escape: messages name TOML sections like [corpus], which rich would eat as markup
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from dataclasses import MISSING, Field, fields
 from pathlib import Path
 
 import typer
-from click.core import ParameterSource
 
 from pipeline.config.check import check_config
 from pipeline.config.fields import opt_of
 
-GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+# click's ParameterSource names (compared by name: typer may ship its own copy of click)
+GIVEN = ("COMMANDLINE", "ENVIRONMENT")
 
 
 def _option(f: Field):
@@ -58,7 +58,8 @@ def config_command(cls, *extra: inspect.Parameter):
 
     def wrap(body):
         def command(ctx: typer.Context, **kw):
-            given = {n for n in names if ctx.get_parameter_source(n) in GIVEN}
+            given = {n for n in names
+                     if getattr(ctx.get_parameter_source(n), "name", None) in GIVEN}
             cfg = cls(**{n: _plain(kw.pop(n)) for n in names})
             check_config(cfg, given)
             return body(cfg, **kw)

@@ -35,7 +35,7 @@ def _not_here(f: Field, values: dict, said, verb: str) -> str:
     """Why a given option is refused, e.g. `--top-p only applies to --mode topp (this has
     --mode topk); drop --top-p or pass --mode topp`; `said(name[, value])` spells a flag or key."""
     other, wanted = opt_of(f).when
-    return (f"{said(f.name)} only applies to {said(other, wanted)} (this has "
+    return (f"{said(f.name)} only applies to {said(other, wanted)} (here "
             f"{said(other, values.get(other))}); drop {said(f.name)} or {verb} "
             f"{said(other, wanted)}")
 

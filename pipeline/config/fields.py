@@ -16,6 +16,10 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 INT64_MAX = 2**63 - 1
 
 
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Range:
     """A number in [lo, hi] (either end open or absent); floats must also be finite. `says`
@@ -28,13 +32,13 @@ class Range:
     says: str | None = None
 
     def rule(self) -> str:
-        lo = None if self.lo is None else f"{'(' if self.lo_open else '['}{self.lo:g}"
-        hi = None if self.hi is None else f"{self.hi:g}{')' if self.hi_open else ']'}"
+        lo = None if self.lo is None else f"{'(' if self.lo_open else '['}{_num(self.lo)}"
+        hi = None if self.hi is None else f"{_num(self.hi)}{')' if self.hi_open else ']'}"
         if lo and hi:
             return f"in {lo}, {hi}"
         if lo:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"{'<' if self.hi_open else '<='} {self.hi:g}" if hi else "a number"
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        return f"{'<' if self.hi_open else '<='} {_num(self.hi)}" if hi else "a number"
 
     def problem(self, value) -> str | None:
         if isinstance(value, int) and abs(value) > INT64_MAX:  # torch seeds, Parquet counts
@@ -69,9 +73,13 @@ class Pattern:
     means: str
 
     def problem(self, value) -> str | None:
-        return None if re.fullmatch(self.regex, value) else f"must be {self.means}"
+        values = value if isinstance(value, list) else [value]  # repeated options: each one
+        ok = all(isinstance(v, str) and re.fullmatch(self.regex, v) for v in values)
+        return None if ok else f"must be {self.means}"
 
 
+# A path or URI: "" would mean the current directory, and a NUL byte no file at all.
+PATH = Pattern(r"(?s)[^\x00]*\S[^\x00]*", "a non-empty path without NUL bytes")
 DEVICE = Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 NAME = Pattern(r"(?!\.)[^/\\\x00]+", "a non-empty name without '/' that does not start with '.'")
 

@@ -9,7 +9,7 @@ here adds the flag, the job key and its check at once. The stages import their c
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config.fields import DEVICE, NAME, Choice, Range, at_least, opt
+from pipeline.config.fields import DEVICE, NAME, PATH, Choice, Range, at_least, opt
 
 # as in pipeline/softlabels/schema.py (which imports pyarrow; a test keeps them equal)
 LOGPROB_ENCODINGS = ("fp16", "fp32", "u8")
@@ -29,13 +29,15 @@ def device(job: str | None = None):
 @dataclass(kw_only=True)  # any order: the help lists them as declared
 class LabelConfig:
     corpus: str = opt(help="File, directory, glob of .parquet/.jsonl/.csv/.txt, or "
-                      "builtin:bbc-news.", job="[corpus] source")
-    out: str = opt(help="Dataset directory (or URI, e.g. s3://bucket/ds) to create or resume.")
+                      "builtin:bbc-news.", check=PATH, job="[corpus] source")
+    out: str = opt(help="Dataset directory (or URI, e.g. s3://bucket/ds) to create or resume.",
+                   check=PATH)
     teacher: str | None = opt(None, help="Teacher: model directory (config.json + "
                               "model.safetensors + tokenizer.json), a Hugging Face folder, "
-                              "hf:NAME_OR_PATH, or a URI of a folder.", job="[teacher] dir")
+                              "hf:NAME_OR_PATH, or a URI of a folder.", check=PATH,
+                                job="[teacher] dir")
     tokenizer: str | None = opt(None, help="tokenizers JSON; with --top-k 0 and no teacher, "
-                                "writes a tokenized dataset.", cli_type=Path)
+                                "writes a tokenized dataset.", check=PATH, cli_type=Path)
     top_k: int = opt(32, help="Soft-label entries kept per position; 0 = tokens only.",
                      check=Range(lo=0, says="is negative: use 0 (tokens only) or k >= 1"))
     # None: DEFAULT_SEQ_LEN, or the teacher's context when that is shorter (stages/label.py)
@@ -89,11 +91,11 @@ class LabelConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     labels: str = opt(help="Soft-label (or tokens-only) dataset directory or URI.",
-                      job="[label] out")
+                      check=PATH, job="[label] out")
     students: list[str] = opt(help="Student TOML file; repeat for more students (all train "
                               "from one read pass).", flag=("--student",), cli_type=list[Path],
-                              job="students")
-    out: str = opt(help="Runs directory (or URI): one folder per student.")
+                              check=PATH, job="students")
+    out: str = opt(help="Runs directory (or URI): one folder per student.", check=PATH)
     max_steps: int | None = opt(None, help="Override every student's length: stop after N "
                                 "optimizer steps.", check=at_least(1))
     epochs: int | None = opt(None, help="Override every student's length: E passes over the "
@@ -118,12 +120,12 @@ class TrainConfig:
 @dataclass(kw_only=True)
 class EvaluateConfig:
     labels: str = opt(help="Soft-label dataset (its validation split is used).",
-                      job="[label] out")
+                      check=PATH, job="[label] out")
     runs: list[str] = opt(help="Run folder / model directory / hf:NAME_OR_PATH / URI; repeat.",
-                          flag=("--run",), job="students (their run folders)")
+                          flag=("--run",), check=PATH, job="students (their run folders)")
     teacher: str | None = opt(None, help="The labeling teacher: adds a teacher row and "
-                              "speed/size ratios.", job="[teacher] dir")
-    out: str = opt(help="Report directory (or URI) to write.", flag=("--out",))
+                              "speed/size ratios.", check=PATH, job="[teacher] dir")
+    out: str = opt(help="Report directory (or URI) to write.", check=PATH)
     device: str = device()
     max_rows: int | None = opt(None, help="Score at most N validation rows.", check=at_least(1))
     batch_size: int = opt(8, help="Rows per forward (also the timed batch).", check=at_least(1))
@@ -140,15 +142,16 @@ class EvaluateConfig:
 class JobConfig:
     """[job] of a job file (pipeline/cli/jobs.py): what the whole job shares."""
 
-    out: str = opt(help="labels/, runs/ and report/ go under it unless a section sets out.")
+    out: str = opt(help="labels/, runs/ and report/ go under it unless a section sets out.",
+                   check=PATH)
     name: str | None = opt(None, help="The job's name (default: the file stem).", check=NAME)
     device: str = device()
 
 
 @dataclass(kw_only=True)
 class AuditConfig:
-    labels: str = opt(help="Soft-label dataset directory or URI.")
-    teacher: str = opt(help="The teacher that labeled it (sha256 checked).")
+    labels: str = opt(help="Soft-label dataset directory or URI.", check=PATH)
+    teacher: str = opt(help="The teacher that labeled it (sha256 checked).", check=PATH)
     rows: int = opt(64, help="Rows of the split to re-run the teacher on.", check=at_least(1))
     split: str = opt("validation", help="Split to read rows from.",
                      check=Choice(("train", "validation")))
@@ -158,15 +161,16 @@ class AuditConfig:
 
 @dataclass(kw_only=True)
 class TokenizerConfig:
-    corpus: str = opt(help="Corpus to learn merges from (same forms as label).")
+    corpus: str = opt(help="Corpus to learn merges from (same forms as label).", check=PATH)
+    # beyond 2**20 the BPE trainer's tables alone exhaust memory (and no tokenizer is that big)
     vocab_size: int = opt(8192, help="Vocabulary size including specials.",
-                          check=Range(3, 2**31 - 1))
-    out: str = opt(help="Where to write tokenizer.json.", cli_type=Path)
+                          check=Range(3, 2**20))
+    out: str = opt(help="Where to write tokenizer.json.", check=PATH, cli_type=Path)
     text_column: str = opt("text", help="Text column of tabular corpora.")
     limit_docs: int | None = opt(None, help="Use only the first N documents.", check=at_least(1))
 
 
 @dataclass(kw_only=True)
 class BigramConfig:
-    labels: str = opt(help="Dataset directory or URI (any label mode).")
+    labels: str = opt(help="Dataset directory or URI (any label mode).", check=PATH)
     max_rows: int | None = opt(None, help="Fit on at most N train rows.", check=at_least(1))

@@ -7,6 +7,7 @@ check must agree on what a spec means and on its weights hash; the native format
 """
 
 import json
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -42,6 +43,24 @@ def is_native_dir(spec) -> bool:
     if is_hf_spec(spec) or is_remote(spec):
         return False
     return not is_hf_config(_read_config(Path(spec)))
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def check_model_exists(spec, flag: str) -> None:
+    """A local model spec that names nothing is a typo, or a hub name without `hf:`: say which,
+    before anything tries to load it (or reports a missing config.json in a missing folder)."""
+    spec = str(spec)
+    if is_hf_spec(spec) or is_remote(spec) or Path(spec).is_dir():
+        return
+    if Path(spec).exists():
+        raise PipelineError(f"{flag} {spec} is a file; pass the model's folder (config.json + "
+                            "model.safetensors + tokenizer.json)")
+    hint = (f"; if {spec} is a Hugging Face hub model, write {flag} {HF_PREFIX}{spec}"
+            if _HUB_NAME.fullmatch(spec) else "")
+    raise PipelineError(f"{flag} {spec}: no such folder; pass a model directory (config.json + "
+                        f"model.safetensors + tokenizer.json) or a Hugging Face folder{hint}")
 
 
 def load_model_spec(spec, device="cpu", trust_remote_code: bool = False):

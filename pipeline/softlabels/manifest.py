@@ -30,6 +30,10 @@ def load_manifest(root) -> dict:
 
     store = root if isinstance(root, Store) else Store(root)
     path = store.uri_of(MANIFEST) if store.remote else store.path(MANIFEST)
+    if not store.remote and not store.path().is_dir():  # a typo, not an unfinished dataset
+        what = "is a file, not a folder" if store.path().exists() else "does not exist"
+        raise PipelineError(f"dataset {store.uri} {what}: pass the --out folder of a "
+                            "`pipeline label` run")
     if not store.isfile(MANIFEST):
         hint = (" (a labeling run did not finish: rerun `pipeline label` to complete it)"
                 if store.exists(PLAN) else "")
