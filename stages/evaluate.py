@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipeline.config.check import check_config
+from pipeline.config.paths import check_out_dir
 from pipeline.config.stages import EvaluateConfig
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import PipelineError
@@ -63,6 +64,7 @@ def _check_args(cfg: EvaluateConfig) -> None:
     if not cfg.runs and not cfg.teacher:
         raise PipelineError("nothing to evaluate: pass at least one --run RUN_DIR (or --teacher)")
     check_config(cfg)
+    check_out_dir(cfg.out, "--out", "report")
     if cfg.teacher:
         check_model_exists(cfg.teacher, "--teacher")
     for run in cfg.runs:

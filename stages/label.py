@@ -24,6 +24,7 @@ import torch
 
 import pipeline
 from pipeline.config.check import check_config
+from pipeline.config.paths import check_out_dir
 from pipeline.config.stages import DEFAULT_SEQ_LEN, LabelConfig
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
@@ -55,6 +56,7 @@ def _check_args(cfg: LabelConfig) -> None:
         raise PipelineError("--top-k 0 needs --tokenizer FILE (or --teacher DIR for its tokenizer)")
     if cfg.workers and cfg.scheduler:
         raise PipelineError("pass either --workers N or --scheduler ADDR, not both")
+    check_out_dir(cfg.out, "--out", "dataset")
     if cfg.teacher:
         check_model_exists(cfg.teacher, "--teacher")
     labelmodes.check_args(cfg)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config.check import check_config
+from pipeline.config.paths import check_out_dir
 from pipeline.config.stages import TrainConfig
 from pipeline.config.toml import dumps_toml
 from pipeline.errors import ConfigError, PipelineError
@@ -53,6 +54,7 @@ def _check_args(cfg: TrainConfig) -> None:
     check_config(cfg)
     if cfg.workers and cfg.scheduler:
         raise PipelineError("pass either --workers N or --scheduler ADDR, not both")
+    check_out_dir(cfg.out, "--out", "runs")
     if _inside(cfg.out, cfg.labels):
         raise PipelineError(f"--out {cfg.out} is inside the dataset folder --labels {cfg.labels}; "
                             "choose a runs folder outside it (a dataset holds only what the "

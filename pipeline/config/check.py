@@ -16,13 +16,9 @@ from pipeline.config.fields import flag_of, opt_of, show, type_problem, value_pr
 from pipeline.errors import ConfigError, PipelineError
 
 
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
 def schema_of(cls, exclude=()) -> dict[str, tuple[object, Field | None]]:
     """{key: (annotation, field)} of a config dataclass: what a TOML table of it may hold."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     return {f.name: (hints[f.name], f) for f in fields(cls) if f.name not in exclude}
 
 
@@ -32,8 +28,8 @@ def _applies(f: Field, values: dict) -> bool:
 
 
 def _not_here(f: Field, values: dict, said, verb: str) -> str:
-    """Why a given option is refused, e.g. `--top-p only applies to --mode topp (this has
-    --mode topk); drop --top-p or pass --mode topp`; `said(name[, value])` spells a flag or key."""
+    """Why a given option is refused, e.g. `--top-p only applies to --mode topp (here --mode
+    topk); drop --top-p or pass --mode topp`; `said(name[, value])` spells a flag or a key."""
     other, wanted = opt_of(f).when
     return (f"{said(f.name)} only applies to {said(other, wanted)} (here "
             f"{said(other, values.get(other))}); drop {said(f.name)} or {verb} "
@@ -45,7 +41,7 @@ def check_config(cfg, given=None) -> None:
     `given`: the fields the user set (the CLI knows); an option for another mode among them is
     refused. Options that do not apply are not range-checked: they are unused."""
     values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-    hints = _hints(type(cfg))
+    hints = typing.get_type_hints(type(cfg))
 
     def said(name, *value):
         flag = flag_of(next(f for f in fields(cfg) if f.name == name))

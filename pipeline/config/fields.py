@@ -11,7 +11,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field
 
 INT64_MAX = 2**63 - 1
 
@@ -78,8 +78,10 @@ class Pattern:
         return None if ok else f"must be {self.means}"
 
 
-# A path or URI: "" would mean the current directory, and a NUL byte no file at all.
-PATH = Pattern(r"(?s)[^\x00]*\S[^\x00]*", "a non-empty path without NUL bytes")
+# A path or URI: "" would mean the current directory, a NUL byte no file at all, and "s3:/x"
+# (one slash) a local folder to some readers and a URI to others.
+PATH = Pattern(r"(?s)(?![A-Za-z][\w+.-]+:/(?!/))[^\x00]*\S[^\x00]*",
+               "a non-empty path or scheme://URI without NUL bytes")
 DEVICE = Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 NAME = Pattern(r"(?!\.)[^/\\\x00]+", "a non-empty name without '/' that does not start with '.'")
 
@@ -156,7 +158,3 @@ def value_problem(f: Field, value) -> str | None:
 
 def show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
-
-
-def stage_fields(cls) -> list[Field]:
-    return list(fields(cls))

@@ -343,6 +343,11 @@ CASES = [
          "error: --out <dir> is a file, not a folder; choose a folder for the dataset", 1,
          "the file", lambda e: ((e.tmp / "f").write_text("x"), remember(e, e.tmp),
                                 label_args(e, out=e.tmp / "f"))[-1], unchanged),
+    Case("label", "`--out` under a file (or in a folder you cannot write)",
+         "error: --out <path>: <file> is a file, so the folder cannot be created; choose a "
+         "folder for the dataset", 1, "the file",
+         lambda e: ((e.tmp / "f").write_text("x"), remember(e, e.tmp),
+                    label_args(e, out=e.tmp / "f" / "ds"))[-1], unchanged),
     Case("label", "teacher that produces NaN/inf logits (on some inputs)",
          "error: teacher produced NaN/inf logits for <shard> rows [...]; refusing the batch - "
          "check the teacher weights (or use fp32)", 1,
@@ -373,6 +378,10 @@ CASES = [
          "error: --scheduler tcp://127.0.0.1:9: the dask scheduler did not answer within 5s "
          "(...); start it with ...", 1, "nothing written",
          lambda e: label_args(e, scheduler="tcp://127.0.0.1:9"), nothing_written),
+    Case("label", "`--scheduler` that is no address (`x y`, `tcp://host` without a port)",
+         "error: --scheduler x y: not a scheduler address (missing port number in address "
+         "'x y'); pass tcp://HOST:PORT or the file of `dask scheduler --scheduler-file`", 1,
+         "nothing written", lambda e: label_args(e, scheduler="x y"), nothing_written),
     Case("label", "`--scheduler F.json` that does not exist",
          "error: --scheduler <file>: scheduler file not found; start one with `dask scheduler "
          "--scheduler-file <file>` or pass ...", 1, "nothing written",

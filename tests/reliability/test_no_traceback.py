@@ -27,10 +27,17 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.config.fields import base_types, flag_of
-from pipeline.config.stages import LabelConfig, TrainConfig
+from pipeline.config.stages import (
+    AuditConfig,
+    BigramConfig,
+    EvaluateConfig,
+    LabelConfig,
+    TrainConfig,
+)
 from tests.conftest import make_docs
+from tests.reliability.conftest import write_student
 
-SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
 _runs = itertools.count()
 
@@ -44,7 +51,11 @@ CHOICES = {"mode": ["topk", "topp", "sampled", "topq"], "logprob_encoding": ["fp
 BOUNDS = {"workers": st.sampled_from([-1, 0]), "samples": st.integers(-2, 16),
           "num_workers": st.sampled_from([-1, 0]), "max_steps": st.sampled_from([-1, 0, 1, 2]),
           "epochs": st.sampled_from([-1, 0, 1, 2**62])}
-SKIP = {"corpus", "out", "teacher", "tokenizer", "quiet", "scheduler", "labels", "students"}
+# Sizes that only cost time or memory when valid: timed batches, repeats, rows.
+OTHER_BOUNDS = {**BOUNDS, "batch_size": st.integers(-2, 64), "bench_repeats": st.integers(-2, 8),
+                "bench_warmup": st.integers(-2, 8), "rows": st.integers(-2, 64)}
+SKIP = {"corpus", "out", "teacher", "tokenizer", "quiet", "scheduler", "labels", "students",
+        "runs"}
 
 
 def run(*argv) -> tuple[int, str]:
@@ -98,13 +109,20 @@ def corpus(tmp_path_factory):
     return path
 
 
-@given(options=option_values(LabelConfig, BOUNDS),
-       teacher=st.sampled_from(["teacher"] * 4 + ["gpt2", "/nonexistent/t", "corpus", ""]))
+TEACHERS = st.sampled_from(["teacher"] * 4 + ["gpt2", "/nonexistent/t", "corpus", "", "s3:/t"])
+OUTS = st.sampled_from(["fresh"] * 5 + ["", "s3:/x", "corpus", "corpus/x"])
+
+
+def out_path(kind: str, fresh, corpus):
+    return {"fresh": fresh, "corpus": corpus, "corpus/x": f"{corpus}/x"}.get(kind, kind)
+
+
+@given(options=option_values(LabelConfig, BOUNDS), teacher=TEACHERS, out=OUTS)
 @SETTINGS
 def test_label_options_never_traceback(tmp_path_factory, corpus, tiny_teacher, options,
-                                       teacher):
+                                       teacher, out):
     teacher = {"teacher": tiny_teacher, "corpus": corpus}.get(teacher, teacher)
-    out = tmp_path_factory.getbasetemp() / f"nt-label-{next(_runs)}"
+    out = out_path(out, tmp_path_factory.getbasetemp() / f"nt-label-{next(_runs)}", corpus)
     argv = ["label", "--corpus", corpus, "--teacher", teacher, "--out", out, "--quiet",
             "--limit-docs", 6, "--shard-rows", 8, "--device", "cpu", *argv_of(options)]
     assert_one_line(*run(*argv), argv)
@@ -177,10 +195,10 @@ ENTRIES = st.sampled_from([(s, k) for s, keys in STUDENT_KEYS.items() for k in k
 @given(entries=st.lists(ENTRIES, unique=True, max_size=3).flatmap(
            lambda es: st.tuples(*[STUDENT_KEYS.get(s, {}).get(k, INTS) for s, k in es]).map(
                lambda vs: list(zip(es, vs)))),
-       options=option_values(TrainConfig, BOUNDS))
+       options=option_values(TrainConfig, BOUNDS), out=OUTS)
 @SETTINGS
 def test_student_keys_and_train_options_never_traceback(tmp_path_factory, small_dataset,
-                                                        entries, options):
+                                                        corpus, entries, options, out):
     root = tmp_path_factory.getbasetemp() / f"nt-train-{next(_runs)}"
     root.mkdir()
     table = {"model": {"family": "gpt", "n_layer": 1, "n_head": 2, "d_model": 16},
@@ -189,5 +207,31 @@ def test_student_keys_and_train_options_never_traceback(tmp_path_factory, small_
         (table.setdefault(section, {}) if section else table)[key] = value
     (root / "s.toml").write_text(tomli_w.dumps(table))
     argv = ["train", "--labels", small_dataset, "--student", root / "s.toml", "--out",
-            root / "runs", "--device", "cpu", "--quiet", "--max-steps", 1, *argv_of(options)]
+            out_path(out, root / "runs", corpus), "--device", "cpu", "--quiet", "--max-steps", 1,
+            *argv_of(options)]
+    assert_one_line(*run(*argv), argv)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory, small_dataset):
+    tmp = tmp_path_factory.mktemp("nt-run")
+    argv = ["train", "--labels", small_dataset, "--student", write_student(tmp, max_steps=1,
+            epochs=None), "--out", tmp / "runs", "--device", "cpu", "--quiet"]
+    assert run(*argv)[0] == 0
+    return tmp / "runs" / "s"
+
+
+VERBS = {"evaluate": EvaluateConfig, "audit": AuditConfig, "bigram": BigramConfig}
+
+
+@given(verb=st.sampled_from(list(VERBS)), data=st.data())
+@SETTINGS
+def test_other_verbs_options_never_traceback(tmp_path_factory, small_dataset, tiny_teacher,
+                                             run_folder, verb, data):
+    options = data.draw(option_values(VERBS[verb], OTHER_BOUNDS))
+    out = tmp_path_factory.getbasetemp() / f"nt-{verb}-{next(_runs)}"
+    base = {"evaluate": ["--run", run_folder, "--teacher", tiny_teacher, "--out", out,
+                         "--quiet", "--device", "cpu"],
+            "audit": ["--teacher", tiny_teacher, "--device", "cpu"], "bigram": []}[verb]
+    argv = [verb, "--labels", small_dataset, *base, *argv_of(options)]
     assert_one_line(*run(*argv), argv)
