@@ -65,16 +65,16 @@ def _check_args(cfg: EvaluateConfig) -> None:
         raise PipelineError("nothing to evaluate: pass at least one --run RUN_DIR (or --teacher)")
     check_config(cfg)
     check_out_dir(cfg.out, "--out", "report")
-    if cfg.teacher:
-        check_model_exists(cfg.teacher, "--teacher")
-    for run in cfg.runs:
-        check_model_exists(run, "--run")
     names = [model_name(r) for r in cfg.runs] + ([model_name(cfg.teacher)] if cfg.teacher
                                                   else [])
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PipelineError(f"two models share the folder name {dupes[0]!r}: names label the "
                             "rows of the report, so give each run folder a distinct name")
+    if cfg.teacher:
+        check_model_exists(cfg.teacher, "--teacher")
+    for run in cfg.runs:
+        check_model_exists(run, "--run")
 
 
 def model_name(spec: str) -> str:

@@ -79,8 +79,8 @@ class Pattern:
 
 
 # A path or URI: "" would mean the current directory, a NUL byte no file at all, and "s3:/x"
-# (one slash) a local folder to some readers and a URI to others.
-PATH = Pattern(r"(?s)(?![A-Za-z][\w+.-]+:/(?!/))[^\x00]*\S[^\x00]*",
+# (one slash) a local folder to some readers and a URI to others (hf:/abs/path is a model spec).
+PATH = Pattern(r"(?s)(?!(?!hf:)[A-Za-z][\w+.-]+:/(?!/))[^\x00]*[^\s\x00][^\x00]*",
                "a non-empty path or scheme://URI without NUL bytes")
 DEVICE = Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 NAME = Pattern(r"(?!\.)[^/\\\x00]+", "a non-empty name without '/' that does not start with '.'")

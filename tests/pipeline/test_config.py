@@ -10,7 +10,7 @@ import typer
 from pipeline.cli.commands import app
 from pipeline.cli.jobs import EXTRA, STAGES, fixed_keys, stage_keys
 from pipeline.config import stages as C
-from pipeline.config.fields import flag_of, opt_of
+from pipeline.config.fields import PATH, flag_of, opt_of
 
 VERBS = {"label": C.LabelConfig, "train": C.TrainConfig, "evaluate": C.EvaluateConfig,
          "audit": C.AuditConfig, "bigram": C.BigramConfig}
@@ -93,3 +93,10 @@ def test_defaults_are_the_dataclass_defaults(commands):
                 assert by_name[f.name].default == f.default, (verb, f.name)
             else:
                 assert by_name[f.name].required, (verb, f.name)
+
+
+@pytest.mark.parametrize("value, ok", [("runs", True), ("s3://b/ds", True), ("hf:/abs/model", True),
+                                       ("", False), (" ", False), ("a\x00b", False),
+                                       ("s3:/b/ds", False), (["a", ""], False)])
+def test_path_rule(value, ok):
+    assert (PATH.problem(value) is None) == ok

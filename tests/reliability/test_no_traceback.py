@@ -109,7 +109,8 @@ def corpus(tmp_path_factory):
     return path
 
 
-TEACHERS = st.sampled_from(["teacher"] * 4 + ["gpt2", "/nonexistent/t", "corpus", "", "s3:/t"])
+TEACHERS = st.sampled_from(["teacher"] * 4 + ["gpt2", "/nonexistent/t", "corpus", "", "s3:/t",
+                                              "hf:/nonexistent/t"])
 OUTS = st.sampled_from(["fresh"] * 5 + ["", "s3:/x", "corpus", "corpus/x"])
 
 
