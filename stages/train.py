@@ -27,7 +27,7 @@ import torch
 from pipeline.config.check import check_config
 from pipeline.config.paths import check_out_dir
 from pipeline.config.stages import TrainConfig
-from pipeline.config.toml import dumps_toml
+from pipeline.config.toml import dumps_toml, read_toml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.hashing import sha256_file
@@ -119,7 +119,7 @@ def _prepare_dir(run_dir: Path, resolved: dict, resume: bool) -> str:
     existing = run_dir / "config.toml"
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "fresh"
-    diff = (_differences(tomllib.loads(existing.read_text()), resolved)
+    diff = (_differences(read_toml(existing, "run config", "the run folder"), resolved)
             if existing.is_file() else ["config.toml missing"])
     if (run_dir / COMPLETE).is_file() and not diff:
         return "skip"

@@ -20,7 +20,6 @@ bad student/job setting); an unexpected crash also leaves its traceback in OUT/r
 import contextlib
 import resource
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -29,7 +28,7 @@ from rich.console import Console
 
 from pipeline.cli.jobs import Job, StudentEntry, load_job, wired
 from pipeline.config.stages import EvaluateConfig, LabelConfig, TrainConfig
-from pipeline.config.toml import dumps_toml
+from pipeline.config.toml import dumps_toml, read_toml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluation.report import print_leaderboard
 from pipeline.io.locking import LOCK, DirLock
@@ -123,8 +122,8 @@ def _student_complete(job: Job, s: StudentEntry, ds, tcfg) -> bool:
         spec = resolve_for_dataset(with_overrides(spec, tcfg.max_steps, tcfg.epochs),
                                    ds.vocab_size, ds.seq_len)
         want = resolved_config(spec, ds, tcfg)
-        have = tomllib.loads((run_dir / "config.toml").read_text())
-    except (PipelineError, tomllib.TOMLDecodeError):
+        have = read_toml(run_dir / "config.toml", "run config", "the run folder")
+    except PipelineError:
         return False  # train will report it
     for cfg in (want, have):  # the dataset path may be spelled differently; its hash may not
         cfg.get("data", {}).pop("labels", None)
