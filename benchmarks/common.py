@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config.toml import dumps_toml
 from pipeline.models.checkpoint import load_model_dir
 from pipeline.models.loaded import LoadedModel
 from pipeline.softlabels.layout import TOKENIZER
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader
-from pipeline.training.students import StudentSpec, dumps_toml, load_student, resolve_for_dataset
+from pipeline.training.students import StudentSpec, load_student, resolve_for_dataset
 from pipeline.training.trainer import StudentRun
 from stages.label import LabelConfig
 from stages.label import run as label

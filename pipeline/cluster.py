@@ -91,11 +91,25 @@ def scheduler_address(scheduler: str) -> str:
                             "tcp://HOST:PORT") from None
 
 
+def _check_address(address: str) -> None:
+    """Refuse what dask cannot parse before a Client is built: a Client whose constructor fails
+    on its address prints a traceback from its finalizer later, after our one-line error."""
+    from distributed.comm import get_address_host_port
+
+    try:
+        get_address_host_port(address)
+    except (ValueError, TypeError) as exc:
+        raise PipelineError(f"--scheduler {address}: not a scheduler address ({exc}); pass "
+                            "tcp://HOST:PORT or the file of `dask scheduler --scheduler-file`"
+                            ) from None
+
+
 def connect(scheduler: str, timeout: float = CONNECT_TIMEOUT_S):
     """A Client on an existing scheduler, or one clear line when it does not answer."""
     from distributed import Client
 
     address = scheduler_address(scheduler)
+    _check_address(address)
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:

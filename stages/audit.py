@@ -18,30 +18,20 @@ with a different model. The teacher's logits exist `AUDIT_POSITIONS` positions a
 (pipeline/models/head.py), so a 152k-token teacher audits in bounded memory.
 """
 
-from dataclasses import dataclass
-
 import torch
 
+from pipeline.config.check import check_config
+from pipeline.config.stages import AuditConfig
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.models.head import logit_chunks
-from pipeline.models.loader import load_model_spec
+from pipeline.models.loader import check_model_exists, load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
 
 MIN_TAIL = 1e-12
 # Positions per chunk: the KL is float64 over the whole vocabulary, a few [n, V] buffers of
 # 8 bytes (128 × 152k × 8 B = 156 MB each), so smaller chunks than training's fp32 ones.
 AUDIT_POSITIONS = 128
-
-
-@dataclass
-class AuditConfig:
-    labels: str
-    teacher: str
-    rows: int = 64
-    split: str = "validation"
-    batch_size: int = 8
-    device: str = "auto"
 
 
 def implied_logprobs(batch: dict[str, torch.Tensor], vocab: int) -> torch.Tensor:
@@ -122,6 +112,8 @@ def _check(ds: SoftLabelDataset, cfg: AuditConfig, teacher) -> None:
 @torch.inference_mode()
 def run(cfg: AuditConfig) -> dict:
     """Audit one dataset against its teacher; return the report as a dict."""
+    check_config(cfg)
+    check_model_exists(cfg.teacher, "--teacher")
     ds = SoftLabelDataset(cfg.labels)
     device = resolve_device(cfg.device)
     teacher = load_model_spec(cfg.teacher, device)  # native, hf:, HF folder or URI

@@ -24,6 +24,9 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
+from pipeline.config.check import check_config
+from pipeline.config.paths import check_out_dir
+from pipeline.config.stages import EvaluateConfig
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.benchmarking import BenchSettings, measure_costs
@@ -41,28 +44,13 @@ from pipeline.io.storage import Store
 from pipeline.models.head import logit_chunks
 from pipeline.models.hf import HF_PREFIX
 from pipeline.models.loaded import WEIGHTS, LoadedModel
-from pipeline.models.loader import is_hf_spec, load_model_spec
+from pipeline.models.loader import check_model_exists, is_hf_spec, load_model_spec
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.training.layout import COMPLETE
 
 SPLIT = "validation"
 warn = Console(stderr=True)
-
-
-@dataclass
-class EvaluateConfig:
-    labels: str
-    runs: list[str]
-    out: str
-    teacher: str | None = None
-    device: str = "auto"
-    max_rows: int | None = None
-    batch_size: int = 8
-    bench_warmup: int = 3
-    bench_repeats: int = 10
-    quiet: bool = False
-    trust_remote_code: bool = False  # hf: models may run their repo's code only if set
 
 
 @dataclass
@@ -76,16 +64,18 @@ class _Model:
 def _check_args(cfg: EvaluateConfig) -> None:
     if not cfg.runs and not cfg.teacher:
         raise PipelineError("nothing to evaluate: pass at least one --run RUN_DIR (or --teacher)")
-    if cfg.batch_size < 1:
-        raise PipelineError(f"--batch-size {cfg.batch_size} must be >= 1")
-    if cfg.max_rows is not None and cfg.max_rows < 1:
-        raise PipelineError(f"--max-rows {cfg.max_rows} must be >= 1")
+    check_config(cfg)
+    check_out_dir(cfg.out, "--out", "report")
     names = [model_name(r) for r in cfg.runs] + ([model_name(cfg.teacher)] if cfg.teacher
                                                   else [])
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PipelineError(f"two models share the folder name {dupes[0]!r}: names label the "
                             "rows of the report, so give each run folder a distinct name")
+    if cfg.teacher:
+        check_model_exists(cfg.teacher, "--teacher")
+    for run in cfg.runs:
+        check_model_exists(run, "--run")
 
 
 def model_name(spec: str) -> str:

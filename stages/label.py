@@ -17,7 +17,7 @@ or a Hugging Face folder (pipeline/models/hf.py).
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +25,9 @@ import torch
 
 import pipeline
 from pipeline import interrupt
+from pipeline.config.check import check_config
+from pipeline.config.paths import check_out_dir
+from pipeline.config.stages import DEFAULT_SEQ_LEN, LabelConfig
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.io.cache import temporary_dir
@@ -37,68 +40,27 @@ from pipeline.labeling.packing import ShardSpill, iter_shard_inputs
 from pipeline.labeling.shards import ShardWork, label_in_process, label_on_cluster
 from pipeline.models.checkpoint import load_model_dir
 from pipeline.models.hf import HF_PREFIX
-from pipeline.models.loader import local_weights_sha256
+from pipeline.models.loader import check_model_exists, local_context, local_weights_sha256
 from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import layout
-from pipeline.softlabels import schema as S
 from pipeline.softlabels.card import write_card
 from pipeline.softlabels.layout import MANIFEST, PLAN, record_relpath, shard_relpath
 
 
-@dataclass
-class LabelConfig:
-    corpus: str
-    out: str
-    teacher: str | None = None
-    tokenizer: str | None = None
-    top_k: int = 32
-    seq_len: int = 256
-    batch_size: int = 16
-    shard_rows: int = 512
-    row_group_rows: int = 128
-    validation_fraction: float = 0.02
-    logprob_encoding: str = "fp16"
-    device: str = "auto"
-    overwrite: bool = False
-    limit_docs: int | None = None
-    text_column: str = "text"
-    id_column: str | None = None
-    quiet: bool = False
-    workers: int | None = None  # dask LocalCluster of N worker processes
-    scheduler: str | None = None  # tcp://HOST:PORT or a scheduler file of an existing cluster
-    # label modes (format 1.1, pipeline/labeling/modes.py); topk with fp16/fp32 writes format 1.0
-    mode: str = "topk"  # topk | topp | sampled
-    top_p: float = 0.95
-    min_k: int = 1
-    max_k: int = 64
-    samples: int = 64
-    proposal_temperature: float = 1.0
-    seed: int = 0
-    u8_min_logprob: float = S.U8_DEFAULT_MIN_LOGPROB  # --logprob-encoding u8: value of code 255
-    trust_remote_code: bool = False  # hf: teachers may run the model repo's own code only if set
-
-
 def _check_args(cfg: LabelConfig) -> None:
-    if cfg.top_k < 0:
-        raise PipelineError(f"--top-k {cfg.top_k} is negative: use 0 (tokens only) or k >= 1")
+    """Each value against its rule (pipeline/config/stages.py), then how options combine."""
+    check_config(cfg)
     if cfg.top_k > 0 and not cfg.teacher:
         raise PipelineError("--top-k > 0 needs --teacher DIR (or use --top-k 0 --tokenizer FILE "
                             "for a tokenized dataset without soft labels)")
     if cfg.top_k == 0 and not (cfg.tokenizer or cfg.teacher):
         raise PipelineError("--top-k 0 needs --tokenizer FILE (or --teacher DIR for its tokenizer)")
-    if not 0.0 <= cfg.validation_fraction < 1.0:
-        raise PipelineError(f"--validation-fraction {cfg.validation_fraction} must be in [0, 1)")
-    for name in ("seq_len", "batch_size", "shard_rows", "row_group_rows"):
-        if getattr(cfg, name) < 1:
-            raise PipelineError(f"--{name.replace('_', '-')} must be >= 1")
-    if cfg.workers is not None and cfg.workers < 1:
-        raise PipelineError(f"--workers {cfg.workers} must be >= 1")
     if cfg.workers and cfg.scheduler:
         raise PipelineError("pass either --workers N or --scheduler ADDR, not both")
-    if cfg.logprob_encoding not in S.LOGPROB_ENCODINGS:
-        raise PipelineError(f"--logprob-encoding {cfg.logprob_encoding!r}: valid are "
-                            f"{sorted(S.LOGPROB_ENCODINGS)}")
+    check_out_dir(cfg.out, "--out", "dataset")
+    if cfg.teacher:
+        check_model_exists(cfg.teacher, "--teacher")
     labelmodes.check_args(cfg)
 
 
@@ -123,15 +85,28 @@ def _load_inputs(cfg: LabelConfig, device: torch.device):
                                 f"{teacher.tokenizer.vocab_size}); drop --tokenizer to use the "
                                 "teacher's")
         tokenizer = teacher.tokenizer
-        context = teacher.config.get("context")
-        if context and cfg.seq_len > context:
-            raise PipelineError(f"--seq-len {cfg.seq_len} exceeds the teacher context {context}")
     elif tokenizer is None:
         tokenizer = _load_teacher(cfg.teacher, "cpu", cfg.trust_remote_code).tokenizer
     if cfg.top_k > tokenizer.vocab_size:
         raise PipelineError(f"--top-k {cfg.top_k} exceeds the vocabulary size "
                             f"{tokenizer.vocab_size}")
     return teacher, tokenizer
+
+
+def resolve_seq_len(cfg: LabelConfig, context: int | None) -> LabelConfig:
+    """--seq-len as given (refused beyond the teacher's context), or, when not given, the
+    default capped at that context: the defaults must fit the teacher they run with."""
+    if cfg.seq_len is None:
+        seq_len = min(DEFAULT_SEQ_LEN, context) if context else DEFAULT_SEQ_LEN
+        if seq_len < 2:
+            raise PipelineError(f"the teacher's context {context} leaves no next-token target; "
+                                "use a teacher with a context of at least 2")
+        return replace(cfg, seq_len=seq_len)
+    if context and cfg.seq_len > context:
+        raise PipelineError(f"--seq-len {cfg.seq_len} exceeds the teacher context {context}; "
+                            f"use --seq-len {context} or less (or leave it out: the default "
+                            "fits the teacher)")
+    return cfg
 
 
 def plan_params(cfg: LabelConfig, spec, tokenizer_sha256: str | None,
@@ -157,6 +132,7 @@ def is_complete(cfg: LabelConfig) -> bool:
     store = Store(cfg.out)
     plan, manifest = layout.read_json(store, PLAN), layout.read_json(store, MANIFEST)
     try:
+        cfg = resolve_seq_len(cfg, local_context(cfg.teacher) if cfg.top_k > 0 else None)
         params = plan["params"]
         committed = manifest["plan_fingerprint"] == plan["fingerprint"]
         spec = labelmodes.build_spec(cfg, params["labels"]["vocab_size"])
@@ -272,6 +248,7 @@ def run(cfg: LabelConfig) -> dict:
     # On a cluster the client only plans and describes the teacher; workers pick their own device.
     device = torch.device("cpu") if distributed else resolve_device(cfg.device)
     teacher, tokenizer = _load_inputs(cfg, device)
+    cfg = resolve_seq_len(cfg, teacher.config.get("context") if teacher else None)
     spec = labelmodes.build_spec(cfg, tokenizer.vocab_size)
     store = Store(cfg.out)
     if store.exists() and not store.isdir():

@@ -22,12 +22,15 @@ import os
 import shutil
 import time
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from pipeline import interrupt
+from pipeline.config.check import check_config
+from pipeline.config.paths import check_out_dir
+from pipeline.config.stages import TrainConfig
+from pipeline.config.toml import dumps_toml, read_toml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.cache import cache_dir
@@ -43,7 +46,6 @@ from pipeline.training import ddp
 from pipeline.training.layout import COMPLETE, CONFIG, METRICS, STATE
 from pipeline.training.students import (
     StudentSpec,
-    dumps_toml,
     load_student,
     resolve_for_dataset,
     with_overrides,
@@ -53,21 +55,22 @@ from pipeline.training.trainer import StudentRun
 VALIDATION = "validation"
 
 
-@dataclass
-class TrainConfig:
-    labels: str
-    students: list[str] = field(default_factory=list)
-    out: str = "runs"
-    max_steps: int | None = None
-    epochs: int | None = None
-    device: str = "auto"
-    resume: bool = False
-    num_workers: int = 0
-    data_seed: int = 0
-    shuffle_rows: int = 512
-    quiet: bool = False
-    workers: int | None = None  # one dask task per student on a LocalCluster of N processes
-    scheduler: str | None = None  # ... or an existing dask cluster (pipeline/training/cluster.py)
+def _check_args(cfg: TrainConfig) -> None:
+    """Each value against its rule (pipeline/config/stages.py); --out outside the dataset."""
+    check_config(cfg)
+    if cfg.workers and cfg.scheduler:
+        raise PipelineError("pass either --workers N or --scheduler ADDR, not both")
+    check_out_dir(cfg.out, "--out", "runs")
+    if _inside(cfg.out, cfg.labels):
+        raise PipelineError(f"--out {cfg.out} is inside the dataset folder --labels {cfg.labels}; "
+                            "choose a runs folder outside it (a dataset holds only what the "
+                            "labeler wrote)")
+
+
+def _inside(child: str, parent: str) -> bool:
+    """`child` is `parent` or below it (local paths resolved first; URIs compared as text)."""
+    child, parent = absolute(child).rstrip("/"), absolute(parent).rstrip("/")
+    return child == parent or child.startswith(parent + "/")
 
 
 def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
@@ -149,7 +152,7 @@ def _prepare_dir(run_dir: Path, resolved: dict, resume: bool) -> str:
     existing = run_dir / CONFIG
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "fresh"
-    diff = (_differences(tomllib.loads(existing.read_text()), resolved)
+    diff = (_differences(read_toml(existing, "run config", "the run folder"), resolved)
             if existing.is_file() else [f"{CONFIG} missing"])
     if (run_dir / COMPLETE).is_file() and not diff:
         return "skip"
@@ -166,8 +169,12 @@ def _total_steps(spec: StudentSpec, reader: StreamReader) -> int:
     t = spec.train
     if t.epochs is None:
         return t.max_steps
-    steps = sum(reader.epoch_length(e) for e in range(t.epochs))
-    return min(steps, t.max_steps) if t.max_steps else steps
+    steps = 0
+    for e in range(t.epochs):  # stop at max_steps: epochs may be huge when steps bound the run
+        steps += reader.epoch_length(e)
+        if t.max_steps and steps >= t.max_steps:
+            return t.max_steps
+    return steps
 
 
 def _validation_batches(ds: SoftLabelDataset, batch_size: int, n: int,
@@ -297,14 +304,13 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
 def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
     """Train (or resume, or skip when finished) every student; return {name: run folder}.
     `on_checkpoint(run_dir)` runs after every checkpoint and after complete.json."""
+    _check_args(cfg)
     if Store(cfg.out).local_path() is None:  # no renames or links there: train in staging
         from pipeline.training.remote import train_to_remote
 
         return train_to_remote(cfg, run)
     ds = SoftLabelDataset(cfg.labels)
     dataset_tokenizer(ds)
-    if cfg.num_workers < 0 or cfg.shuffle_rows < 1:
-        raise PipelineError("--num-workers must be >= 0 and shuffle rows >= 1")
     specs = _load_students(cfg, ds)
     device = ddp.setup(cfg.device)  # torchrun: join the process group, one device per rank
     out = Path(cfg.out)

@@ -2,37 +2,65 @@
 training and evaluation, so a scheduled job is one command.
 
 The whole file is checked before any stage starts: an unknown section or key, a missing section
-or required key, or a value of the wrong type is a `ConfigError` (exit 2) that names the key and
-the fix. The keys of [label], [train] and [evaluate] are the fields of the stages' own config
-dataclasses (minus the ones the job wires together), so the schema cannot drift from the stages.
+or required key, a value of the wrong type or out of its range, or an option for another mode
+is a `ConfigError` (exit 2) that names the key and the fix. Every key comes from the stage
+config dataclasses (pipeline/config/stages.py): a field is a key of its stage's section under
+its own name unless its `job` metadata says where a job sets it instead ("[corpus] source"), so
+each key is also a flag of the verb and the schema cannot drift from the stages.
 
 Relative paths are relative to the current directory (run jobs from the repository root).
 """
 
-import difflib
-import types
-import typing
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from pipeline.config.check import JOB, check_table, hint, schema_of
+from pipeline.config.fields import opt_of
+from pipeline.config.stages import EvaluateConfig, JobConfig, LabelConfig, TrainConfig
+from pipeline.config.toml import read_toml
 from pipeline.errors import ConfigError
-from pipeline.training.students import load_student, parse_student, read_config_toml
+from pipeline.training.students import load_student, parse_student
 
 EXAMPLE = "data/jobs/example.toml"
-# Fields of the stage configs that the job fills in itself, so they are not keys of its sections.
-_WIRED = {"label": {"corpus", "teacher", "tokenizer", "out", "quiet", "overwrite", "limit_docs",
-                    "text_column", "id_column"},
-          "train": {"labels", "students", "out", "resume", "quiet"},
-          "evaluate": {"labels", "runs", "teacher", "out", "quiet"}}
-_FIXED = {"job": {"name": str, "out": str, "device": str},
-          "corpus": {"source": str, "text_column": str, "id_column": str, "limit_docs": int},
-          "teacher": {"dir": str}}
+STAGES = {"label": LabelConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
+# Keys of a stage section that are not fields of its config (and the flag that does the same).
+EXTRA = {"evaluate": {"teacher_row": (bool, "--teacher (leave it out for no teacher row)")}}
 _REQUIRED = {"job": {"out": '"outputs/my-job"'}, "corpus": {"source": '"path/or/glob"'},
              "teacher": {"dir": '"path/to/teacher_dir"'}}
-_EXTRA = {"label": {"out": str}, "train": {"out": str},
-          "evaluate": {"out": str, "teacher_row": bool}}
 REQUIRED_SECTIONS = ("job", "corpus", "teacher", "students")
 SECTIONS = ("job", "corpus", "teacher", "label", "students", "train", "evaluate")
+_WIRED = re.compile(r"\[(\w+)\] (\w+)")
+
+
+def wired(cls, section: str) -> dict[str, str]:
+    """{key of `section`: field of `cls`} for the fields a job sets from another section, as
+    their metadata says (LabelConfig.corpus ← "[corpus] source")."""
+    out = {}
+    for f in fields(cls):
+        m = _WIRED.fullmatch(opt_of(f).job or "")
+        if m and m.group(1) == section:
+            out[m.group(2)] = f.name
+    return out
+
+
+def stage_keys(section: str) -> dict:
+    """Valid keys of [label]/[train]/[evaluate] → (type, field): the fields without `job`
+    wiring, plus EXTRA."""
+    cls = STAGES[section]
+    schema = schema_of(cls, exclude={f.name for f in fields(cls) if opt_of(f).job})
+    return {**schema, **{k: (tp, None) for k, (tp, _) in EXTRA.get(section, {}).items()}}
+
+
+def fixed_keys(section: str) -> dict:
+    """Valid keys of [job]/[corpus]/[teacher]: the fields wired there (their types and rules)."""
+    if section == "job":
+        return schema_of(JobConfig)
+    keys = {}
+    for cls in STAGES.values():
+        schema = schema_of(cls)
+        keys.update({key: schema[name] for key, name in wired(cls, section).items()})
+    return keys
 
 
 @dataclass
@@ -71,58 +99,14 @@ class Job:
         return Path(self.evaluate.get("out") or self.out / "report")
 
 
-def _stage_schema(section: str) -> dict[str, type]:
-    """Valid keys of [label]/[train]/[evaluate] → expected type, from the stage dataclass."""
-    if section == "label":
-        from stages.label import LabelConfig as cls
-    elif section == "train":
-        from stages.train import TrainConfig as cls
-    else:
-        from stages.evaluate import EvaluateConfig as cls
-    hints = typing.get_type_hints(cls)
-    schema = {f.name: hints[f.name] for f in fields(cls) if f.name not in _WIRED[section]}
-    return {**schema, **_EXTRA[section]}
-
-
-def _hint(word: str, valid) -> str:
-    close = difflib.get_close_matches(word, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _base_types(tp) -> tuple:
-    """`int | None` → (int,); `float` also accepts int; anything exotic is not checked."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return tuple(t for t in typing.get_args(tp) if t is not type(None))
-    return (tp,)
-
-
-def _check_value(where: str, key: str, value, tp) -> None:
-    allowed = _base_types(tp)
-    if not all(t in (int, float, str, bool) for t in allowed):
-        return
-    if isinstance(value, bool) and bool not in allowed:
-        ok = False
-    else:
-        ok = isinstance(value, allowed) or (float in allowed and isinstance(value, int))
-    if not ok:
-        want = " or ".join({int: "an integer", float: "a number", str: "a string",
-                            bool: "true/false"}[t] for t in allowed)
-        raise ConfigError(f"{where} {key} must be {want}, got {value!r}; fix the value "
-                          f"(see {EXAMPLE})")
-
-
-def _check_section(path: Path, name: str, table, schema: dict[str, type]) -> dict:
+def _check_section(path: Path, name: str, table, schema: dict) -> dict:
     where = f"{path}: [{name}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: {name} must be a [{name}] table, got {table!r}")
-    for key, value in table.items():
-        if key == "students":
-            raise ConfigError(f"{where} has key 'students': move students = [...] above the "
-                              "first [section] header (a TOML key after a header belongs to it)")
-        if key not in schema:
-            raise ConfigError(f"{where} has unknown key {key!r}{_hint(key, schema)}; valid keys: "
-                              f"{', '.join(sorted(schema))}")
-        _check_value(where, key, value, schema[key])
+    if "students" in table:
+        raise ConfigError(f"{where} has key 'students': move students = [...] above the first "
+                          "[section] header (a TOML key after a header belongs to it)")
+    check_table(table, schema, where, JOB, see=EXAMPLE)
     for key, example in _REQUIRED.get(name, {}).items():
         if key not in table:
             raise ConfigError(f"{where} is missing key {key!r}: add {key} = {example}")
@@ -140,6 +124,9 @@ def _students(path: Path, value) -> list[StudentEntry]:
         if not isinstance(item, dict):
             raise ConfigError(f"{path}: students[{i}] must be a path string or a table")
         if "path" in item:
+            if not isinstance(item["path"], str):
+                raise ConfigError(f"{path}: students[{i}] path must be a string, got "
+                                  f"{item['path']!r}; write path = \"student.toml\"")
             extra = sorted(set(item) - {"path"})
             if extra:
                 raise ConfigError(f"{path}: students[{i}] has path and other keys {extra}; put "
@@ -166,10 +153,10 @@ def _students(path: Path, value) -> list[StudentEntry]:
 def load_job(path: str | Path) -> Job:
     """Read and fully validate a job file; every problem is a ConfigError (exit 2)."""
     path = Path(path)
-    data = read_config_toml(path, "job file", EXAMPLE)
+    data = read_toml(path, "job file", EXAMPLE)
     for key in data:
         if key not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section [{key}]{_hint(key, SECTIONS)}; valid "
+            raise ConfigError(f"{path}: unknown section [{key}]{hint(key, SECTIONS)}; valid "
                               f"sections: {', '.join(SECTIONS)}")
     misplaced = [k for k, v in data.items() if isinstance(v, dict) and "students" in v]
     if "students" not in data and misplaced:
@@ -182,9 +169,8 @@ def load_job(path: str | Path) -> Job:
                               f"first [section], or [[students]] tables (see {EXAMPLE})")
         if name not in data:
             raise ConfigError(f"{path}: missing section [{name}]; add it (see {EXAMPLE})")
-    sec = {n: _check_section(path, n, data[n], _FIXED[n]) for n in _FIXED}
-    stage = {n: _check_section(path, n, data.get(n, {}), _stage_schema(n))
-             for n in ("label", "train", "evaluate")}
+    sec = {n: _check_section(path, n, data[n], fixed_keys(n)) for n in _REQUIRED}
+    stage = {n: _check_section(path, n, data.get(n, {}), stage_keys(n)) for n in STAGES}
     teacher = Path(sec["teacher"]["dir"])
     if not teacher.is_dir():
         raise ConfigError(f"{path}: [teacher] dir {teacher} is not a directory; point it at a "

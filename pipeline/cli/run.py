@@ -20,15 +20,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.cli.jobs import Job, StudentEntry, load_job
+from pipeline.cli.jobs import Job, StudentEntry, load_job, wired
 from pipeline.cli.summary import dataset_lines, say
+from pipeline.config.stages import EvaluateConfig, LabelConfig, TrainConfig
+from pipeline.config.toml import dumps_toml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluation.report import print_leaderboard
 from pipeline.interrupt import Interrupted
 from pipeline.io.locking import LOCK, DirLock
 from stages import label as label_stage
-from stages.evaluate import EvaluateConfig, is_complete, load_results
-from stages.label import LabelConfig
+from stages.evaluate import is_complete, load_results
 
 ERROR_LOG = "run-error.log"
 
@@ -47,26 +48,27 @@ class StageState:
     detail: str
 
 
-def _pick(cls, values: dict) -> dict:
-    """The keys of a job section that are fields of a stage config (drops job-only keys)."""
+def _stage_values(cls, job: Job, section: dict) -> dict:
+    """The config fields a job sets: [job] device (every stage's default), the stage's own
+    section, and the keys wired from other sections ([corpus] source → corpus, ...)."""
     names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
+    values = {"device": job.device, **{k: v for k, v in section.items() if k in names}}
+    for key, name in wired(cls, "corpus").items():
+        if key in job.corpus:
+            values[name] = job.corpus[key]
+    return values
 
 
 def label_config(job: Job, quiet: bool = False) -> LabelConfig:
-    c = job.corpus
-    return LabelConfig(**{"device": job.device, **_pick(LabelConfig, job.label)},
-                       corpus=c["source"], out=str(job.labels_dir), teacher=str(job.teacher),
-                       text_column=c.get("text_column", "text"), id_column=c.get("id_column"),
-                       limit_docs=c.get("limit_docs"), quiet=quiet)
+    return LabelConfig(**{**_stage_values(LabelConfig, job, job.label),
+                          "out": str(job.labels_dir), "teacher": str(job.teacher),
+                          "quiet": quiet})
 
 
 def student_path(job: Job, s: StudentEntry) -> Path:
     """A student's TOML file; an inline [[students]] table is written under OUT/students/."""
     if s.path is not None:
         return s.path
-    from pipeline.training.students import dumps_toml
-
     path = job.out / "students" / f"{s.name}.toml"
     text = dumps_toml(s.inline)
     if not path.is_file() or path.read_text() != text:  # unchanged file: unchanged mtime
@@ -75,25 +77,24 @@ def student_path(job: Job, s: StudentEntry) -> Path:
     return path
 
 
-def train_config(job: Job, students: list[Path], quiet: bool = False):
-    from stages.train import TrainConfig
-
-    return TrainConfig(**{"device": job.device, **_pick(TrainConfig, job.train)},
-                       labels=str(job.labels_dir), students=[str(p) for p in students],
-                       out=str(job.runs_dir), resume=True, quiet=quiet)
+def train_config(job: Job, students: list[Path], quiet: bool = False) -> TrainConfig:
+    return TrainConfig(**{**_stage_values(TrainConfig, job, job.train),
+                          "labels": str(job.labels_dir), "students": [str(p) for p in students],
+                          "out": str(job.runs_dir), "resume": True, "quiet": quiet})
 
 
 def evaluate_config(job: Job, quiet: bool = False) -> EvaluateConfig:
     teacher = str(job.teacher) if job.evaluate.get("teacher_row", True) else None
-    return EvaluateConfig(**{"device": job.device, **_pick(EvaluateConfig, job.evaluate)},
-                          labels=str(job.labels_dir), out=str(job.report_dir), teacher=teacher,
-                          runs=[str(job.runs_dir / s.name) for s in job.students], quiet=quiet)
+    return EvaluateConfig(**{**_stage_values(EvaluateConfig, job, job.evaluate),
+                             "labels": str(job.labels_dir), "out": str(job.report_dir),
+                             "teacher": teacher, "quiet": quiet,
+                             "runs": [str(job.runs_dir / s.name) for s in job.students]})
 
 
 def _label_state(job: Job) -> StageState:
     cfg = label_config(job)
     where = f"{cfg.corpus} with {cfg.teacher} → {cfg.out} (top_k {cfg.top_k}, seq_len " \
-            f"{cfg.seq_len})"
+            f"{cfg.seq_len or 'default'})"
     return StageState("label", label_stage.is_complete(cfg), where)
 
 

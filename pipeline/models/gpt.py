@@ -10,17 +10,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.config.fields import Range, at_least, opt
 from pipeline.models.head import Head
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int
-    n_layer: int = 2
-    n_head: int = 2
-    d_model: int = 64
-    context: int = 256
-    dropout: float = 0.0
+    """A student file's [model] keys for family "gpt" (their rules: pipeline/config/fields.py)."""
+
+    vocab_size: int = opt(help="vocabulary (from the dataset)", check=at_least(1))
+    n_layer: int = opt(2, help="transformer blocks", check=at_least(1))
+    n_head: int = opt(2, help="attention heads (must divide d_model)", check=at_least(1))
+    d_model: int = opt(64, help="width", check=at_least(1))
+    context: int = opt(256, help="positions (default: the dataset's seq_len)", check=at_least(1))
+    dropout: float = opt(0.0, help="dropout probability", check=Range(0, 1, hi_open=True))
 
 
 class CausalSelfAttention(nn.Module):

@@ -9,15 +9,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from pipeline.config.fields import Range, at_least, opt
 from pipeline.models.head import Head
 
 
 @dataclass
 class GRUConfig:
-    vocab_size: int
-    n_layer: int = 1
-    d_model: int = 64
-    dropout: float = 0.0
+    """A student file's [model] keys for family "gru"."""
+
+    vocab_size: int = opt(help="vocabulary (from the dataset)", check=at_least(1))
+    n_layer: int = opt(1, help="GRU layers", check=at_least(1))
+    d_model: int = opt(64, help="width", check=at_least(1))
+    dropout: float = opt(0.0, help="dropout between layers", check=Range(0, 1, hi_open=True))
 
 
 class GRULM(nn.Module):

@@ -7,14 +7,16 @@ check must agree on what a spec means and on its weights hash; the native format
 """
 
 import json
+import re
 import threading
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 from pipeline.errors import PipelineError
 from pipeline.io.storage import Store
 from pipeline.models.checkpoint import load_model_dir
-from pipeline.models.hf import HF_PREFIX, load_hf
+from pipeline.models.hf import HF_PREFIX, context_of, load_hf
 from pipeline.models.loaded import weights_sha256
 
 
@@ -46,6 +48,25 @@ def _target(spec: str) -> str:
     return spec[len(HF_PREFIX):] if is_hf_spec(spec) else spec
 
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def check_model_exists(spec, flag: str) -> None:
+    """A local model spec that names nothing is a typo, or a hub name without `hf:`: say which,
+    before anything tries to load it (or reports a missing config.json in a missing folder)."""
+    spec = str(spec)
+    local = Store(spec).local_path()
+    if is_hf_spec(spec) or local is None or local.is_dir():  # hf:, a URI, or a folder
+        return
+    if Path(spec).exists():
+        raise PipelineError(f"{flag} {spec} is a file; pass the model's folder (config.json + "
+                            "model.safetensors + tokenizer.json)")
+    hint = (f"; if {spec} is a Hugging Face hub model, write {flag} {HF_PREFIX}{spec}"
+            if _HUB_NAME.fullmatch(spec) else "")
+    raise PipelineError(f"{flag} {spec}: no such folder; pass a model directory (config.json + "
+                        f"model.safetensors + tokenizer.json) or a Hugging Face folder{hint}")
+
+
 def load_model_spec(spec, device="cpu", trust_remote_code: bool = False):
     """Load a teacher/model spec (module doc) → LoadedModel (model returns logits; tokenizer with
     encode_batch/eos_id/vocab_size/sha256/describe; weights_sha256; describe())."""
@@ -68,6 +89,21 @@ def local_weights_sha256(spec) -> str | None:
     hf = is_hf_spec(spec) or not is_native_dir(target)
     files = sorted(target.glob("*.safetensors")) if hf else [target / "model.safetensors"]
     return weights_sha256(files) if files and all(f.is_file() for f in files) else None
+
+
+def local_context(spec) -> int | None:
+    """The positions a local model folder can embed, read from its config.json without loading
+    the model (None: no such folder, or no fixed limit); `pipeline label` caps its default
+    --seq-len at it and `pipeline run` needs it to compare plans cheaply."""
+    spec = str(spec)
+    target = Store(_target(spec)).local_path()
+    config = None if target is None else _read_config(target)
+    if config is None:
+        return None
+    if is_hf_spec(spec) or is_hf_config(config):
+        return context_of(SimpleNamespace(**config))
+    context = config.get("context")
+    return context if isinstance(context, int) and context > 0 else None
 
 
 # One teacher per worker process (dask workers run many shard tasks): loaded on first use.

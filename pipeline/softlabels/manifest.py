@@ -26,6 +26,10 @@ def load_manifest(root) -> dict:
     """The manifest of a dataset folder or URI (`root` may be a pipeline.io.storage.Store)."""
     store = Store.of(root)
     path = store.locate(MANIFEST)
+    if not store.isdir():  # a typo, not an unfinished dataset
+        what = "is a file, not a folder" if store.exists() else "does not exist"
+        raise PipelineError(f"dataset {store.uri} {what}: pass the --out folder of a "
+                            "`pipeline label` run")
     if not store.isfile(MANIFEST):
         hint = (" (a labeling run did not finish: rerun `pipeline label` to complete it)"
                 if store.exists(PLAN) else "")

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.config.fields import Range, opt
 from pipeline.softlabels.ragged import PAD_LOGPROB
 
 KINDS = ("kl_tail", "kl_renorm", "ce", "sampled")
@@ -57,9 +58,12 @@ _MAX_LOG_S_MASS = float(torch.log1p(torch.tensor(-MIN_STUDENT_TAIL, dtype=torch.
 
 @dataclass(frozen=True)
 class LossSpec:
-    kind: str = "kl_tail"
-    alpha: float = 0.5
-    temperature: float = 1.0
+    """A student file's [loss]: loss = alpha·KD + (1 − alpha)·CE (`kind` checked by students.py,
+    whose message lists the losses)."""
+
+    kind: str = opt("kl_tail", help="kl_tail, kl_renorm, ce or sampled")
+    alpha: float = opt(0.5, help="weight of the KD term", check=Range(0, 1))
+    temperature: float = opt(1.0, help="KD temperature", check=Range(0.01, 100))
 
     @property
     def uses_labels(self) -> bool:

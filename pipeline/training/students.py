@@ -7,11 +7,12 @@ comes from the dataset, so one student file works with any dataset; a file may p
 Every run folder gets the *resolved* file (all defaults filled in) as `config.toml`.
 """
 
-import math
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from pipeline.config.check import STUDENT, check_table, schema_of
+from pipeline.config.fields import NAME, Range, at_least, base_types, opt
+from pipeline.config.toml import read_toml
 from pipeline.errors import ConfigError
 from pipeline.models import FAMILIES
 from pipeline.training.losses import KINDS, LossSpec
@@ -19,29 +20,34 @@ from pipeline.training.losses import KINDS, LossSpec
 
 @dataclass
 class OptimizerSpec:
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    betas: list = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    lr: float = opt(3e-3, help="AdamW learning rate", check=Range(0, lo_open=True))
+    weight_decay: float = opt(0.01, help="AdamW weight decay", check=Range(0))
+    betas: list = opt(help="AdamW betas: two numbers in [0, 1)", factory=lambda: [0.9, 0.95])
+    eps: float = opt(1e-8, help="AdamW eps", check=Range(0, lo_open=True))
+    grad_clip: float = opt(1.0, help="max global grad norm; 0 turns clipping off",
+                           check=Range(0))
 
 
 @dataclass
 class ScheduleSpec:
-    warmup_steps: int = 20
-    min_lr: float | None = None  # end of the cosine; default lr / 10
+    warmup_steps: int = opt(20, help="linear warmup steps", check=at_least(0))
+    min_lr: float | None = opt(None, help="end of the cosine; default lr / 10", check=Range(0))
+
+
+POSITIVE = Range(0, lo_open=True)
 
 
 @dataclass
 class TrainSpec:
-    batch_size: int = 16
-    max_steps: int | None = None
-    epochs: int | None = None  # neither set: 1 epoch
-    seed: int = 0
-    eval_every: int = 100
-    eval_batches: int = 8
-    checkpoint_every: int = 100
-    log_every: int = 1
+    batch_size: int = opt(16, help="rows per step", check=POSITIVE)
+    max_steps: int | None = opt(None, help="stop after N steps", check=at_least(1))
+    epochs: int | None = opt(None, help="passes over the train split (neither set: 1 epoch)",
+                             check=at_least(1))
+    seed: int = opt(0, help="init/dropout seed", check=at_least(0))
+    eval_every: int = opt(100, help="validation loss every N steps", check=POSITIVE)
+    eval_batches: int = opt(8, help="validation batches per evaluation", check=at_least(0))
+    checkpoint_every: int = opt(100, help="checkpoint every N steps", check=POSITIVE)
+    log_every: int = opt(1, help="metrics.jsonl line every N steps", check=POSITIVE)
 
 
 @dataclass
@@ -77,79 +83,51 @@ SECTIONS = {"optimizer": OptimizerSpec, "schedule": ScheduleSpec, "train": Train
 TOP_KEYS = ["name", "tokenizer", "model", *SECTIONS]
 
 
-def _check_type(value, default, key: str, where: str):
-    """Accept what the default's type accepts (ints for floats too); name the key otherwise."""
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str),
-          list: lambda v: isinstance(v, list),
-          dict: lambda v: isinstance(v, dict)}  # [model] config of family "hf"
-    kind = type(default) if default is not None else None
-    if kind is None:  # optional fields: int unless the name says float
-        kind = float if key == "min_lr" else int
-    if not ok[kind](value):
-        raise ConfigError(f"{where}: key {key!r} must be {kind.__name__}, got {value!r}")
-    return float(value) if kind is float else value
-
-
 def _section(cls, raw, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table like [{where.split('[')[-1]}")
-    defaults = cls()
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(raw) - set(valid))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys are {valid}")
-    values = {k: _check_type(v, getattr(defaults, k), k, where) for k, v in raw.items()}
-    return cls(**{**asdict(defaults), **values})
+    schema = schema_of(cls)
+    check_table(raw, schema, where, STUDENT)
+    return cls(**{**asdict(cls()), **{k: _as_declared(v, schema[k][0]) for k, v in raw.items()}})
+
+
+def _as_declared(value, tp):
+    """An int given for a float key is stored as a float (as TOML would write it back)."""
+    return float(value) if float in base_types(tp) and isinstance(value, int) else value
 
 
 def _model(raw, where: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [model] must be a table")
     family = raw.get("family", "gpt")
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ConfigError(f"{where}: [model] family {family!r} is not a model family; valid are "
                           f"{sorted(FAMILIES)}")
-    cfg_cls = FAMILIES[family][0]
-    types = {f.name: f.type for f in fields(cfg_cls)}
-    valid = ["family", *types]
-    model = {"family": family}
-    for key, value in raw.items():
-        if key == "family":
-            continue
-        if key not in types:
-            raise ConfigError(f"{where}: unknown [model] key {key!r} for family {family}; valid "
-                              f"keys are {valid}")
-        model[key] = _check_type(value, types[key](), key, f"{where} [model]")
+    schema = schema_of(FAMILIES[family][0])
+    params = {k: v for k, v in raw.items() if k != "family"}
+    unknown = [k for k in params if k not in schema]
+    if unknown:
+        raise ConfigError(f"{where}: unknown [model] key {unknown[0]!r} for family {family}; "
+                          f"valid keys are {['family', *schema]}")
+    check_table(params, schema, f"{where} [model]", STUDENT)
+    model = {"family": family, **{k: _as_declared(v, schema[k][0]) for k, v in params.items()}}
+    shape = {**{k: f.default for k, (_, f) in schema.items()}, **model}
+    if family == "gpt" and shape["d_model"] % shape["n_head"]:
+        raise ConfigError(f"{where}: [model] d_model {shape['d_model']} must be divisible by "
+                          f"n_head {shape['n_head']}; change one of them")
     return model
 
 
 def _validate(spec: StudentSpec, where: str) -> None:
-    t, o, s, loss = spec.train, spec.optimizer, spec.schedule, spec.loss
-    positive = {"[train] batch_size": t.batch_size, "[train] eval_every": t.eval_every,
-                "[train] checkpoint_every": t.checkpoint_every, "[train] log_every": t.log_every,
-                "[optimizer] lr": o.lr}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{where}: {key} must be > 0, got {value}")
-    for key, value in {"[train] max_steps": t.max_steps, "[train] epochs": t.epochs}.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"{where}: {key} must be >= 1, got {value}")
-    if t.eval_batches < 0 or s.warmup_steps < 0 or o.weight_decay < 0 or o.grad_clip < 0:
-        raise ConfigError(f"{where}: eval_batches, warmup_steps, weight_decay and grad_clip must "
-                          "be >= 0")
-    if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas):
+    """What one key's rule cannot say: the loss name, and betas as a pair."""
+    o, loss = spec.optimizer, spec.loss
+    if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                    and 0 <= b < 1 for b in o.betas):
         raise ConfigError(f"{where}: [optimizer] betas must be two numbers in [0, 1), got "
                           f"{o.betas}")
     if loss.kind not in KINDS:
         raise ConfigError(f"{where}: [loss] kind {loss.kind!r} is not a loss; valid are "
                           f"{list(KINDS)}")
-    if not 0.0 <= loss.alpha <= 1.0 or not (loss.temperature > 0 and math.isfinite(
-            loss.temperature)):
-        raise ConfigError(f"{where}: [loss] alpha must be in [0, 1] and temperature > 0 (got "
-                          f"alpha={loss.alpha}, temperature={loss.temperature})")
 
 
 def parse_student(raw: dict, path: str | Path) -> StudentSpec:
@@ -159,7 +137,7 @@ def parse_student(raw: dict, path: str | Path) -> StudentSpec:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid top-level keys are "
                           f"{TOP_KEYS}")
     name = raw.get("name", Path(path).stem)
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+    if not isinstance(name, str) or NAME.problem(name):
         raise ConfigError(f"{where}: name {name!r} must be a non-empty folder name")
     tokenizer = raw.get("tokenizer")
     if tokenizer is not None and not isinstance(tokenizer, str):
@@ -174,19 +152,9 @@ def parse_student(raw: dict, path: str | Path) -> StudentSpec:
     return spec
 
 
-def read_config_toml(path: Path, what: str, see: str) -> dict:
-    """A TOML config file (student, job) as a dict; missing or malformed: ConfigError, exit 2."""
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} not found (see {see})")
-    try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-
-
 def load_student(path: str | Path) -> StudentSpec:
     path = Path(path)
-    return parse_student(read_config_toml(path, "student file", "data/students/*.toml"), path)
+    return parse_student(read_toml(path, "student file", "data/students/*.toml"), path)
 
 
 def with_overrides(spec: StudentSpec, max_steps: int | None, epochs: int | None) -> StudentSpec:
@@ -225,34 +193,3 @@ def resolve_for_dataset(spec: StudentSpec, vocab_size: int, seq_len: int) -> Stu
     if train.max_steps is None and train.epochs is None:
         train = TrainSpec(**{**asdict(train), "epochs": 1})
     return StudentSpec(**{**spec.__dict__, "model": model, "schedule": schedule, "train": train})
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):  # an inline table, e.g. [model] config of family "hf"
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()
-                               if x is not None) + "}"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def _toml_key(k: str) -> str:
-    bare = k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k)
-    return k if bare else _toml_value(k)
-
-
-def dumps_toml(d: dict) -> str:
-    """A tiny TOML writer for flat tables (None values are left out: TOML has no null)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items()
-             if not isinstance(v, dict) and v is not None]
-    for section, table in d.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{section}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines) + "\n"

@@ -85,3 +85,48 @@ def test_split_is_stable_and_close_to_fraction():
     # A document's split never depends on which other documents are present.
     assert split_of("doc-7", 0.1) == splits[7]
     assert all(split_of(d, 0.0) == "train" for d in ids[:100])
+
+
+# Every cell is type-checked where it is read, and a bad one is named with its file and line
+# (row for Parquet); ids are never made up for a null one or renamed for a repeated one.
+BAD_CELLS = [
+    ("c.jsonl", '{"text": "ok"}\n{"text": 42}\n', None,
+     r"c.jsonl:2: 'text' is a number \(42\), not a string"),
+    ("c.jsonl", '{"text": "ok"}\n{"text": ["a"]}\n', None, r"c.jsonl:2: 'text' is a list"),
+    ("c.jsonl", '{"text": "ok"}\n\n[1, 2]\n', None, r"c.jsonl:3: a list, not a JSON object"),
+    ("c.jsonl", '{"text": "a", "id": 1}\n{"text": "b", "id": null}\n', "id",
+     r"c.jsonl:2: id 'id' is null"),
+    ("c.jsonl", '{"text": "a", "id": ""}\n', "id", r"c.jsonl:1: id 'id' is empty"),
+    ("c.jsonl", '{"text": "a", "id": 1}\n{"text": "b"}\n', "id",
+     r"c.jsonl:2: column 'id' not found"),
+    ("c.jsonl", '{"text": "a", "id": 1}\n{"text": "b", "id": "1"}\n', "id",
+     r"c.jsonl:2: id '1' is used by an earlier document too"),
+    ("c.jsonl", '{"text": "a", "id": 1.5}\n', "id", r"c.jsonl:1: id 'id' is a number \(1.5\)"),
+    ("c.jsonl", '{"text": "a", "id": "\\ud800"}\n', "id", r"c.jsonl:1: id 'id' holds an unpaired"),
+    ("c.csv", "text,id\na,1\nb,2,3\n", "id", r"c.csv:3: the row has more fields than the header"),
+    ("c.csv", "text,id\na\n", "id", r"c.csv:2: no 'id' cell"),
+]
+
+
+@pytest.mark.parametrize("name, content, id_column, match", BAD_CELLS)
+def test_bad_cells_named_with_file_and_line(tmp_path, name, content, id_column, match):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(PipelineError, match=match) as info:
+        docs(CorpusSpec(str(tmp_path / name), id_column=id_column))
+    assert "\n" not in str(info.value)
+
+
+def test_bad_parquet_cells_named_with_row(tmp_path):
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "a.parquet")
+    with pytest.raises(PipelineError, match=r"a.parquet row 0: 'text' is a number \(1\)"):
+        docs(CorpusSpec(str(tmp_path / "a.parquet")))
+    pq.write_table(pa.table({"text": ["a", "b"], "id": ["x", None]}), tmp_path / "b.parquet")
+    with pytest.raises(PipelineError, match=r"b.parquet row 1: id 'id' is null"):
+        docs(CorpusSpec(str(tmp_path / "b.parquet"), id_column="id"))
+
+
+def test_null_text_is_an_empty_document_and_lone_surrogates_are_replaced(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"text": null}\n{"text": "a \\ud800 b"}\n')
+    stats = CorpusStats()
+    assert docs(CorpusSpec(str(tmp_path / "c.jsonl")), stats) == [("c.jsonl:1", "a \ufffd b")]
+    assert stats.documents_skipped_empty == 1 and stats.non_utf8_documents == 1

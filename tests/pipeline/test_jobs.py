@@ -124,3 +124,29 @@ def test_cli_bad_job_exits_2_and_names_it(tmp_path, tiny_teacher, edit, expected
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("seq_len = 32", "seq_len = 1"), "[label] seq_len = 1 must be >= 2"),
+    (lambda t: t.replace("top_k = 8", "top_k = 8\nvalidation_fraction = nan"),
+     "[label] validation_fraction = nan must be a finite number in [0, 1)"),
+    (lambda t: t.replace("top_k = 8", "top_k = 8\ntop_p = 0.5"),
+     '[label] top_p only applies to mode = "topp" (here mode = "topk"); drop top_p or set '
+     'mode = "topp"'),
+    (lambda t: t.replace("max_steps = 3", "max_steps = -3"), "[train] max_steps = -3 must be"),
+    (lambda t: t.replace("max_rows = 4", "bench_repeats = 0"), "[evaluate] bench_repeats = 0"),
+    (lambda t: t.replace("[job]\n", '[job]\ndevice = "gpu"\n'),
+     "[job] device = 'gpu' must be auto, cpu, cuda or cuda:N"),
+    (lambda t: t.replace("[corpus]\n", "[corpus]\nlimit_docs = 0\n"),
+     "[corpus] limit_docs = 0 must be >= 1"),
+    (lambda t: t.replace("[corpus]\n", '[corpus]\ntext_column = 3\n'),
+     "[corpus] text_column must be a string, got 3"),
+])
+def test_job_values_are_range_checked_where_read(tmp_path, tiny_teacher, edit, expected):
+    """Every key's rule is its stage option's rule (pipeline/config/stages.py): a job that would
+    fail halfway, or train on a setting the stage ignores, is refused before anything runs."""
+    path = write_job(tmp_path, tiny_teacher)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    assert expected in str(info.value) and "\n" not in str(info.value), str(info.value)

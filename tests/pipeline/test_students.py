@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config.toml import dumps_toml
 from pipeline.errors import ConfigError
 from pipeline.training.students import (
-    dumps_toml,
     load_student,
     parse_student,
     resolve_for_dataset,
@@ -73,6 +73,35 @@ def test_bad_student_files_name_the_problem(tmp_path, text, match):
         load_student(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[optimizer]\nlr = nan\n", r"\[optimizer\]: lr must be a finite number > 0, got nan"),
+    ("[optimizer]\nlr = inf\n", r"\[optimizer\]: lr must be a finite number > 0, got inf"),
+    ("[optimizer]\neps = -1.0\n", r"eps must be > 0, got -1.0"),
+    ("[optimizer]\nbetas = [0.9, nan]\n", r"betas must be two numbers in \[0, 1\)"),
+    ("[schedule]\nmin_lr = nan\n", r"min_lr must be a finite number >= 0, got nan"),
+    ("[train]\nseed = -1\n", r"\[train\]: seed must be >= 0, got -1"),
+    ("[loss]\ntemperature = inf\n", r"temperature must be a finite number in \[0.01, 100\]"),
+    ("[model]\ndropout = nan\n", r"\[model\]: dropout must be a finite number in \[0, 1\)"),
+    ("[model]\nd_model = 0\n", r"\[model\]: d_model must be >= 1, got 0"),
+    ("[model]\nd_model = 30\nn_head = 4\n", r"d_model 30 must be divisible by n_head 4"),
+    ("[model]\nfamily = [1]\n", r"family \[1\] is not a model family"),
+    ('name = "a\\u0000b"\n', r"must be a non-empty folder name"),
+])
+def test_values_out_of_range_name_key_value_and_rule(tmp_path, text, match):
+    """Checked where the file is parsed: a NaN or infinite learning rate used to be accepted
+    (and fail, or silently diverge, later)."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_student(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resolved_file_keeps_any_string(tmp_path):
+    """tomli-w writes what a hand-written writer got wrong (newlines, quotes, backslashes)."""
+    d = {"name": "x", "model": {"family": "hf", "config": {"model_type": 'a"b\\c\nd é'}}}
+    assert tomllib.loads(dumps_toml(d)) == d
 
 
 def test_dataset_mismatches_are_refused(tmp_path):

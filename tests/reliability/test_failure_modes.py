@@ -257,12 +257,52 @@ CASES = [
          "object", 1, "nothing written",
          lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"text": "a b"}\nnot json\n')),
          nothing_written),
+    Case("label", "a `.jsonl` corpus whose text is not a string (a number, a list, ...)",
+         "error: <file>:2: 'text' is a number (42), not a string; every text cell must be a "
+         "string: fix the data or pass --text-column naming a text column", 1, "nothing written",
+         lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"text": "a b"}\n{"text": 42}\n')),
+         nothing_written),
+    Case("label", "an `--id-column` value that is null (or empty, or not a string/integer)",
+         "error: <file>:1: id 'id' is null; every document needs its own id with --id-column "
+         "(or leave --id-column out: ids are then file:row)", 1, "nothing written",
+         lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"text": "a b", "id": null}\n'),
+                              id_column="id"), nothing_written),
+    Case("label", "an `--id-column` value used twice (ids are never renamed)",
+         "error: <file>:2: id '7' is used by an earlier document too; ids from --id-column must "
+         "be unique: fix the data, or leave --id-column out (ids are then file:row)", 1,
+         "nothing written",
+         lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"text": "a b", "id": 7}\n'
+                                                            '{"text": "c d", "id": "7"}\n'),
+                              id_column="id"), nothing_written),
     Case("label", "`--top-k` larger than the vocabulary",
          "error: --top-k 500 exceeds the vocabulary size 320", 1, "nothing written",
          lambda e: label_args(e, top_k=500), nothing_written),
     Case("label", "negative `--top-k`",
          "error: --top-k -1 is negative: use 0 (tokens only) or k >= 1", 1, "nothing written",
          lambda e: label_args(e, top_k=-1), nothing_written),
+    Case("label", "a value out of its range, NaN or infinite (e.g. `--validation-fraction nan`)",
+         "error: --validation-fraction nan must be a finite number in [0, 1)", 1,
+         "nothing written", lambda e: label_args(e, validation_fraction="nan"), nothing_written),
+    Case("label", "a value that is not a number (`--top-k abc`), or an unknown option",
+         "error: Invalid value for '--top-k': ..., got 'abc' (see `pipeline label --help`)", 2,
+         "nothing written", lambda e: label_args(e, top_k="abc"), nothing_written),
+    Case("label", "an option of another mode (`--top-p` without `--mode topp`)",
+         "error: --top-p only applies to --mode topp (here --mode topk); drop --top-p or pass "
+         "--mode topp", 1, "nothing written", lambda e: label_args(e, top_p=0.5),
+         nothing_written),
+    Case("label", "`--seq-len 1` (a row needs one next-token target)",
+         "error: --seq-len 1 must be >= 2", 1, "nothing written",
+         lambda e: label_args(e, seq_len=1), nothing_written),
+    Case("label", "`--seq-len` longer than the teacher's context (left out, it defaults to "
+         "256 or the teacher's context if shorter)",
+         "error: --seq-len 128 exceeds the teacher context 64; use --seq-len 64 or less (or "
+         "leave it out: the default fits the teacher)", 1, "nothing written",
+         lambda e: label_args(e, seq_len=128), nothing_written),
+    Case("label", "`--teacher NAME` that is no folder (a hub name without `hf:`)",
+         "error: --teacher gpt2: no such folder; pass a model directory (config.json + "
+         "model.safetensors + tokenizer.json) or a Hugging Face folder; if gpt2 is a Hugging "
+         "Face hub model, write --teacher hf:gpt2", 1, "nothing written",
+         lambda e: label_args(e, teacher="gpt2"), nothing_written),
     Case("label", "teacher folder without `model.safetensors` (only a `model.pt`)",
          "error: model directory <dir> has no model.safetensors: a model directory holds "
          "config.json, model.safetensors and tokenizer.json", 1,
@@ -305,6 +345,11 @@ CASES = [
          "error: --out <dir> is a file, not a folder; choose a folder for the dataset", 1,
          "the file", lambda e: ((e.tmp / "f").write_text("x"), remember(e, e.tmp),
                                 label_args(e, out=e.tmp / "f"))[-1], unchanged),
+    Case("label", "`--out` under a file (or in a folder you cannot write)",
+         "error: --out <path>: <file> is a file, so the folder cannot be created; choose a "
+         "folder for the dataset", 1, "the file",
+         lambda e: ((e.tmp / "f").write_text("x"), remember(e, e.tmp),
+                    label_args(e, out=e.tmp / "f" / "ds"))[-1], unchanged),
     Case("label", "teacher that produces NaN/inf logits (on some inputs)",
          "error: teacher produced NaN/inf logits for <shard> rows [...]; refusing the batch - "
          "check the teacher weights (or use fp32)", 1,
@@ -349,6 +394,10 @@ CASES = [
          "error: --scheduler tcp://127.0.0.1:9: the dask scheduler did not answer within 5s "
          "(...); start it with ...", 1, "nothing written",
          lambda e: label_args(e, scheduler="tcp://127.0.0.1:9"), nothing_written),
+    Case("label", "`--scheduler` that is no address (`x y`, `tcp://host` without a port)",
+         "error: --scheduler x y: not a scheduler address (missing port number in address "
+         "'x y'); pass tcp://HOST:PORT or the file of `dask scheduler --scheduler-file`", 1,
+         "nothing written", lambda e: label_args(e, scheduler="x y"), nothing_written),
     Case("label", "`--scheduler F.json` that does not exist",
          "error: --scheduler <file>: scheduler file not found; start one with `dask scheduler "
          "--scheduler-file <file>` or pass ...", 1, "nothing written",
@@ -357,6 +406,9 @@ CASES = [
          "which rewrite the same files)", 0, "an identical dataset",
          checked_by="tests/stages/test_label_dask.py::"
                     "test_worker_sigkilled_mid_run_still_yields_identical_dataset"),
+    Case("validate", "a path that does not exist (any verb's `--labels` too)",
+         "error: dataset <dir> does not exist: pass the --out folder of a `pipeline label` run",
+         1, "—", lambda e: ["validate", e.tmp / "nope"], nothing_written),
     Case("validate", "folder without `manifest.json` (labeling did not finish)",
          "error: <dir> is not a soft-label dataset: no manifest.json (a labeling run did not "
          "finish: rerun `pipeline label` to complete it)", 1, "— (validate only reads)",
@@ -391,6 +443,10 @@ CASES = [
          "nothing written",
          lambda e: train_args(e, write(e, "s.toml", '[train]\nbatch_size = "eight"\n')),
          nothing_written),
+    Case("train", "student value out of range, NaN or infinite (e.g. `lr = nan`)",
+         "error: <file> [optimizer]: lr must be a finite number > 0, got nan", 2,
+         "nothing written",
+         lambda e: train_args(e, write(e, "s.toml", "[optimizer]\nlr = nan\n")), nothing_written),
     Case("train", "student file that is not TOML",
          "error: <file> is not valid TOML: ...", 2, "nothing written",
          lambda e: train_args(e, write(e, "s.toml", "[train\n")), nothing_written),
@@ -407,6 +463,12 @@ CASES = [
          "only (labels mode 'none'); set [loss] kind = \"ce\" or label the corpus with a "
          "teacher", 2, "nothing written",
          lambda e: train_args(e, write_student(e.tmp), e.tokens_only), nothing_written),
+    Case("train", "`--out` inside the dataset folder",
+         "error: --out <dir> is inside the dataset folder --labels <dir>; choose a runs folder "
+         "outside it (a dataset holds only what the labeler wrote)", 1, "the dataset, untouched",
+         lambda e: (e.saved.update(ds=copy_dataset(e.dataset, e.tmp)), remember(e, e.saved["ds"]),
+                    train_args(e, write_student(e.tmp), e.saved["ds"], "--out",
+                               e.saved["ds"] / "runs"))[-1], unchanged),
     Case("train", "unfinished run folder without `--resume`",
          "error: run folder <dir> holds an unfinished run; pass --resume to continue it from "
          "its last checkpoint, or delete it", 1, "the run folder, untouched",
@@ -507,6 +569,11 @@ CASES = [
     Case("run", "job with an unknown key",
          "error: <file>: [label] has unknown key 'topk' (did you mean 'top_k'?); valid keys: "
          "...", 2, "nothing run", lambda e: ["run", job(e, "topk = 4\n")],
+         lambda e: nothing_written(e) or _no_job_output(e)),
+    Case("run", "job value out of range, or for another mode",
+         "error: <file>: [label] top_p only applies to mode = \"topp\" (here mode = "
+         "\"topk\"); drop top_p or set mode = \"topp\"", 2, "nothing run",
+         lambda e: ["run", job(e, "top_p = 0.5\n")],
          lambda e: nothing_written(e) or _no_job_output(e)),
     Case("run", "job with a missing section",
          "error: <file>: missing section [teacher]; add it (see data/jobs/example.toml)", 2,

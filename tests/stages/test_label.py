@@ -265,3 +265,59 @@ def test_is_complete_of_a_u8_dataset_tracks_its_bound(tmp_path, tiny_corpus, tin
                                   logprob_encoding="u8", u8_min_logprob=-9.0))
     assert not L.is_complete(_cfg(tiny_corpus, tiny_teacher, tmp_path / "ds",
                                   mode="sampled", samples=4))
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    """`pipeline ARGV` in this process (cheaper than a subprocess): (exit code, stderr)."""
+    from pipeline.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_default_seq_len_fits_the_teacher(tmp_path, tiny_corpus, tiny_teacher, capsys):
+    """The tiny teacher's context is 64: the default --seq-len (256) becomes 64 rather than a
+    refusal; a --seq-len the user gave that does not fit is still refused."""
+    out = tmp_path / "ds"
+    code, err = _cli(capsys, "label", "--corpus", tiny_corpus, "--teacher", tiny_teacher,
+                     "--out", out, "--limit-docs", 8, "--quiet", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["seq_len"] == 64
+    code, err = _cli(capsys, *label_args(tiny_corpus, tiny_teacher, tmp_path / "x",
+                                         "--seq-len", "65"))
+    assert code == 1 and "--seq-len 65 exceeds the teacher context 64" in err
+    import stages.label as L
+
+    assert L.is_complete(L.LabelConfig(corpus=str(tiny_corpus), teacher=str(tiny_teacher),
+                                       out=str(out), limit_docs=8))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--top-p", "0.5"], "--top-p only applies to --mode topp (here --mode topk)"),
+    (["--mode", "topp", "--samples", "8"], "--samples only applies to --mode sampled"),
+    (["--u8-min-logprob", "-8"], "--u8-min-logprob only applies to --logprob-encoding u8"),
+    (["--seq-len", "1"], "--seq-len 1 must be >= 2"),
+    (["--proposal-temperature", "inf", "--mode", "sampled"],
+     "--proposal-temperature inf must be a finite number in [0.01, 100]"),
+    (["--device", "meta"], "--device 'meta' must be auto, cpu, cuda or cuda:N"),
+    (["--top-k", "x"], "Invalid value for '--top-k'"),
+])
+def test_options_refused_in_one_line(tmp_path, tiny_corpus, tiny_teacher, capsys, extra,
+                                     message):
+    code, err = _cli(capsys, *label_args(tiny_corpus, tiny_teacher, tmp_path / "ds", *extra))
+    assert code in (1, 2) and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("teacher, message", [
+    ("gpt2", "--teacher gpt2: no such folder; pass a model directory"),
+    ("org/some-model", "write --teacher hf:org/some-model"),
+])
+def test_teacher_that_is_no_folder_suggests_hf(tmp_path, tiny_corpus, capsys, teacher, message):
+    code, err = _cli(capsys, *label_args(tiny_corpus, teacher, tmp_path / "ds"))
+    assert code == 1 and message in err and "config.json" in err, err

@@ -142,6 +142,17 @@ def test_student_with_another_tokenizer_is_refused(tmp_path, labeled):
         run(TrainConfig(labels=str(labeled), students=[str(path)], out=str(tmp_path / "r")))
 
 
+def test_out_inside_the_dataset_refused(tmp_path, labeled):
+    """Run folders inside a dataset would be files the labeler did not write (and the next
+    `label --overwrite` would refuse the whole dataset)."""
+    before = sorted(p.relative_to(labeled) for p in labeled.rglob("*"))
+    for out in (labeled / "runs", labeled):
+        with pytest.raises(PipelineError, match="is inside the dataset folder --labels"):
+            run(TrainConfig(labels=str(labeled), students=[student(tmp_path, "s")],
+                            out=str(out), device="cpu", quiet=True))
+    assert sorted(p.relative_to(labeled) for p in labeled.rglob("*")) == before
+
+
 def test_cli_bad_student_file_exits_2_with_one_line(tmp_path, labeled):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nbatch = 8\n")
