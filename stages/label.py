@@ -67,7 +67,9 @@ class LabelConfig:
     quiet: bool = False
     workers: int | None = None  # dask LocalCluster of N worker processes
     scheduler: str | None = None  # tcp://HOST:PORT or a scheduler file of an existing cluster
-    # label modes (format 1.1, pipeline/labeling/modes.py); topk with fp16/fp32 writes format 1.0
+    # label modes (format 1.1, pipeline/labeling/modes.py); with id_encoding "rank", topk with
+    # fp16/fp32 writes format 1.0 and the other modes/encodings 1.1; by default every labeled
+    # dataset is 1.2
     mode: str = "topk"  # topk | topp | sampled
     top_p: float = 0.95
     min_k: int = 1
@@ -76,6 +78,7 @@ class LabelConfig:
     proposal_temperature: float = 1.0
     seed: int = 0
     u8_min_logprob: float = S.U8_DEFAULT_MIN_LOGPROB  # --logprob-encoding u8: value of code 255
+    id_encoding: str = "sorted_delta"  # format 1.2 (compact ids); "rank": the 1.0/1.1 layout
     trust_remote_code: bool = False  # hf: teachers may run the model repo's own code only if set
 
 
@@ -99,6 +102,8 @@ def _check_args(cfg: LabelConfig) -> None:
     if cfg.logprob_encoding not in S.LOGPROB_ENCODINGS:
         raise PipelineError(f"--logprob-encoding {cfg.logprob_encoding!r}: valid are "
                             f"{sorted(S.LOGPROB_ENCODINGS)}")
+    if cfg.id_encoding not in S.ID_ENCODINGS:
+        raise PipelineError(f"--id-encoding {cfg.id_encoding!r}: valid are {list(S.ID_ENCODINGS)}")
     labelmodes.check_args(cfg)
 
 

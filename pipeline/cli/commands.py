@@ -99,6 +99,8 @@ def label(
                                                "this temperature (weights stay unbiased)."),
     seed: int = typer.Option(0, help="sampled: seed of the draws (recorded; reproducible)."),
     u8_min_logprob: float = typer.Option(-16.0, help="u8: log-probability of the lowest code."),
+    id_encoding: str = typer.Option("sorted_delta", help="sorted_delta: compact ids, format 1.2 "
+                                    "(default); rank: the 1.0/1.1 layout for older readers."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Let an hf: "
                                            "teacher run the Python code its repo ships."),
 ) -> None:
@@ -114,7 +116,7 @@ def label(
         id_column=id_column, quiet=quiet, workers=workers, scheduler=scheduler, mode=mode,
         top_p=top_p, min_k=min_k, max_k=max_k, samples=samples,
         proposal_temperature=proposal_temperature, seed=seed, u8_min_logprob=u8_min_logprob,
-        trust_remote_code=trust_remote_code))
+        id_encoding=id_encoding, trust_remote_code=trust_remote_code))
     for line in dataset_lines(manifest, out_dir):
         say(out, line)
 
