@@ -87,11 +87,11 @@ def build_table(spec: S.LabelSpec, tokens: np.ndarray, doc_ids: list[list[str]],
 def _id_ordered(labels: ShardLabels) -> ShardLabels:
     """1.2: each position's entries in ascending id order, ids replaced by their deltas (first
     id, then gaps); log-probabilities and draws follow their ids (sortedids.py says why)."""
-    mask = None if labels.counts is None else np.arange(labels.ids.shape[-1]) < labels.counts[
-        ..., None]
-    aligned = [labels.logprobs] + ([labels.sample_counts] if labels.sample_counts is not None
-                                   else [])
-    ids, logprobs, *draws = sortedids.sort_by_id(labels.ids, mask, *aligned)
+    mask = None
+    if labels.counts is not None:  # variable modes: padding sorts last, pack() keeps the rest
+        mask = np.arange(labels.ids.shape[-1]) < labels.counts[..., None]
+    draws = [] if labels.sample_counts is None else [labels.sample_counts]
+    ids, logprobs, *draws = sortedids.sort_by_id(labels.ids, mask, labels.logprobs, *draws)
     return ShardLabels(sortedids.deltas(ids, mask), logprobs, labels.tail, labels.counts,
                        draws[0] if draws else None, labels.log_norm)
 
