@@ -47,7 +47,8 @@ MODES = {  # name → LabelConfig options; topp's max_k is high so p, not the ca
 }
 ENCODINGS = ("fp32", "fp16", "u8")
 LABEL_COLUMNS = (S.COL_TOPK_IDS, S.COL_TOPK_LOGPROBS, S.COL_TAIL, S.COL_COUNTS,
-                 S.COL_SAMPLE_COUNTS, S.COL_LOG_NORM)
+                 S.COL_SAMPLE_COUNTS, S.COL_LOG_NORM, S.COL_ID_DELTAS, S.COL_LABEL_LOGPROBS,
+                 S.COL_LABEL_SAMPLE_COUNTS)  # 1.0/1.1 and 1.2 names
 STUDENT = """name = "{name}"
 [model]
 family = "gpt"

@@ -47,6 +47,36 @@ class Figure:
                 "note": self.note}
 
 
+def figure_from_dict(d: dict) -> Figure:
+    return Figure(d["id"], d["name"], d["goal"], Stat(list(d["values"])), d["passed"],
+                  d.get("unit", "×"), d.get("details") or {}, d.get("note"))
+
+
+def carry_over(measured: list[Figure], only: list[str], path: Path) -> tuple[list[Figure], dict]:
+    """`--only` on the published run: the figures not rerun are kept from the previous
+    results.json, so BENCHMARKS.md never loses figures; the measured ones replace theirs.
+    Returns (all figures in figure order, {rerun, kept, date, git} of the kept ones' run)."""
+    if not path.is_file():
+        return measured, {}
+    old = json.loads(path.read_text())
+    kept = [figure_from_dict(d) for d in old["figures"] if d["id"].split()[0] not in only]
+    if not kept:
+        return measured, {}
+    figures = sorted(kept + measured, key=lambda f: int(f.id.split()[0]))  # stable sort
+    source = old.get("carried_over") or {"date": old["machine"]["date"],
+                                         "git": old["machine"]["git"]}
+    return figures, {"rerun": only, "kept": sorted({f.id.split()[0] for f in kept}, key=int),
+                     "date": source["date"], "git": source["git"]}
+
+
+def carried_text(info: dict) -> str:
+    if not info:
+        return ""
+    return (f"Only figure(s) {', '.join(info['rerun'])} were rerun in this run; figures "
+            f"{', '.join(info['kept'])} are carried over from the run of {info['date']} at "
+            f"commit `{info['git']}`.")
+
+
 def machine_info() -> dict:
     """What the numbers were measured on, taken at the start of the run."""
     import pyarrow
@@ -83,7 +113,7 @@ def _fmt(v) -> str:
 
 
 def markdown(figures: list[Figure], machine: dict, params: dict, teacher: str, command: str,
-             seconds: float) -> str:
+             seconds: float, carried: dict | None = None) -> str:
     m = machine
     load = ", ".join(map(str, m["load_average_at_start"]))
     lines = [
@@ -94,7 +124,8 @@ def markdown(figures: list[Figure], machine: dict, params: dict, teacher: str, c
         "per-repetition ratio. Absolute numbers are in the details below, never the claim.", "",
         f"Teacher: {teacher}. Corpus: `builtin:bbc-news` (first N articles, see parameters). "
         f"Device: {params.get('device', 'cpu')}. Whole run: {seconds / 60:.1f} min wall, "
-        f"{m.get('cpu_seconds', 0) / 60:.1f} CPU-min.", "",
+        f"{m.get('cpu_seconds', 0) / 60:.1f} CPU-min. {carried_text(carried or {})}".rstrip(),
+        "",
         "| # | figure | goal | measured: median (min–max) | result |", "|---|---|---|---|---|"]
     lines += [f"| {f.id} | {f.name} | {f.goal} | {f.measured()} | {f.verdict()} |"
               for f in figures]
@@ -135,8 +166,8 @@ def write_section(text: str, path: Path) -> None:
 
 
 def write_results(figures: list[Figure], machine: dict, params: dict, teacher: str,
-                  seconds: float, path: Path) -> None:
+                  seconds: float, path: Path, carried: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine, "params": params, "teacher": teacher,
-                                "seconds": seconds,
+                                "seconds": seconds, "carried_over": carried or {},
                                 "figures": [f.as_dict() for f in figures]}, indent=1) + "\n")

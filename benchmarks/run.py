@@ -30,7 +30,7 @@ from benchmarks import (
     fig_vocab,
 )
 from benchmarks.common import REPO, Context, Params
-from benchmarks.report import machine_info, markdown, write_results, write_section
+from benchmarks.report import carry_over, machine_info, markdown, write_results, write_section
 from pipeline.device import resolve_device
 
 FIGURES = {"1": fig_label, "2": fig_storage, "3": fig_stream, "4": fig_online,
@@ -95,9 +95,14 @@ def main(argv=None) -> int:
     shown = {**params.as_dict(), "device": str(ctx.device), "quick": args.quick,
              "figures": only}
     command = "make bench-quick" if args.quick else "make bench"
-    text = markdown(figures, machine, shown, ctx.teacher_description, command, seconds)
+    carried: dict = {}
+    if args.only and not args.quick:  # keep the figures not rerun (report.carry_over)
+        figures, carried = carry_over(figures, only, args.results)
+        command += f" (--only {args.only})"
+    text = markdown(figures, machine, shown, ctx.teacher_description, command, seconds, carried)
     write_section(text, args.markdown)
-    write_results(figures, machine, shown, ctx.teacher_description, seconds, args.results)
+    write_results(figures, machine, shown, ctx.teacher_description, seconds, args.results,
+                  carried)
     print(text)
     print(f"\nwrote {args.markdown} and {args.results} in {seconds / 60:.1f} min", flush=True)
     return 0

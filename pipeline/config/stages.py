@@ -13,6 +13,7 @@ from pipeline.config.fields import DEVICE, NAME, PATH, Choice, Range, at_least, 
 
 # as in pipeline/softlabels/schema.py (which imports pyarrow; a test keeps them equal)
 LOGPROB_ENCODINGS = ("fp16", "fp32", "u8")
+ID_ENCODINGS = ("sorted_delta", "rank")
 U8_DEFAULT_MIN_LOGPROB = -16.0
 LABEL_MODES = ("topk", "topp", "sampled")
 DEFAULT_SEQ_LEN = 256
@@ -66,7 +67,8 @@ class LabelConfig:
                               "(one shard per task; one GPU each if any).", check=at_least(1))
     scheduler: str | None = opt(None, help="Label on an existing dask cluster: tcp://HOST:PORT "
                                 "or a scheduler file.")
-    # label modes (format 1.1, pipeline/labeling/modes.py); topk with fp16/fp32 writes format 1.0
+    # label modes (format 1.1, pipeline/labeling/modes.py); every labeled dataset is format 1.2
+    # by default; with id_encoding "rank", topk with fp16/fp32 writes 1.0 and the others 1.1
     mode: str = opt("topk", help="topk (k per position), topp (smallest set reaching --top-p) "
                     "or sampled (--samples draws, importance weights).", check=Choice(LABEL_MODES))
     top_p: float = opt(0.95, help="topp: mass each position's set must reach.",
@@ -84,6 +86,9 @@ class LabelConfig:
                     check=at_least(0), when=SAMPLED)
     u8_min_logprob: float = opt(U8_DEFAULT_MIN_LOGPROB, help="u8: log-probability of the lowest "
                                 "code.", check=Range(-1000, 0, hi_open=True), when=U8)
+    id_encoding: str = opt("sorted_delta", help="sorted_delta: compact ids, format 1.2 "
+                           "(default); rank: the 1.0/1.1 layout for older readers.",
+                           check=Choice(ID_ENCODINGS))
     trust_remote_code: bool = opt(False, help="Let an hf: teacher run the Python code its repo "
                                   "ships.", flag=("--trust-remote-code",))
 

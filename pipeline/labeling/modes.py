@@ -53,11 +53,14 @@ def check_args(cfg) -> None:
 
 
 def build_spec(cfg, vocab_size: int) -> S.LabelSpec:
-    """The dataset's LabelSpec from a LabelConfig; top-k options build exactly the 1.0 spec."""
+    """The dataset's LabelSpec from a LabelConfig; top-k options with id_encoding "rank" build
+    exactly the 1.0 spec."""
     mode = cfg.mode if cfg.top_k else "none"
     extra: dict = {}
     if cfg.logprob_encoding == "u8" and cfg.top_k:
         extra["logprob_u8_min"] = float(cfg.u8_min_logprob)
+    if cfg.top_k and cfg.id_encoding == "sorted_delta":
+        extra["id_encoding"] = "sorted_delta"  # format 1.2
     k = cfg.top_k
     if mode == "topp":
         if cfg.max_k > vocab_size:

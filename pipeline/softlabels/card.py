@@ -42,10 +42,22 @@ import pyarrow.dataset as pads
 table = pads.dataset("{SHARDS_DIR}/validation", format="parquet").to_table()
 ```
 
-Position t's `topk_ids`/`topk_logprobs` (flattened, k per position) describe the teacher's
-distribution of token t+1; `tail_mass` is the probability outside the stored ids.
+{_columns(labels)}
 Check integrity with `pipeline validate .`.
 """
+
+
+def _columns(labels: dict) -> str:
+    """Which columns hold the labels, and in what order (1.2 stores ids ascending)."""
+    if labels.get("id_encoding") == "sorted_delta":
+        return ("Position t's `label_id_deltas`/`label_logprobs` (flattened) describe the "
+                "teacher's\ndistribution of token t+1, in **ascending id order** with ids "
+                "delta-coded (format\n1.2): decode them to rank order with the helper in "
+                "docs/FORMAT.md (\"Loading with\nother tools\"); `tail_mass` is the probability "
+                "outside the stored ids.")
+    return ("Position t's `topk_ids`/`topk_logprobs` (flattened, k per position) describe the "
+            "teacher's\ndistribution of token t+1; `tail_mass` is the probability outside the "
+            "stored ids.")
 
 
 def _extras(labels: dict) -> str:

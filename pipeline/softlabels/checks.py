@@ -60,12 +60,18 @@ def _is_num(v) -> bool:
 
 
 def mode_fields(spec: S.LabelSpec) -> str | None:
-    """The 1.1 fields (top-p, sampled, u8): present exactly when used, typed and in range."""
+    """The 1.1/1.2 fields (top-p, sampled, u8, id_encoding): present exactly when used, typed
+    and in range."""
     want = set()
     if spec.logprob_encoding == "u8":
         want.add("logprob_u8_min")
         if not (_is_num(spec.logprob_u8_min) and spec.logprob_u8_min < 0):
             return f"labels.logprob_u8_min {spec.logprob_u8_min!r} must be a number < 0"
+    if spec.id_encoding is not None:
+        want.add("id_encoding")
+        if spec.id_encoding != "sorted_delta" or not spec.has_labels:
+            return (f"labels.id_encoding {spec.id_encoding!r} must be 'sorted_delta' (format "
+                    "1.2, labeled datasets only) or absent (ids in rank order)")
     if spec.variable and not spec.k <= min(spec.vocab_size, np.iinfo(np.uint16).max):
         return f"labels.k {spec.k} exceeds the vocabulary (or 65535) for mode {spec.mode!r}"
     if spec.mode == "topp":
@@ -132,7 +138,7 @@ def row_lengths(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec, seq_len: in
     if spec.variable:
         return _variable_lengths(table, spec, seq_len, where)
     if spec.has_labels:
-        widths.update({S.COL_TOPK_IDS: seq_len * spec.k, S.COL_TOPK_LOGPROBS: seq_len * spec.k,
+        widths.update({spec.ids_column: seq_len * spec.k, spec.logprobs_column: seq_len * spec.k,
                        S.COL_TAIL: seq_len})
     for name, width in widths.items():
         col = table.column(name)
@@ -160,9 +166,9 @@ def _variable_lengths(table, spec: S.LabelSpec, seq_len: int, where: str) -> Non
     """1.1 topp/sampled: seq_len per-position columns; label_counts in [1, k]; each entry
     column holds, per row, exactly the sum of that row's counts."""
     per_position = [S.COL_INPUT_IDS, S.COL_TAIL, S.COL_COUNTS]
-    per_entry = [S.COL_TOPK_IDS, S.COL_TOPK_LOGPROBS]
+    per_entry = [spec.ids_column, spec.logprobs_column]
     per_position += [S.COL_LOG_NORM] if spec.tempered else []
-    per_entry += [S.COL_SAMPLE_COUNTS] if spec.mode == "sampled" else []
+    per_entry += [spec.sample_counts_column] if spec.mode == "sampled" else []
     for name in per_position:
         _, lengths = _lengths(table, name, where)
         if (bad := lengths != seq_len).any():

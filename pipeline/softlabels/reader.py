@@ -14,7 +14,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.io.storage import Store
-from pipeline.softlabels import checks, ragged
+from pipeline.softlabels import checks, ragged, sortedids
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import decode_logprobs, importance_weights
 from pipeline.softlabels.layout import MANIFEST
@@ -143,11 +143,13 @@ def decode_batch(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec,
     if spec.variable:
         return {**out, **_decode_variable(table, spec, seq_len)}
     if spec.has_labels:
-        k = spec.k
-        out["topk_ids"] = torch.from_numpy(
-            _flat_values(table.column(S.COL_TOPK_IDS), np.int64).reshape(rows, seq_len, k))
-        out["topk_logprobs"] = torch.from_numpy(decode_logprobs(
-            _flat_values(table.column(S.COL_TOPK_LOGPROBS)), spec).reshape(rows, seq_len, k))
+        shape = (rows * seq_len, spec.k)
+        ids = _flat_values(table.column(spec.ids_column), np.int64).reshape(shape)
+        lp = decode_logprobs(_flat_values(table.column(spec.logprobs_column)), spec).reshape(shape)
+        if spec.sorted_ids:  # 1.2: ascending deltas → ids → rank order (sortedids.py)
+            ids, lp = sortedids.rank_order(sortedids.ids_from_deltas(ids), lp)
+        out["topk_ids"] = torch.from_numpy(ids.reshape(rows, seq_len, spec.k))
+        out["topk_logprobs"] = torch.from_numpy(lp.reshape(rows, seq_len, spec.k))
         out["tail_mass"] = torch.from_numpy(
             _flat_values(table.column(S.COL_TAIL), np.float32).reshape(rows, seq_len))
     return out
@@ -165,16 +167,23 @@ def _decode_variable(table, spec: S.LabelSpec, seq_len: int) -> dict[str, torch.
             raise ValueError(f"{column} holds {flat.size} entries, label_counts sum to {pos.size}")
         return ragged.to_padded(flat, pos, rank, n, k, fill).reshape(rows, seq_len, k)
 
-    ids = padded(S.COL_TOPK_IDS, _flat_values(table.column(S.COL_TOPK_IDS), np.int64), 0)
-    lp = padded(S.COL_TOPK_LOGPROBS, decode_logprobs(
-        _flat_values(table.column(S.COL_TOPK_LOGPROBS)), spec), ragged.PAD_LOGPROB)
+    ids = padded(spec.ids_column, _flat_values(table.column(spec.ids_column), np.int64), 0)
+    lp = padded(spec.logprobs_column, decode_logprobs(
+        _flat_values(table.column(spec.logprobs_column)), spec), ragged.PAD_LOGPROB)
+    draws = (padded(spec.sample_counts_column, _flat_values(
+        table.column(spec.sample_counts_column), np.float32), 0.0)
+        if spec.mode == "sampled" else None)
+    if spec.sorted_ids:  # 1.2: ascending deltas → ids → rank order, padding last
+        m = mask.reshape(ids.shape)
+        ids, lp, *rest = sortedids.rank_order(
+            sortedids.ids_from_deltas(ids, m), lp, m, *([draws] if draws is not None else []),
+            pad_logprob=ragged.PAD_LOGPROB)
+        draws = rest[0] if rest else None
     out = {"topk_ids": torch.from_numpy(ids), "topk_logprobs": torch.from_numpy(lp),
            "tail_mass": torch.from_numpy(
                _flat_values(table.column(S.COL_TAIL), np.float32).reshape(rows, seq_len)),
            "label_mask": torch.from_numpy(mask.reshape(rows, seq_len, k))}
     if spec.mode == "sampled":
-        draws = padded(S.COL_SAMPLE_COUNTS,
-                       _flat_values(table.column(S.COL_SAMPLE_COUNTS), np.float32), 0.0)
         log_norm = (_flat_values(table.column(S.COL_LOG_NORM), np.float32).reshape(rows, seq_len)
                     if spec.tempered else None)
         out["sample_weights"] = torch.from_numpy(importance_weights(draws, lp, log_norm, spec))

@@ -8,6 +8,11 @@ Format 1.1 adds label modes with a variable number of entries per position (`top
 with a per-position `label_counts` column) and the `u8` log-probability encoding. A dataset is
 stamped with the lowest version whose features it uses, so top-k fp16/fp32 datasets stay 1.0
 and readable by 1.0 readers.
+
+Format 1.2 (`labels.id_encoding = "sorted_delta"`, the default for new labeled datasets) stores
+each position's entries in ascending id order, ids delta-coded (pipeline/softlabels/sortedids.py),
+under new column names: a reader of 1.0/1.1 columns fails on a missing column instead of taking
+an id-ordered entry for the teacher's argmax. `--id-encoding rank` still writes 1.0/1.1.
 """
 
 from dataclasses import asdict, dataclass
@@ -15,13 +20,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-FORMAT_VERSION = "1.1"  # the newest version this code reads and writes
+FORMAT_VERSION = "1.2"  # the newest version this code reads and writes
 FORMAT_MAJOR = 1
 LOGPROB_ENCODINGS = {"fp32": pa.float32(), "fp16": pa.float16(), "u8": pa.uint8()}
 ID_TYPES = {"uint16": pa.uint16(), "int32": pa.int32()}
 MODES = ("topk", "topp", "sampled", "none")
 VARIABLE_MODES = ("topp", "sampled")  # a per-position count of stored entries
 U8_DEFAULT_MIN_LOGPROB = -16.0
+ID_ENCODINGS = ("rank", "sorted_delta")  # rank: 1.0/1.1 (no manifest field); sorted_delta: 1.2
 
 COL_INPUT_IDS = "input_ids"
 COL_DOC_IDS = "doc_ids"
@@ -31,6 +37,11 @@ COL_TAIL = "tail_mass"
 COL_COUNTS = "label_counts"  # 1.1, topp/sampled: entries stored at each position
 COL_SAMPLE_COUNTS = "sample_counts"  # 1.1, sampled: draws (of N) that hit each stored id
 COL_LOG_NORM = "proposal_log_norm"  # 1.1, sampled with T != 1: log sum_v p_v^(1/T)
+# 1.2 (sorted_delta): the per-entry columns in ascending id order, under names no 1.1 reader knows
+COL_ID_DELTAS = "label_id_deltas"  # per position: smallest id, then gaps to the next id (>= 1)
+COL_LABEL_LOGPROBS = "label_logprobs"  # aligned with the ascending ids (rank = their order)
+COL_LABEL_SAMPLE_COUNTS = "label_sample_counts"  # sampled: aligned with the ascending ids
+SPLIT_COLUMNS = (COL_ID_DELTAS, COL_LABEL_LOGPROBS, COL_TAIL)  # 1.2: BYTE_STREAM_SPLIT on disk
 
 
 def id_type_for_vocab(vocab_size: int) -> str:
@@ -41,7 +52,7 @@ def id_type_for_vocab(vocab_size: int) -> str:
 BASE_FIELDS = ("mode", "k", "vocab_size", "id_type", "logprob_encoding")
 # 1.1 fields, present in the manifest only when the mode/encoding uses them (None otherwise)
 OPTIONAL_FIELDS = ("top_p", "min_k", "samples", "proposal_temperature", "seed",
-                   "logprob_u8_min")
+                   "logprob_u8_min", "id_encoding")  # id_encoding: 1.2, only "sorted_delta"
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class LabelSpec:
     proposal_temperature: float | None = None  # sampled: draws come from p^(1/T)
     seed: int | None = None  # sampled
     logprob_u8_min: float | None = None  # u8: the log-probability of code 255
+    id_encoding: str | None = None  # 1.2: "sorted_delta"; None: rank order (1.0/1.1)
 
     @property
     def has_labels(self) -> bool:
@@ -75,13 +87,32 @@ class LabelSpec:
         return self.mode == "sampled" and self.proposal_temperature != 1.0
 
     @property
+    def sorted_ids(self) -> bool:
+        """1.2: entries stored in ascending id order, ids delta-coded (sortedids.py)."""
+        return self.id_encoding == "sorted_delta"
+
+    @property
     def format_version(self) -> str:
         """The lowest format version that has every feature this dataset uses."""
+        if self.sorted_ids:
+            return "1.2"
         new = self.mode not in ("topk", "none") or self.logprob_encoding not in ("fp16", "fp32")
         return "1.1" if new else "1.0"
 
+    @property
+    def ids_column(self) -> str:
+        return COL_ID_DELTAS if self.sorted_ids else COL_TOPK_IDS
+
+    @property
+    def logprobs_column(self) -> str:
+        return COL_LABEL_LOGPROBS if self.sorted_ids else COL_TOPK_LOGPROBS
+
+    @property
+    def sample_counts_column(self) -> str:
+        return COL_LABEL_SAMPLE_COUNTS if self.sorted_ids else COL_SAMPLE_COUNTS
+
     def extras(self) -> dict:
-        """The 1.1 fields this spec sets (empty for a 1.0 dataset)."""
+        """The 1.1/1.2 fields this spec sets (empty for a 1.0 dataset)."""
         return {k: getattr(self, k) for k in OPTIONAL_FIELDS if getattr(self, k) is not None}
 
     def as_dict(self) -> dict:
@@ -103,13 +134,15 @@ def arrow_schema(spec: LabelSpec) -> pa.Schema:
     fields = [pa.field(COL_INPUT_IDS, pa.list_(ID_TYPES[spec.id_type])),
               pa.field(COL_DOC_IDS, pa.list_(pa.string()))]
     if spec.has_labels:
-        fields += [pa.field(COL_TOPK_IDS, pa.list_(ID_TYPES[spec.id_type])),
-                   pa.field(COL_TOPK_LOGPROBS, pa.list_(LOGPROB_ENCODINGS[spec.logprob_encoding])),
+        fields += [pa.field(spec.ids_column, pa.list_(ID_TYPES[spec.id_type])),
+                   pa.field(spec.logprobs_column,
+                            pa.list_(LOGPROB_ENCODINGS[spec.logprob_encoding])),
                    pa.field(COL_TAIL, pa.list_(pa.float32()))]
     if spec.variable:
         fields.append(pa.field(COL_COUNTS, pa.list_(count_type(spec.k))))
     if spec.mode == "sampled":
-        fields.append(pa.field(COL_SAMPLE_COUNTS, pa.list_(count_type(spec.samples or 0))))
+        fields.append(pa.field(spec.sample_counts_column,
+                               pa.list_(count_type(spec.samples or 0))))
     if spec.tempered:
         fields.append(pa.field(COL_LOG_NORM, pa.list_(pa.float32())))
     return pa.schema(fields)

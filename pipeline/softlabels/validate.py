@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
-from pipeline.softlabels import checks, ragged
+from pipeline.softlabels import checks, ragged, sortedids
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import decode_logprobs
 from pipeline.softlabels.layout import TOKENIZER
@@ -43,15 +43,21 @@ def check_table(ds: SoftLabelDataset, shard: ShardInfo, table: pa.Table) -> list
         return problems
     counts = (_flat_values(table.column(S.COL_COUNTS), np.int64) if spec.variable
               else np.full(ids.size, spec.k, dtype=np.int64))
-    top = _flat_values(table.column(S.COL_TOPK_IDS), np.int64)
-    lp = decode_logprobs(_flat_values(table.column(S.COL_TOPK_LOGPROBS)), spec)
+    top = _flat_values(table.column(spec.ids_column), np.int64)
+    lp = decode_logprobs(_flat_values(table.column(spec.logprobs_column)), spec)
     tail = _flat_values(table.column(S.COL_TAIL), np.float32)
     if top.size != counts.sum() or lp.size != top.size or tail.size != ids.size:
         return problems + [f"{name}: label columns are not rows x seq_len x k ({L} x {spec.k})"]
-    pos, _ = ragged.entry_positions(counts)  # the position of every stored entry
+    pos, rank = ragged.entry_positions(counts)  # the position of every stored entry
 
     def entry_row(bad: np.ndarray) -> int:
         return int(pos[np.flatnonzero(bad)[0]] // L)
+
+    if spec.sorted_ids:  # 1.2: stored ascending (gaps >= 1 after each position's first id)
+        if (bad := (top < 0) | ((top < 1) & (rank > 0))).any():
+            problems.append(f"{name} row {entry_row(bad)}: {spec.ids_column} not ascending "
+                            "within a position (a gap < 1)")
+        top, lp = _rank_ordered(top, lp, counts, pos, rank, spec.k)
 
     if (bad := (top < 0) | (top >= spec.vocab_size)).any():
         problems.append(f"{name} row {entry_row(bad)}: topk id >= vocab {spec.vocab_size}")
@@ -69,6 +75,16 @@ def check_table(ds: SoftLabelDataset, shard: ShardInfo, table: pa.Table) -> list
     if (bad := ~((tail >= 0) & (tail <= 1))).any():
         problems.append(f"{name} row {_first_row(bad, L)}: tail mass outside [0, 1]")
     return problems + _mode_problems(ds, table, name, counts, tail, pos)
+
+
+def _rank_ordered(deltas, lp, counts, pos, rank, k) -> tuple[np.ndarray, np.ndarray]:
+    """1.2 flat entries (deltas, id order) → flat ids and log-probabilities in rank order, as
+    every reader returns them (so the checks below read the same values training does)."""
+    mask = np.arange(k) < counts[:, None]
+    ids = sortedids.ids_from_deltas(ragged.to_padded(deltas, pos, rank, counts.size, k, 0), mask)
+    ids, lp = sortedids.rank_order(ids, ragged.to_padded(lp, pos, rank, counts.size, k, 0.0),
+                                   mask)
+    return ids[mask], lp[mask]
 
 
 def _duplicates(pos: np.ndarray, ids: np.ndarray, vocab: int) -> np.ndarray:
@@ -92,7 +108,7 @@ def _mode_problems(ds: SoftLabelDataset, table: pa.Table, name: str, counts: np.
             problems.append(f"{name} row {_first_row(bad, L)}: top-p set holds less than "
                             f"top_p {spec.top_p} of the mass (or fewer than min_k entries)")
     if spec.mode == "sampled":
-        draws = _flat_values(table.column(S.COL_SAMPLE_COUNTS), np.int64)
+        draws = _flat_values(table.column(spec.sample_counts_column), np.int64)
         total = np.bincount(pos, weights=draws, minlength=counts.size)
         if (bad := draws < 1).any():
             problems.append(f"{name} row {int(pos[np.flatnonzero(bad)[0]] // L)}: a stored "

@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.io.hashing import sha256_file
 from pipeline.io.storage import Store
 from pipeline.softlabels import schema as S
+from pipeline.softlabels import sortedids
 from pipeline.softlabels.encodings import encode_logprobs
 from pipeline.softlabels.layout import record_relpath, shard_relpath
 from pipeline.softlabels.ragged import pack, row_offsets
@@ -58,27 +59,41 @@ def build_table(spec: S.LabelSpec, tokens: np.ndarray, doc_ids: list[list[str]],
     if spec.has_labels:
         if labels is None:
             raise ValueError("a labeled dataset needs labels for every shard")
+        if spec.sorted_ids:
+            labels = _id_ordered(labels)
         if spec.variable:
             cols.update(_variable_columns(spec, labels, rows))
         else:
             lp_type = S.LOGPROB_ENCODINGS[spec.logprob_encoding]
-            cols[S.COL_TOPK_IDS] = _list_column(labels.ids.astype(S.numpy_dtype(id_type)), rows,
-                                                id_type)
-            cols[S.COL_TOPK_LOGPROBS] = _list_column(encode_logprobs(labels.logprobs, spec),
-                                                     rows, lp_type)
+            cols[spec.ids_column] = _list_column(labels.ids.astype(S.numpy_dtype(id_type)),
+                                                 rows, id_type)
+            cols[spec.logprobs_column] = _list_column(encode_logprobs(labels.logprobs, spec),
+                                                      rows, lp_type)
         cols[S.COL_TAIL] = _list_column(labels.tail.astype(np.float32), rows, pa.float32())
     if spec.variable:  # after tail_mass: the column order is the schema's
         cols[S.COL_COUNTS] = _list_column(labels.counts.astype(
             S.numpy_dtype(S.count_type(spec.k))), rows, S.count_type(spec.k))
     if spec.mode == "sampled":
         sc_type = S.count_type(spec.samples)
-        cols[S.COL_SAMPLE_COUNTS] = _ragged_column(
+        cols[spec.sample_counts_column] = _ragged_column(
             pack(labels.sample_counts, labels.counts).astype(S.numpy_dtype(sc_type)),
             labels.counts, sc_type)
     if spec.tempered:
         cols[S.COL_LOG_NORM] = _list_column(labels.log_norm.astype(np.float32), rows,
                                             pa.float32())
     return pa.table(cols, schema=S.arrow_schema(spec))
+
+
+def _id_ordered(labels: ShardLabels) -> ShardLabels:
+    """1.2: each position's entries in ascending id order, ids replaced by their deltas (first
+    id, then gaps); log-probabilities and draws follow their ids (sortedids.py says why)."""
+    mask = None
+    if labels.counts is not None:  # variable modes: padding sorts last, pack() keeps the rest
+        mask = np.arange(labels.ids.shape[-1]) < labels.counts[..., None]
+    draws = [] if labels.sample_counts is None else [labels.sample_counts]
+    ids, logprobs, *draws = sortedids.sort_by_id(labels.ids, mask, labels.logprobs, *draws)
+    return ShardLabels(sortedids.deltas(ids, mask), logprobs, labels.tail, labels.counts,
+                       draws[0] if draws else None, labels.log_norm)
 
 
 def _ragged_column(flat: np.ndarray, counts: np.ndarray, arrow_type: pa.DataType) -> pa.ListArray:
@@ -92,8 +107,8 @@ def _variable_columns(spec: S.LabelSpec, labels: ShardLabels, rows: int) -> dict
     lp_type = S.LOGPROB_ENCODINGS[spec.logprob_encoding]
     ids = pack(labels.ids, labels.counts).astype(S.numpy_dtype(id_type))
     lps = encode_logprobs(pack(labels.logprobs, labels.counts), spec)
-    return {S.COL_TOPK_IDS: _ragged_column(ids, labels.counts, id_type),
-            S.COL_TOPK_LOGPROBS: _ragged_column(lps, labels.counts, lp_type)}
+    return {spec.ids_column: _ragged_column(ids, labels.counts, id_type),
+            spec.logprobs_column: _ragged_column(lps, labels.counts, lp_type)}
 
 
 def write_shard(root: Path | str | Store, split: str, index: int, table: pa.Table,
@@ -117,7 +132,8 @@ def _write_parquet(tmp: Path, table: pa.Table, row_group_rows: int, rel: str) ->
     """The Parquet file (the storage layer fsyncs and commits it); on failure (disk full) remove
     it and say so in one line."""
     try:
-        with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+        with pq.ParquetWriter(tmp, table.schema, compression="zstd",
+                              **sortedids.writer_options(table.schema)) as writer:
             writer.write_table(table, row_group_size=max(1, row_group_rows))
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -134,5 +150,6 @@ def shard_record(table: pa.Table, rel: str, path: Path, input_sha256: str) -> di
         tail = table.column(S.COL_TAIL).combine_chunks().values.to_numpy()
         record["topk_mass_sum"] = float((1.0 - tail.astype(np.float64)).sum())
     if S.COL_COUNTS in table.column_names:  # 1.1 variable modes: how many entries were stored
-        record["entries"] = len(table.column(S.COL_TOPK_IDS).combine_chunks().values)
+        ids = S.COL_TOPK_IDS if S.COL_TOPK_IDS in table.column_names else S.COL_ID_DELTAS
+        record["entries"] = len(table.column(ids).combine_chunks().values)
     return record

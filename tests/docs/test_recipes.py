@@ -27,8 +27,9 @@ def recipes() -> dict[str, str]:
 
 
 def run_recipe(dataset, *names: str) -> dict:
+    """Run the manifest block, the 1.2 decode helper, then `names`, in one namespace."""
     ns: dict = {}
-    for name in ("manifest", *names):
+    for name in ("manifest", "decode", *names):
         exec(compile(recipes()[name].replace("DATASET", str(dataset)), f"recipe {name}", "exec"),
              ns)
     return ns
@@ -36,9 +37,25 @@ def run_recipe(dataset, *names: str) -> dict:
 
 @pytest.fixture(scope="module")
 def topk(tmp_path_factory, tiny_corpus, tiny_teacher):
+    """A default dataset: format 1.2 (ids ascending, delta-coded)."""
     out = tmp_path_factory.mktemp("recipes") / "topk"
     run(LabelConfig(corpus=str(tiny_corpus), out=str(out), teacher=str(tiny_teacher), top_k=4,
                     **OPTS))
+    return out
+
+
+@pytest.fixture(scope="module")
+def topk_v11(tmp_path_factory, tiny_corpus, tiny_teacher):
+    """The same labels in the rank-order layout of 1.0/1.1 (`--id-encoding rank`)."""
+    out = tmp_path_factory.mktemp("recipes") / "topk_v11"
+    run(LabelConfig(corpus=str(tiny_corpus), out=str(out), teacher=str(tiny_teacher), top_k=4,
+                    id_encoding="rank", **OPTS))
+    return out
+
+
+def topp(out, tiny_corpus, tiny_teacher, **kw):
+    run(LabelConfig(corpus=str(tiny_corpus), out=str(out), teacher=str(tiny_teacher),
+                    mode="topp", top_p=0.5, max_k=6, logprob_encoding="u8", **OPTS, **kw))
     return out
 
 
@@ -53,13 +70,20 @@ def per_shard_mass(dataset) -> dict[str, tuple[float, int]]:
 
 
 def test_every_recipe_is_tested():
-    assert set(recipes()) == {"manifest", "datasets", "polars", "duckdb", "numpy", "variable"}
+    assert set(recipes()) == {"manifest", "datasets", "polars", "duckdb", "numpy", "variable",
+                              "decode", "datasets_v11", "numpy_v11", "variable_v11"}
 
 
-def test_datasets_load_dataset(topk, tmp_path, monkeypatch):
+@pytest.fixture
+def hf_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # never ~/.cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    ns = run_recipe(topk, "datasets")
+
+
+@pytest.mark.parametrize("dataset, recipe", [("topk", "datasets"), ("topk_v11", "datasets_v11")])
+def test_datasets_load_dataset(request, hf_offline, dataset, recipe):
+    topk = request.getfixturevalue(dataset)
+    ns = run_recipe(topk, recipe)
     ref = SoftLabelDataset(topk)
     first = ref.decode(ref.read_table(ref.split_shards("train")[0]))
     assert ns["ds"]["train"].num_rows == sum(s.rows for s in ref.split_shards("train"))
@@ -85,18 +109,20 @@ def test_duckdb_mean_topk_mass_per_shard(topk):
         assert positions == want[shard][1] and mass == pytest.approx(want[shard][0], abs=1e-6)
 
 
-def test_numpy_decode(topk):
-    ns = run_recipe(topk, "numpy")
+@pytest.mark.parametrize("dataset, recipe", [("topk", "numpy"), ("topk_v11", "numpy_v11")])
+def test_numpy_decode(request, dataset, recipe):
+    topk = request.getfixturevalue(dataset)
+    ns = run_recipe(topk, recipe)
     ref = SoftLabelDataset(topk)
     want = ref.decode(ref.read_table(ref.split_shards("validation")[0]))["topk_ids"]
     assert np.array_equal(ns["ids"], want.numpy())
 
 
-def test_variable_modes_decode(tmp_path, tiny_corpus, tiny_teacher):
-    out = tmp_path / "topp"
-    run(LabelConfig(corpus=str(tiny_corpus), out=str(out), teacher=str(tiny_teacher),
-                    mode="topp", top_p=0.5, max_k=6, logprob_encoding="u8", **OPTS))
-    ns = run_recipe(out, "variable")
+@pytest.mark.parametrize("recipe, kw", [("variable", {}),
+                                        ("variable_v11", {"id_encoding": "rank"})])
+def test_variable_modes_decode(tmp_path, tiny_corpus, tiny_teacher, recipe, kw):
+    out = topp(tmp_path / "topp", tiny_corpus, tiny_teacher, **kw)
+    ns = run_recipe(out, recipe)
     ref = SoftLabelDataset(out)
     want = ref.decode(ref.read_table(ref.split_shards("train")[0]))
     k = ns["k"]
@@ -104,3 +130,28 @@ def test_variable_modes_decode(tmp_path, tiny_corpus, tiny_teacher):
     assert np.array_equal(ns["mask"], mask)
     assert np.array_equal(ns["padded"][mask], want["topk_ids"].reshape(-1, k).numpy()[mask])
     assert np.allclose(ns["lp"], want["topk_logprobs"].reshape(-1, k).numpy()[mask], atol=1e-6)
+
+
+# -- compatibility: a 1.1 reader on a 1.2 dataset fails loudly, never misreads -----------------
+
+@pytest.mark.parametrize("recipe", ["datasets_v11", "numpy_v11", "variable_v11"])
+def test_v11_recipes_fail_loudly_on_1_2(request, hf_offline, tmp_path, tiny_corpus,
+                                        tiny_teacher, recipe):
+    dataset = (topp(tmp_path / "topp", tiny_corpus, tiny_teacher) if recipe == "variable_v11"
+               else request.getfixturevalue("topk"))
+    with pytest.raises(Exception, match="topk_ids"):
+        run_recipe(dataset, recipe)
+
+
+def test_v11_queries_fail_loudly_on_1_2(topk):
+    """The 1.1 way to take the teacher's argmax or top log-probability, in polars and DuckDB:
+    on 1.2 shards the rank-order columns are gone, so each query errors out."""
+    import duckdb
+    import polars as pl
+
+    files = [str(p) for p in sorted((topk / "shards/train").glob("*.parquet"))]
+    for column in ("topk_ids", "topk_logprobs"):
+        with pytest.raises(pl.exceptions.ColumnNotFoundError):
+            pl.scan_parquet(files).select(pl.col(column).list.first()).collect()
+        with pytest.raises(duckdb.BinderException):
+            duckdb.sql(f"SELECT {column}[1] FROM read_parquet({files})").fetchall()

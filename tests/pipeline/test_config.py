@@ -81,6 +81,7 @@ def test_constants_match_the_format():
     from pipeline.softlabels import schema as S
 
     assert set(C.LOGPROB_ENCODINGS) == set(S.LOGPROB_ENCODINGS)
+    assert set(C.ID_ENCODINGS) == set(S.ID_ENCODINGS)
     assert C.U8_DEFAULT_MIN_LOGPROB == S.U8_DEFAULT_MIN_LOGPROB
 
 

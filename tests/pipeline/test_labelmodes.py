@@ -57,9 +57,10 @@ def sharp(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def topk_dataset(tmp_path_factory, tiny_corpus, tiny_teacher):
-    """A default (top-k, fp16) dataset; tests that damage it work on a copy."""
+    """A top-k fp16 dataset in the rank-order layout (format 1.0); tests that damage it work on
+    a copy. (Default, format 1.2 datasets: tests/pipeline/softlabels/test_format_12.py.)"""
     out = tmp_path_factory.mktemp("topk") / "ds"
-    label(tiny_corpus, tiny_teacher, out)
+    label(tiny_corpus, tiny_teacher, out, id_encoding="rank")
     return out
 
 
@@ -188,7 +189,7 @@ def test_u8_error_stays_within_documented_bound(lo):
 
 # -- round trips through the labeler, writer, reader and validator ------------------------------
 
-def test_topk_defaults_stay_format_1_0(topk_dataset):
+def test_topk_rank_ids_stay_format_1_0(topk_dataset):
     m = json.loads((topk_dataset / "manifest.json").read_text())
     assert m["format_version"] == "1.0"
     assert set(m["labels"]) == {"mode", "k", "vocab_size", "id_type", "logprob_encoding"}
@@ -202,7 +203,7 @@ def test_topk_defaults_stay_format_1_0(topk_dataset):
 
 def test_topp_round_trip_matches_teacher(tmp_path, tiny_corpus, sharp):
     m = label(tiny_corpus, sharp, tmp_path / "ds", mode="topp", top_p=0.8, min_k=2, max_k=12,
-              logprob_encoding="fp32")
+              logprob_encoding="fp32", id_encoding="rank")
     assert m["format_version"] == "1.1" and m["labels"]["top_p"] == 0.8
     assert validate_dataset(tmp_path / "ds")[0] == []
     ds = SoftLabelDataset(tmp_path / "ds")
@@ -254,7 +255,7 @@ def _rewrite(path, column, fn):
 def test_validate_catches_broken_sampled_draws_and_short_topp_sets(tmp_path, tiny_corpus, sharp):
     label(tiny_corpus, sharp, tmp_path / "s", mode="sampled", samples=8)
     part = tmp_path / "s/shards/train/part-00000.parquet"
-    _rewrite(part, S.COL_SAMPLE_COUNTS, lambda v: v + 1)
+    _rewrite(part, S.COL_LABEL_SAMPLE_COUNTS, lambda v: v + 1)  # 1.2: draws in id order
     problems = validate_dataset(tmp_path / "s")[0]
     assert any("part-00000" in p and "do not sum to samples = 8" in p for p in problems)
     label(tiny_corpus, sharp, tmp_path / "p", mode="topp", top_p=0.9, max_k=16)
@@ -308,7 +309,7 @@ def test_cli_label_topp_u8_validates_and_inspects(tmp_path, tiny_corpus, sharp):
     run_cli("label", "--corpus", tiny_corpus, "--teacher", sharp, "--out", out, "--mode", "topp",
             "--top-p", "0.7", "--max-k", "10", "--logprob-encoding", "u8", "--u8-min-logprob",
             "-12", "--seq-len", "32", "--shard-rows", "16", "--limit-docs", "8", "--quiet",
-            "--device", "cpu")
+            "--device", "cpu", "--id-encoding", "rank")
     assert "valid:" in run_cli("validate", out).stdout
     info = json.loads(run_cli("inspect", out, "--json").stdout)
     assert info["format_version"] == "1.1"

@@ -112,7 +112,7 @@ def _essential_spans(text: str) -> list[tuple[int, int]]:
     m = json.loads(text)
     spans = [_object_span(text, text.index('"labels": {')),
              _object_span(text, text.index('"tokenizer": {'))]
-    for needle in ['"format_version": "1.0"', f'"seq_len": {m["seq_len"]}',
+    for needle in [f'"format_version": "{m["format_version"]}"', f'"seq_len": {m["seq_len"]}',
                    *(f'"{split}": [' for split in m["splits"])]:
         at = text.index(needle, text.index('"splits"') if needle.endswith("[") else 0)
         spans.append((at, at + len(needle)))

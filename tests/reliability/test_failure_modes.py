@@ -597,9 +597,10 @@ CASES = [
 
 
 def _bad_logprob(value):
+    from pipeline.softlabels.schema import COL_LABEL_LOGPROBS
     from tests.reliability.test_untrusted_input import _set_flat
 
-    return _set_flat("topk_logprobs", 70, value)  # row 1 of a 16 x 4 layout
+    return _set_flat(COL_LABEL_LOGPROBS, 70, value)  # row 1 of a 16 x 4 layout (format 1.2)
 
 
 def _tampered(env: Env, tamper, *args) -> Path:

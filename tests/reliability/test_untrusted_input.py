@@ -16,6 +16,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.models.checkpoint import load_state
+from pipeline.softlabels.schema import COL_ID_DELTAS, COL_LABEL_LOGPROBS
 from tests.conftest import REPO
 from tests.reliability.conftest import copy_dataset, edit_manifest, rewrite_shard, write_student
 
@@ -49,8 +50,8 @@ def _future(extra_column: bool = False, retype: bool = False):
         if extra_column:
             table = table.append_column("entropy", pa.array([[0.5]] * table.num_rows))
         if retype:
-            i = table.schema.get_field_index("topk_logprobs")
-            table = table.set_column(i, "topk_logprobs", table.column(i).cast(
+            i = table.schema.get_field_index(COL_LABEL_LOGPROBS)
+            table = table.set_column(i, COL_LABEL_LOGPROBS, table.column(i).cast(
                 pa.list_(pa.float64())))
         return table.replace_schema_metadata(meta)
     return mutate
@@ -59,10 +60,11 @@ def _future(extra_column: bool = False, retype: bool = False):
 # (case id, mutation of train shard 0, what the error must say besides the shard's name)
 BAD_SHARDS = [
     ("input-id-ge-vocab", _set_flat("input_ids", 40, 400), r"outside \[0, vocab 320\)|input id >="),
-    ("topk-id-ge-vocab", _set_flat("topk_ids", 300, 65535), r"outside \[0, vocab 320\)|topk id >="),
-    ("nan-logprob", _set_flat("topk_logprobs", 77, np.nan), "non-finite log-probability"),
-    ("inf-logprob", _set_flat("topk_logprobs", 78, -np.inf), "non-finite log-probability"),
-    ("positive-logprob", _set_flat("topk_logprobs", 79, 0.25), "positive log-probability"),
+    ("topk-id-ge-vocab", _set_flat(COL_ID_DELTAS, 300, 65535),
+     r"outside \[0, vocab 320\)|topk id >="),
+    ("nan-logprob", _set_flat(COL_LABEL_LOGPROBS, 77, np.nan), "non-finite log-probability"),
+    ("inf-logprob", _set_flat(COL_LABEL_LOGPROBS, 78, -np.inf), "non-finite log-probability"),
+    ("positive-logprob", _set_flat(COL_LABEL_LOGPROBS, 79, 0.25), "positive log-probability"),
     ("tail-above-1", _set_flat("tail_mass", 20, 1.5), r"tail mass outside \[0, 1\]"),
     ("tail-negative", _set_flat("tail_mass", 21, -0.1), r"tail mass outside \[0, 1\]"),
     ("rows-shifted", _shift_rows, "column input_ids has 15 values, expected 16"),
@@ -95,7 +97,7 @@ def test_bad_shard_refused_by_validate_and_train(cli, small_dataset, tmp_path, c
 
 def test_bad_shard_found_by_a_dataloader_worker_is_still_one_line(cli, small_dataset, tmp_path):
     ds = copy_dataset(small_dataset, tmp_path)
-    rewrite_shard(ds, SHARD, _set_flat("topk_logprobs", 77, np.nan))
+    rewrite_shard(ds, SHARD, _set_flat(COL_LABEL_LOGPROBS, 77, np.nan))
     code, _, err = cli(*_train_args(ds, tmp_path), "--num-workers", "2")
     assert code == 1 and err.count("\n") == 1, err  # no worker traceback in the message
     assert f"error: shard {SHARD} row group 0 row 1: non-finite log-probability" in err

@@ -20,7 +20,7 @@ def dataset(tmp_path_factory, tiny_corpus, tiny_teacher):
     out = tmp_path_factory.mktemp("ds") / "labels"
     run(LabelConfig(corpus=str(tiny_corpus), out=str(out), teacher=str(tiny_teacher), top_k=8,
                     seq_len=32, shard_rows=16, batch_size=8, validation_fraction=0.2,
-                    quiet=True, device="cpu"))
+                    quiet=True, device="cpu", id_encoding="rank"))  # the 1.0 layout
     return out
 
 
