@@ -35,9 +35,16 @@ def _global_options(
         help="S3-compatible endpoint for s3:// paths (e.g. http://minio:9000); sets "
              "AWS_ENDPOINT_URL for this command. Credentials and region come from the usual AWS "
              "environment."),
+    threads: int | None = typer.Option(
+        None, "--threads", envvar="SOFTLABELS_THREADS", min=1,
+        help="CPU compute threads per process (default 1, or OMP_NUM_THREADS if set). Fixed "
+             "for the whole run, dynamic threading off: reruns and resumes are bit-exact when "
+             "they use the same count (README: Threads)."),
 ) -> None:
     from pipeline.io.storage import set_endpoint_url
+    from pipeline.threads import pin_threads
 
+    pin_threads(threads)  # before any verb imports torch (pipeline/threads.py says why)
     set_endpoint_url(endpoint_url)
 
 
