@@ -132,3 +132,32 @@ def test_only_one_vocab_sized_tensor_is_kept_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         compute_loss(logits, batch, LossSpec("kl_tail", alpha=0.5))
     assert len(big) <= 1
+
+
+@pytest.mark.parametrize("k,tau", [(3, 2.0), (7, 0.5), (1, 3.0)])
+def test_tempered_kl_tail_with_a_tail_is_the_documented_formula(k, tau):
+    """README "Losses": KL_bin(1−r ‖ 1−q_r) + (1−r)·τ²·KL(p_S^τ ‖ q_S^τ), written out in float64
+    from the dense distributions (not from the code's own helpers): τ² on the tempered
+    conditional only, never on the binary stored-set-vs-tail part."""
+    t, s = _case(10 + k)
+    p_full, q_full = torch.softmax(t.double(), -1), torch.softmax(s.double(), -1)
+    ids, lp, tail = _teacher_topk(t, k)
+    p, q = torch.gather(p_full, -1, ids), torch.gather(q_full, -1, ids)
+    r, q_r = 1.0 - p.sum(-1), 1.0 - q.sum(-1)
+    binary = (1 - r) * torch.log((1 - r) / (1 - q_r)) + r * torch.log(r / q_r)
+    p_tau = p ** (1 / tau) / (p ** (1 / tau)).sum(-1, keepdim=True)
+    q_tau = q ** (1 / tau) / (q ** (1 / tau)).sum(-1, keepdim=True)
+    conditional = (p_tau * torch.log(p_tau / q_tau)).sum(-1)
+    want = binary + (1 - r) * tau ** 2 * conditional
+
+    si = torch.gather(torch.log_softmax(s, -1), -1, ids)
+    got = kl_tail_from_gathered(si, lp, tail, temperature=tau).double()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # the test can tell: τ² on the binary part too would be off by far more than the tolerance
+    wrong = tau ** 2 * binary + (1 - r) * tau ** 2 * conditional
+    assert ((wrong - want).abs() > 1e-2).any()
+    # and so is the mean over positions compute_loss trains on (alpha = 1: KD only)
+    batch = {"input_ids": torch.zeros(t.shape[:-1], dtype=torch.long), "topk_ids": ids,
+             "topk_logprobs": lp, "tail_mass": tail}
+    out = compute_loss(s, batch, LossSpec("kl_tail", alpha=1.0, temperature=tau))
+    torch.testing.assert_close(out["loss"].double(), want.mean(), atol=1e-4, rtol=1e-4)
