@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.softlabels.ragged import PAD_LOGPROB
 from pipeline.training.losses import (
     LossSpec,
     compute_loss,
@@ -161,3 +162,42 @@ def test_tempered_kl_tail_with_a_tail_is_the_documented_formula(k, tau):
              "topk_logprobs": lp, "tail_mass": tail}
     out = compute_loss(s, batch, LossSpec("kl_tail", alpha=1.0, temperature=tau))
     torch.testing.assert_close(out["loss"].double(), want.mean(), atol=1e-4, rtol=1e-4)
+
+
+def test_tempered_kl_renorm_and_compute_loss_pass_the_temperature_and_report_ce():
+    """kl_renorm at τ is τ²·KL of the two renormalised, tempered sets (README "Losses"), and
+    compute_loss reports the hard CE beside the KD part whatever the kind."""
+    t, s = _case(5)
+    ids, lp, tail = _teacher_topk(t, 6)
+    tau = 2.0
+    si = torch.gather(torch.log_softmax(s, -1), -1, ids)
+    p, q = torch.softmax(lp.double() / tau, -1), torch.softmax(si.double() / tau, -1)
+    want = tau ** 2 * (p * (p.log() - q.log())).sum(-1)
+    got = kl_renorm_from_gathered(si, lp, temperature=tau)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    targets = t.argmax(-1)
+    batch = {"input_ids": targets, "topk_ids": ids, "topk_logprobs": lp, "tail_mass": tail}
+    out = compute_loss(s, batch, LossSpec("kl_renorm", alpha=1.0, temperature=tau))
+    torch.testing.assert_close(out["kd"].double(), want.mean(), atol=1e-5, rtol=1e-5)
+    ce = F.cross_entropy(s[:, :-1].reshape(-1, s.shape[-1]), targets[:, 1:].reshape(-1))
+    torch.testing.assert_close(out["ce"], ce)
+
+
+@pytest.mark.parametrize("kind", ["kl_tail", "kl_renorm"])
+def test_masked_padding_entries_carry_no_weight(kind):
+    """Variable-length labels (topp) pad every position to k entries (id 0, PAD_LOGPROB) and
+    send a mask: the loss must equal the loss on the unpadded entries alone."""
+    t, s = _case(6, vocab=30)
+    ids, lp, _ = _teacher_topk(t, 5)
+    m = 3
+    tail = (1.0 - lp[..., :m].double().exp().sum(-1)).float()
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    mask[..., :m] = True
+    padded = {"input_ids": t.argmax(-1), "topk_ids": ids.masked_fill(~mask, 0),
+              "topk_logprobs": lp.masked_fill(~mask, PAD_LOGPROB), "tail_mass": tail,
+              "label_mask": mask}
+    plain = {"input_ids": t.argmax(-1), "topk_ids": ids[..., :m], "topk_logprobs": lp[..., :m],
+             "tail_mass": tail}
+    spec = LossSpec(kind, alpha=1.0, temperature=1.5)
+    torch.testing.assert_close(compute_loss(s, padded, spec)["kd"],
+                               compute_loss(s, plain, spec)["kd"], atol=1e-5, rtol=1e-5)

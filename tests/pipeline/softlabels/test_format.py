@@ -200,3 +200,34 @@ def test_decode_respects_arrow_slices(dataset):
     part = ds.decode(table.slice(3, 5))
     for key, value in full.items():
         assert torch.equal(part[key], value[3:8]), key
+
+
+def _clean_batch() -> dict:
+    return {"input_ids": torch.full((3, 4), 9), "topk_ids": torch.zeros(3, 4, 2, dtype=torch.long),
+            "topk_logprobs": torch.zeros(3, 4, 2), "tail_mass": torch.ones(3, 4),
+            "sample_weights": torch.zeros(3, 4, 2)}  # every value at an edge of its range
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("input_ids", 10, "input_ids holds an id outside"),
+    ("input_ids", -1, "input_ids holds an id outside"),
+    ("topk_ids", 10, "topk_ids holds an id outside"),
+    ("topk_logprobs", float("nan"), "non-finite log-probability"),
+    ("topk_logprobs", float("-inf"), "non-finite log-probability"),
+    ("topk_logprobs", 1e-3, "positive log-probability"),
+    ("tail_mass", 1.001, "tail mass outside"),
+    ("tail_mass", -1e-6, "tail mass outside"),
+    ("sample_weights", -1e-6, "sample weight not finite and >= 0"),
+    ("sample_weights", float("inf"), "sample weight not finite and >= 0"),
+])
+def test_reader_value_checks_accept_the_edges_and_name_the_first_bad_row(name, value, message):
+    """What every reader runs on each decoded row group (pipeline/softlabels/checks.py): values
+    on the edges of their ranges pass; one value past an edge is refused, naming its row."""
+    from pipeline.softlabels import checks
+
+    batch = _clean_batch()
+    checks.values(batch, 10, "w")
+    checks.values({k: v[:0] for k, v in batch.items()}, 10, "w")  # an empty batch is fine
+    batch[name][2, 1, ...] = value
+    with pytest.raises(PipelineError, match=f"^w row 2: {message}"):
+        checks.values(batch, 10, "w")
