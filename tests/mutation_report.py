@@ -19,7 +19,46 @@ REPO = Path(__file__).resolve().parents[1]
 KILLED = {"killed", "timeout", "caught by type check"}  # the tests (or a check) noticed
 
 # Survivors that cannot change behaviour, by mutant name: the reason is printed next to them.
-EQUIVALENT: dict[str, str] = {}
+_DEFAULT = "Equivalent: the argument removed or changed is the function's own default."
+_LE_ZERO = ("Equivalent: x − logsumexp(x) is already <= 0 in floating point (logsumexp adds "
+            "log Σ e^(x − max) >= log 1 = 0 to the max), so the clamp's bound is never reached.")
+_UPPER = ("Equivalent: 1 − mass <= 1 because a mass of exponentials is >= 0; the upper "
+          "clamp is idle.")
+EQUIVALENT: dict[str, str] = {
+    "pipeline.labeling.forward.x_topk_from_logits__mutmut_19": _DEFAULT + " (dim=-1)",
+    "pipeline.labeling.forward.x_topk_from_logits__mutmut_20": _DEFAULT + " (sorted=True)",
+    "pipeline.labeling.forward.x_topk_from_logits__mutmut_33": _UPPER,
+    "pipeline.labeling.forward.x_topk_from_logits__mutmut_35": _UPPER,
+    "pipeline.labeling.forward.x_topk_from_logits__mutmut_39": _UPPER,
+    "pipeline.labeling.forward.x_topk_from_logits__mutmut_41": _LE_ZERO,
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_19": _DEFAULT + " (dim=-1)",
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_20": _DEFAULT + " (sorted=True)",
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_27": _LE_ZERO,
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_61": _UPPER,
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_63": _UPPER,
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_67": _UPPER,
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_70":
+        "Equivalent on CPU, where every test runs: the device only matters on CUDA, where the "
+        "mutant fails loudly (a device mismatch), never silently.",
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_72":
+        "Equivalent on CPU (see mutant 70): torch.arange's default device is the CPU.",
+    "pipeline.labeling.modes.x_topp_from_logits__mutmut_82":
+        "Equivalent: padding entries are never stored (the writer keeps label_counts entries "
+        "per position) and are masked in the loss, so the padding id is never read.",
+    "pipeline.labeling.modes.x_check_loss__mutmut_3":
+        "Equivalent: every mode of the format is a key of LOSSES_FOR_MODE and the manifest's "
+        "mode is checked against them when it is read, so the default is never used.",
+    "pipeline.labeling.modes.x_check_loss__mutmut_5": "Equivalent: as mutant 3.",
+    "pipeline.labeling.modes.x_row_seed__mutmut_7":
+        _DEFAULT + " (int.from_bytes is big-endian by default since Python 3.11, our minimum).",
+    "pipeline.softlabels.encodings.x_importance_weights__mutmut_3":
+        "Equivalent: astype(None) is float64, the type written out.",
+    "pipeline.softlabels.encodings.x_importance_weights__mutmut_11": "Equivalent: as mutant 3.",
+    "pipeline.softlabels.encodings.x_importance_weights__mutmut_22":
+        "Equivalent: the exponent of a padding entry is multiplied by its 0 draws (w = 0).",
+    "pipeline.softlabels.validate.x__first_row__mutmut_2":
+        "Equivalent: int(a / b) equals a // b for the non-negative integer indices used here.",
+}
 
 
 def statuses() -> dict[str, str]:
