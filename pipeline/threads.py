@@ -11,8 +11,9 @@ process the tool starts fixes its count at start, before torch creates its threa
 - the count is `--threads N` (the CLI's global option), else `SOFTLABELS_THREADS`, else
   `OMP_NUM_THREADS` when the user set it, else DEFAULT_THREADS (1). One thread is the default
   because it is the only count that gives the same bytes on every machine and in every executor
-  (in process, dask workers, torchrun ranks, which torchrun also starts at one thread) — and on
-  the small CPU models of the demo it costs CPU time nothing (README: "Threads");
+  (in process, dask workers, torchrun ranks, which torchrun also starts at one thread). It costs
+  no CPU time (the demo: 4.2 CPU-minutes at one thread, 4.3–4.8 at two), only the wall-clock
+  speed-up of other cores on CPU-bound stages (README: "Threads");
 - dynamic threading is turned off (OMP_DYNAMIC=FALSE, MKL_DYNAMIC=FALSE), so N means N even
   under load;
 - the count is exported as SOFTLABELS_THREADS (and MKL_NUM_THREADS, which torch and MKL read
