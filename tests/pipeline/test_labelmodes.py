@@ -344,3 +344,20 @@ def test_row_seed_is_a_63_bit_hash_of_seed_split_shard_and_row():
     digest = hashlib.sha256(b"7/validation/3/12").digest()
     assert row_seed(7, "validation", 3, 12) == int.from_bytes(digest[:8], "big") >> 1
     assert row_seed(7, "validation", 3, 12) < 2 ** 63
+
+
+def test_a_student_without_a_loss_kind_gets_the_one_its_labels_need(tmp_path):
+    """README "Label modes": sampled labels train the `sampled` loss when the student file does
+    not choose a kind; a kind it does choose must fit the labels; top-k keeps kl_tail."""
+    from pipeline.training.students import load_student
+
+    sampled = S.LabelSpec("sampled", 8, 320, "uint16", samples=8, proposal_temperature=1.0, seed=0)
+    topk = S.LabelSpec("topk", 8, 320, "uint16")
+    (tmp_path / "plain.toml").write_text("[model]\nfamily = 'gpt'\n")
+    (tmp_path / "chosen.toml").write_text("[model]\nfamily = 'gpt'\n[loss]\nkind = 'kl_tail'\n")
+    plain, chosen = load_student(tmp_path / "plain.toml"), load_student(tmp_path / "chosen.toml")
+    assert M.match_loss(plain, sampled).loss.kind == "sampled"
+    assert M.match_loss(plain, topk).loss.kind == "kl_tail"
+    assert M.match_loss(chosen, topk).loss.kind == "kl_tail"
+    with pytest.raises(ConfigError, match="does not fit labels mode 'sampled'"):
+        M.match_loss(chosen, sampled)
