@@ -2,6 +2,7 @@
 session in a temp dir (no downloads, seconds of CPU)."""
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -12,8 +13,23 @@ import pytest
 from pipeline.models import build_model
 from pipeline.models.checkpoint import save_model_dir
 from pipeline.models.tokenizer import train_bpe_tokenizer
+from pipeline.threads import pin_threads
 
 REPO = Path(__file__).resolve().parents[1]
+THREAD_VARS = ("SOFTLABELS_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_DYNAMIC",
+               "MKL_DYNAMIC")
+
+
+def pytest_configure(config):
+    """The suite runs as the tool does (pipeline/threads.py): one fixed thread count in this
+    process, exported to the processes it starts, so in-process and CLI results compare."""
+    pin_threads()
+
+
+def tool_default_env(**extra) -> dict:
+    """This environment without any thread setting: a CLI run with it uses the tool's own
+    default, which is what a test of that default must run."""
+    return {**{k: v for k, v in os.environ.items() if k not in THREAD_VARS}, **extra}
 WORDS = ("the market rose as shares in the bank fell while the minister said the game was won "
          "by the team after a late goal and the film won an award for music technology phone "
          "users online search engine election vote party leader").split()

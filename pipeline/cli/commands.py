@@ -59,9 +59,16 @@ def _global_options(
         "auto", "--log-format", envvar=progress.FORMAT_ENV,
         help="Progress on stderr: auto (bars on a terminal, else a plain line every "
              f"${progress.INTERVAL_ENV} s, default 30), plain, or json (JSON lines)."),
+    threads: int | None = typer.Option(
+        None, "--threads", envvar="SOFTLABELS_THREADS", min=1,
+        help="CPU compute threads per process (default 1, or OMP_NUM_THREADS if set). Fixed "
+             "for the whole run, dynamic threading off: reruns and resumes are bit-exact when "
+             "they use the same count (README: Threads)."),
 ) -> None:
     from pipeline.io.storage import set_endpoint_url
+    from pipeline.threads import pin_threads
 
+    pin_threads(threads)  # before any verb imports torch (pipeline/threads.py says why)
     set_endpoint_url(endpoint_url)
     progress.set_log_format(log_format)
 

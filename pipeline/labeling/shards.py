@@ -26,6 +26,7 @@ from pipeline.labeling.packing import ShardInput
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.layout import shard_name
 from pipeline.softlabels.writer import ShardLabels, build_table, write_shard
+from pipeline.threads import pin_threads, requested_threads
 
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: workers never idle, memory stays bounded
 
@@ -100,10 +101,12 @@ def label_in_process(work: ShardWork, inputs: Iterable[ShardInput], model, devic
     return records
 
 
-def label_shard_task(work: ShardWork, shard_input: ShardInput) -> dict:
-    """A dask task: label one shard with this worker's cached teacher and write it."""
+def label_shard_task(work: ShardWork, shard_input: ShardInput, threads: int | None = None) -> dict:
+    """A dask task: label one shard with this worker's cached teacher and write it, at the
+    client's thread count (pipeline/threads.py: the same bytes as labeling in process)."""
     from pipeline.models.loader import cached_teacher
 
+    pin_threads(threads)
     device = resolve_device(work.device)
     teacher = (cached_teacher(work.teacher, work.teacher_sha256, device, work.trust_remote_code)
                if work.teacher else None)
@@ -127,6 +130,7 @@ def label_on_cluster(client, work: ShardWork, inputs: Iterable[ShardInput],
     from pipeline.cluster import worker_count
 
     inputs = iter(inputs)
+    threads = requested_threads()
     pending = as_completed(loop=client.loop)
     names: dict[str, str] = {}
 
@@ -136,7 +140,8 @@ def label_on_cluster(client, work: ShardWork, inputs: Iterable[ShardInput],
             return False
         key = task_key(work, shard_input)
         names[key] = shard_name(shard_input.split, shard_input.index)
-        pending.add(client.submit(label_shard_task, work, shard_input, key=key, pure=False))
+        pending.add(client.submit(label_shard_task, work, shard_input, threads, key=key,
+                                  pure=False))
         return True
 
     for _ in range(IN_FLIGHT_PER_WORKER * worker_count(client)):

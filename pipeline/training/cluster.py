@@ -19,6 +19,14 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.io.storage import absolute
 from pipeline.progress import positions_progress
+from pipeline.threads import pin_threads, requested_threads
+
+
+def pinned(task, threads: int, cfg):
+    """Run `task(cfg)` on a worker at the client's thread count: the nanny starts workers at
+    one thread, another machine's workers at whatever they were given (pipeline/threads.py)."""
+    pin_threads(threads)
+    return task(cfg)
 
 
 def train_on_cluster(cfg, student_paths: list[str], task) -> list[dict]:
@@ -34,11 +42,11 @@ def train_on_cluster(cfg, student_paths: list[str], task) -> list[dict]:
                             "(dask for many students, torchrun for one big student)")
     base = replace(cfg, labels=absolute(cfg.labels), out=absolute(cfg.out),
                    workers=None, scheduler=None, resume=True, quiet=True)
-    run_id = uuid.uuid4().hex[:8]
+    run_id, threads = uuid.uuid4().hex[:8], requested_threads()
     with open_client(cfg.workers, cfg.scheduler) as client, \
             positions_progress(disable=cfg.quiet, stage="train") as progress:
         bar = progress.add_task("students", total=len(student_paths), rate="", unit="students")
-        futures = [client.submit(task,
+        futures = [client.submit(pinned, task, threads,
                                  replace(base, students=[str(Path(p).resolve())]),
                                  key=f"train-{Path(p).stem}-{run_id}", pure=False)
                    for p in student_paths]

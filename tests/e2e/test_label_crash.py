@@ -1,14 +1,15 @@
 """SIGKILL `pipeline label` mid-run, rerun it, and get exactly the uninterrupted dataset."""
 
+import os
 import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.holds import cli_shim, hold_env, wait_for_marker
 
 ARGS = ["--top-k", "4", "--seq-len", "32", "--shard-rows", "2", "--batch-size", "2", "--quiet",
         "--device", "cpu", "--validation-fraction", "0.2"]
@@ -30,17 +31,20 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path, tiny_corpus, 
     ref = tmp_path / "ref"
     run_cli(*label_cmd(tiny_corpus, tiny_teacher, ref)[3:])
     out = tmp_path / "crashed"
-    proc = subprocess.Popen(label_cmd(tiny_corpus, tiny_teacher, out), cwd=REPO,
+    # the real CLI, held before its 4th shard write (3 shards complete) until the kill lands
+    marker = tmp_path / "held"
+    env = {**os.environ, **hold_env("pipeline.labeling.shards:write_shard", marker, nth=4)}
+    proc = subprocess.Popen([sys.executable, "-c", cli_shim(),
+                             *label_cmd(tiny_corpus, tiny_teacher, out)[3:]], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = list((out / "_progress").rglob("*.json")) if (out / "_progress").exists() else []
-        if len(done) >= 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "labeler finished before it could be killed; make it slower"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_for_marker(proc, marker)
+        done = list((out / "_progress").rglob("*.json"))
+        assert len(done) == 3
+        assert proc.poll() is None, "labeler finished before it could be killed; make it slower"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     assert not (out / "manifest.json").exists()
     run_cli(*label_cmd(tiny_corpus, tiny_teacher, out)[3:])
     assert rows(out) == rows(ref)

@@ -8,19 +8,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from pipeline.io.storage import Store
 from stages.label import LabelConfig
 from stages.label import run as label
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, tool_default_env
+from tests.holds import cli_shim, hold_env, wait_for_marker
 from tests.interop import moto_s3
 
-# Byte-for-byte comparisons run every labeler as a process with one torch thread (as in
-# tests/reliability): with two threads on a loaded machine, one fp16 log-probability has been
-# seen to differ in the last bit between processes (about 1 killed-and-rerun run in 5).
+# Byte-for-byte comparisons need one thread count in every process (pipeline/threads.py): with
+# two threads on a loaded machine, one fp16 log-probability has been seen to differ in the last
+# bit between processes. One thread is the tool's default; these runs also say so explicitly.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 OPTS = {"top_k": 4, "seq_len": 16, "shard_rows": 16, "batch_size": 16, "limit_docs": 30,
         "validation_fraction": 0.2}
@@ -110,13 +110,14 @@ def test_sigkilled_labeler_resumes_to_identical_dataset_on_s3(s3, tmp_path, tiny
     subprocess.run([*argv, "--out", "s3://bucket/full"], cwd=REPO, check=True,
                    capture_output=True, env=env)
     out = Store("s3://bucket/killed")
-    proc = subprocess.Popen([*argv, "--out", out.uri], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)
+    # held before its 5th train shard write (4 complete) until killed: tests/holds.py
+    hold = hold_env("pipeline.labeling.shards:write_shard", tmp_path / "held", nth=5,
+                    where="args[1] == 'train'")
+    proc = subprocess.Popen([argv[0], "-c", cli_shim(), *argv[3:], "--out", out.uri], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**env, **hold})
     try:
-        deadline = time.monotonic() + 300
-        while len(out.listdir("_progress/train")) < 4 and proc.poll() is None:
-            assert time.monotonic() < deadline, "labeler made no progress"
-            time.sleep(0.05)
+        wait_for_marker(proc, tmp_path / "held")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
@@ -162,16 +163,15 @@ def test_training_to_s3_resumes_after_sigkill_elsewhere(s3, tmp_path, tiny_corpu
     student.write_text(STUDENT.replace("max_steps = 3", "max_steps = 8\ncheckpoint_every = 2"))
     args = ["train", "--labels", str(labels), "--student", str(student), "--quiet", "--device",
             "cpu"]
-    run_cli(*args, "--out", tmp_path / "unbroken")
-    env = {**os.environ, "PAUSED": str(tmp_path / "paused"),
-           "SOFTLABELS_CACHE": str(tmp_path / "cache-a")}
+    # Every process runs with the tool's own thread settings (no thread variables inherited):
+    # bit-exact resume is the CLI's default, not something this test arranges.
+    run_cli(*args, "--out", tmp_path / "unbroken", env=tool_default_env())
+    env = tool_default_env(PAUSED=str(tmp_path / "paused"),
+                           SOFTLABELS_CACHE=str(tmp_path / "cache-a"))
     proc = subprocess.Popen([sys.executable, "-c", SHIM, *args, "--out", "s3://bucket/k"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "paused").exists() and proc.poll() is None:
-            assert time.monotonic() < deadline, "training made no progress"
-            time.sleep(0.05)
+        wait_for_marker(proc, tmp_path / "paused")  # a state: held after an upload
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
@@ -182,7 +182,7 @@ def test_training_to_s3_resumes_after_sigkill_elsewhere(s3, tmp_path, tiny_corpu
     assert 4 <= step < 8
     # another machine: an empty cache, so everything comes from the bucket
     done = run_cli(*args, "--out", "s3://bucket/k", "--resume",
-                   env={**os.environ, "SOFTLABELS_CACHE": str(tmp_path / "cache-b")})
+                   env=tool_default_env(SOFTLABELS_CACHE=str(tmp_path / "cache-b")))
     assert "s: 8 steps" in done.stdout
     assert remote.read_bytes("model.safetensors") == (
         tmp_path / "unbroken" / "s" / "model.safetensors").read_bytes()

@@ -1,4 +1,6 @@
+import hashlib
 import json
+import math
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -130,3 +132,24 @@ def test_null_text_is_an_empty_document_and_lone_surrogates_are_replaced(tmp_pat
     stats = CorpusStats()
     assert docs(CorpusSpec(str(tmp_path / "c.jsonl")), stats) == [("c.jsonl:1", "a \ufffd b")]
     assert stats.documents_skipped_empty == 1 and stats.non_utf8_documents == 1
+
+
+# FIPS 180-2 test vectors: sha256("abc") and sha256("") start with these 8 bytes.
+ABC, EMPTY = 0xBA7816BF8F01CFEA, 0xE3B0C44298FC1C14
+
+
+def test_split_rule_is_the_documented_hash_literally():
+    """README: `sha256(doc_id)[:8] / 2**64 < --validation-fraction`, the first 8 bytes read
+    big-endian. Other teams rebuild the split from this sentence, so it is pinned with known
+    digests and at the exact boundary (strict <), where a 4-byte, little-endian or <= reading
+    would disagree."""
+    for doc_id, head in (("abc", ABC), ("", EMPTY)):
+        u = head / 2**64
+        assert split_of(doc_id, u) == "train"  # u < u is false
+        assert split_of(doc_id, math.nextafter(u, 1.0)) == "validation"
+        assert split_of(doc_id, math.nextafter(u, 0.0)) == "train"
+    assert split_of("abc", 0.7284) == "validation" and split_of("abc", 0.7283) == "train"
+    for i in range(500):  # and for ordinary ids, straight from hashlib
+        doc_id = f"news/{i:04d}.txt:{i}"
+        u = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
+        assert split_of(doc_id, 0.3) == ("validation" if u < 0.3 else "train")

@@ -56,3 +56,11 @@ def test_label_tokens_batches_match_single_pass():
     for x, y in zip(a, b):
         assert np.allclose(x, y, atol=1e-6)
     assert a[0].shape == (5, 6, 4) and a[2].shape == (5, 6)
+
+
+def test_tail_is_never_negative_when_the_stored_mass_rounds_above_one():
+    """With k = vocab the stored probabilities sum, in float, to up to ~1e-6 above 1 in many
+    rows: the tail must still be a probability (clamped to [0, 1]), never negative."""
+    g = torch.Generator().manual_seed(0)
+    _, lp, tail = topk_from_logits(torch.randn(2000, 50, generator=g) * 5, 50)
+    assert (tail >= 0).all() and (tail <= 1).all() and (lp <= 0).all()

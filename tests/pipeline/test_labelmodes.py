@@ -320,3 +320,45 @@ def test_cli_label_topp_u8_validates_and_inspects(tmp_path, tiny_corpus, sharp):
     proc = run_cli("label", "--corpus", tiny_corpus, "--teacher", sharp, "--out", tmp_path / "x",
                    "--mode", "sampled", "--samples", "0", check=False)
     assert proc.returncode == 1 and "--samples 0" in proc.stderr
+
+
+def test_topp_tail_is_never_negative_when_the_set_is_the_whole_vocabulary():
+    """top_p = 1 with max_k = vocab keeps every id; their float mass can round above 1, and the
+    tail must still be a probability in [0, 1]."""
+    from pipeline.labeling.modes import topp_from_logits
+
+    g = torch.Generator().manual_seed(0)
+    _, lp, tail, counts = topp_from_logits(torch.randn(2000, 50, generator=g) * 5, 1.0, 1, 50)
+    assert (tail >= 0).all() and (tail <= 1).all() and (lp <= 0).all()
+    # and each set is the smallest that reaches p: without its last entry the mass is short
+    p = torch.exp(lp.double()) * (torch.arange(50) < counts.unsqueeze(-1) - 1)
+    assert (p.sum(-1) < 1.0).all()
+
+
+def test_row_seed_is_a_63_bit_hash_of_seed_split_shard_and_row():
+    """The per-row seed of sampled labels decides the stored draws: a relabel must derive the
+    same one, so the derivation is pinned (first 8 bytes of sha256, big-endian, top 63 bits)."""
+    import hashlib
+
+    from pipeline.labeling.modes import row_seed
+
+    digest = hashlib.sha256(b"7/validation/3/12").digest()
+    assert row_seed(7, "validation", 3, 12) == int.from_bytes(digest[:8], "big") >> 1
+    assert row_seed(7, "validation", 3, 12) < 2 ** 63
+
+
+def test_a_student_without_a_loss_kind_gets_the_one_its_labels_need(tmp_path):
+    """README "Label modes": sampled labels train the `sampled` loss when the student file does
+    not choose a kind; a kind it does choose must fit the labels; top-k keeps kl_tail."""
+    from pipeline.training.students import load_student
+
+    sampled = S.LabelSpec("sampled", 8, 320, "uint16", samples=8, proposal_temperature=1.0, seed=0)
+    topk = S.LabelSpec("topk", 8, 320, "uint16")
+    (tmp_path / "plain.toml").write_text("[model]\nfamily = 'gpt'\n")
+    (tmp_path / "chosen.toml").write_text("[model]\nfamily = 'gpt'\n[loss]\nkind = 'kl_tail'\n")
+    plain, chosen = load_student(tmp_path / "plain.toml"), load_student(tmp_path / "chosen.toml")
+    assert M.match_loss(plain, sampled).loss.kind == "sampled"
+    assert M.match_loss(plain, topk).loss.kind == "kl_tail"
+    assert M.match_loss(chosen, topk).loss.kind == "kl_tail"
+    with pytest.raises(ConfigError, match="does not fit labels mode 'sampled'"):
+        M.match_loss(chosen, sampled)

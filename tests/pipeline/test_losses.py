@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.softlabels.ragged import PAD_LOGPROB
 from pipeline.training.losses import (
     LossSpec,
     compute_loss,
@@ -132,3 +133,71 @@ def test_only_one_vocab_sized_tensor_is_kept_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         compute_loss(logits, batch, LossSpec("kl_tail", alpha=0.5))
     assert len(big) <= 1
+
+
+@pytest.mark.parametrize("k,tau", [(3, 2.0), (7, 0.5), (1, 3.0)])
+def test_tempered_kl_tail_with_a_tail_is_the_documented_formula(k, tau):
+    """README "Losses": KL_bin(1−r ‖ 1−q_r) + (1−r)·τ²·KL(p_S^τ ‖ q_S^τ), written out in float64
+    from the dense distributions (not from the code's own helpers): τ² on the tempered
+    conditional only, never on the binary stored-set-vs-tail part."""
+    t, s = _case(10 + k)
+    p_full, q_full = torch.softmax(t.double(), -1), torch.softmax(s.double(), -1)
+    ids, lp, tail = _teacher_topk(t, k)
+    p, q = torch.gather(p_full, -1, ids), torch.gather(q_full, -1, ids)
+    r, q_r = 1.0 - p.sum(-1), 1.0 - q.sum(-1)
+    binary = (1 - r) * torch.log((1 - r) / (1 - q_r)) + r * torch.log(r / q_r)
+    p_tau = p ** (1 / tau) / (p ** (1 / tau)).sum(-1, keepdim=True)
+    q_tau = q ** (1 / tau) / (q ** (1 / tau)).sum(-1, keepdim=True)
+    conditional = (p_tau * torch.log(p_tau / q_tau)).sum(-1)
+    want = binary + (1 - r) * tau ** 2 * conditional
+
+    si = torch.gather(torch.log_softmax(s, -1), -1, ids)
+    got = kl_tail_from_gathered(si, lp, tail, temperature=tau).double()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # the test can tell: τ² on the binary part too would be off by far more than the tolerance
+    wrong = tau ** 2 * binary + (1 - r) * tau ** 2 * conditional
+    assert ((wrong - want).abs() > 1e-2).any()
+    # and so is the mean over positions compute_loss trains on (alpha = 1: KD only)
+    batch = {"input_ids": torch.zeros(t.shape[:-1], dtype=torch.long), "topk_ids": ids,
+             "topk_logprobs": lp, "tail_mass": tail}
+    out = compute_loss(s, batch, LossSpec("kl_tail", alpha=1.0, temperature=tau))
+    torch.testing.assert_close(out["loss"].double(), want.mean(), atol=1e-4, rtol=1e-4)
+
+
+def test_tempered_kl_renorm_and_compute_loss_pass_the_temperature_and_report_ce():
+    """kl_renorm at τ is τ²·KL of the two renormalised, tempered sets (README "Losses"), and
+    compute_loss reports the hard CE beside the KD part whatever the kind."""
+    t, s = _case(5)
+    ids, lp, tail = _teacher_topk(t, 6)
+    tau = 2.0
+    si = torch.gather(torch.log_softmax(s, -1), -1, ids)
+    p, q = torch.softmax(lp.double() / tau, -1), torch.softmax(si.double() / tau, -1)
+    want = tau ** 2 * (p * (p.log() - q.log())).sum(-1)
+    got = kl_renorm_from_gathered(si, lp, temperature=tau)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    targets = t.argmax(-1)
+    batch = {"input_ids": targets, "topk_ids": ids, "topk_logprobs": lp, "tail_mass": tail}
+    out = compute_loss(s, batch, LossSpec("kl_renorm", alpha=1.0, temperature=tau))
+    torch.testing.assert_close(out["kd"].double(), want.mean(), atol=1e-5, rtol=1e-5)
+    ce = F.cross_entropy(s[:, :-1].reshape(-1, s.shape[-1]), targets[:, 1:].reshape(-1))
+    torch.testing.assert_close(out["ce"], ce)
+
+
+@pytest.mark.parametrize("kind", ["kl_tail", "kl_renorm"])
+def test_masked_padding_entries_carry_no_weight(kind):
+    """Variable-length labels (topp) pad every position to k entries (id 0, PAD_LOGPROB) and
+    send a mask: the loss must equal the loss on the unpadded entries alone."""
+    t, s = _case(6, vocab=30)
+    ids, lp, _ = _teacher_topk(t, 5)
+    m = 3
+    tail = (1.0 - lp[..., :m].double().exp().sum(-1)).float()
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    mask[..., :m] = True
+    padded = {"input_ids": t.argmax(-1), "topk_ids": ids.masked_fill(~mask, 0),
+              "topk_logprobs": lp.masked_fill(~mask, PAD_LOGPROB), "tail_mass": tail,
+              "label_mask": mask}
+    plain = {"input_ids": t.argmax(-1), "topk_ids": ids[..., :m], "topk_logprobs": lp[..., :m],
+             "tail_mass": tail}
+    spec = LossSpec(kind, alpha=1.0, temperature=1.5)
+    torch.testing.assert_close(compute_loss(s, padded, spec)["kd"],
+                               compute_loss(s, plain, spec)["kd"], atol=1e-5, rtol=1e-5)

@@ -122,3 +122,23 @@ def test_command_line_overrides_replace_both_lengths(tmp_path):
     assert (s.train.max_steps, s.train.epochs) == (7, None)
     with pytest.raises(ConfigError, match="--epochs must be >= 1"):
         with_overrides(spec, None, 0)
+
+
+def test_learning_rate_schedule_by_hand(tmp_path):
+    """README: linear warmup over `warmup_steps`, then cosine from `lr` down to `min_lr`; the
+    values below are worked out by hand (lr 1e-3, min_lr 1e-4, 2 warmup steps, 6 steps:
+    cosine progress (step − 2) / 4, lr = min_lr + (lr − min_lr)·(1 + cos(π·progress))/2)."""
+    from pipeline.training.trainer import lr_at
+
+    spec = resolve_for_dataset(load_student(_write(
+        tmp_path, "[optimizer]\nlr = 1e-3\n[schedule]\nwarmup_steps = 2\nmin_lr = 1e-4\n")),
+        320, 16)
+    want = [5e-4,           # warmup: lr·1/2
+            1e-3,           # warmup: lr·2/2
+            1e-3,           # progress 0
+            8.6819805e-4,   # progress 1/4: 1e-4 + 4.5e-4·(1 + √2/2)
+            5.5e-4,         # progress 1/2: halfway between lr and min_lr (not lr/2)
+            2.3180195e-4,   # progress 3/4: 1e-4 + 4.5e-4·(1 − √2/2)
+            1e-4]           # progress 1: min_lr, never below it
+    assert [lr_at(step, 6, spec) for step in range(7)] == pytest.approx(want, rel=1e-7)
+    assert lr_at(50, 6, spec) == pytest.approx(1e-4)

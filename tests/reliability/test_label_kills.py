@@ -6,10 +6,13 @@ A kill can land in four places, and each leaves a different state behind:
   after the last shard    - every shard complete, no manifest yet
   during the manifest     - every shard complete, a half-written manifest.json.tmp
 The moments are drawn by seed inside each phase of the measured timeline of an uninterrupted
-run (all within [0, its duration]). The first two phases are hit by timing alone; the last two
-last microseconds, so the labeler runs under a tiny test shim that pauses (and, for "during",
-first writes half of the manifest to manifest.json.tmp) just before the manifest is committed,
-and the kill lands in that pause. The process and the signal are real either way.
+run (all within [0, its duration]). The first two phases are hit by timing, but never raced: the
+labeler cannot leave the phase before the kill, since it holds before its first shard write
+("before first shard") or before the shard after the drawn one ("mid-shard"; tests/holds.py),
+whatever the load. The last two last microseconds, so the labeler runs under a tiny test shim
+that pauses (and, for "during", first writes half of the manifest to manifest.json.tmp) just
+before the manifest is committed, and the kill lands in that pause. The process and the signal
+are real either way.
 
 After every kill, the state must match its phase and must not read as a dataset; after the
 rerun, every shard (as a pyarrow table, metadata included) and the manifest (all but
@@ -30,6 +33,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.softlabels.reader import SoftLabelDataset
 from tests.conftest import REPO
+from tests.holds import cli_shim, hold_env
 from tests.reliability.conftest import assert_same_dataset, label_argv, label_here
 
 SEED = 20240610
@@ -37,13 +41,11 @@ OPTS = {"shard_rows": 2, "batch_size": 2}  # 16 docs -> ~44 shards of 2 rows: a 
 PHASES = ["before first shard"] * 3 + ["mid-shard"] * 4 + ["after last shard"] + \
          ["during manifest write"] * 2
 
-# Runs the real CLI; only wraps the manifest commit point (the storage layer's atomic local
-# write, pipeline/io/atomic.py) with an optional pause.
-SHIM = """
-import os, sys, time
-from pathlib import Path
+# Runs the real CLI; wraps the manifest commit point (the storage layer's atomic local write,
+# pipeline/io/atomic.py) with an optional pause (and the shard writes with the holds of
+# tests/holds.py).
+SHIM = cli_shim("""
 import pipeline.io.atomic as A
-from pipeline.cli import main
 phase, marker, real = os.environ.get("KILL_TEST_PHASE"), os.environ.get("KILL_TEST_MARKER"), \\
     A.write_bytes
 def commit(path, data):
@@ -55,9 +57,7 @@ def commit(path, data):
         time.sleep(120)
     return real(path, data)
 A.write_bytes = commit
-sys.argv = ["pipeline", *sys.argv[1:]]
-main()
-"""
+""")
 
 
 def shim_cmd(corpus, teacher, out) -> list[str]:
@@ -126,6 +126,9 @@ def kill_at(kill: Kill, cmd: list[str], out: Path, marker: Path, env: dict) -> f
     hold = kill.phase in ("after last shard", "during manifest write")
     env = {**env, "KILL_TEST_PHASE": kill.phase if hold else "",
            "KILL_TEST_MARKER": str(marker)}
+    if not hold:  # cannot leave the phase: no shard / at most after_records + 1 shards complete
+        env.update(hold_env("pipeline.labeling.shards:write_shard", marker.with_suffix(".cap"),
+                            nth=kill.after_records + 2 if kill.phase == "mid-shard" else 1))
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -179,8 +182,10 @@ def test_sigkill_at_seeded_moments_then_rerun_equals_uninterrupted(tmp_path, tin
               f"complete, temp files {tmps}")  # shown with pytest -s
         assert observed_phase(out, timeline.shards) == kill.phase, (kill, records(out))
         assert not (out / "manifest.json").exists()
-        with pytest.raises(PipelineError, match="no manifest.json"):
-            SoftLabelDataset(out)  # a killed run never reads as a dataset, tmp files or not
+        # a killed run never reads as a dataset, tmp files or not (killed before the folder
+        # existed, it is reported as missing: issue 15 §2)
+        with pytest.raises(PipelineError, match="no manifest.json|does not exist"):
+            SoftLabelDataset(out)
         if kill.phase == "during manifest write":
             assert (out / "manifest.json.tmp").stat().st_size > 0
     for out in outs:

@@ -10,7 +10,8 @@ can land, each leaving a different state:
                       folder's model files not yet linked to it: they are the previous
                       checkpoint's, so completing the run must publish the latest weights
   before complete   - every step done and checkpointed, complete.json not yet written
-The first is hit by timing (a seeded delay after config.toml appears); the others last
+The first is hit by timing (a seeded delay after config.toml appears), never raced: the trainer
+holds before its first latest.json until killed (tests/holds.py); the others last
 milliseconds, so the trainer runs under a tiny shim that pauses at that point (the step K is
 drawn by seed) and the kill lands in the pause. The student uses dropout, so the per-student
 RNG state must be restored too. CPU, one thread, fixed seeds.
@@ -31,6 +32,7 @@ from safetensors.torch import load_file
 
 from pipeline.training.layout import OPTIMIZER, STATE, checkpoint_name
 from tests.conftest import REPO
+from tests.holds import cli_shim, hold_env
 from tests.reliability.conftest import train_unbroken
 
 SEED = 7
@@ -38,12 +40,9 @@ GPT_DROPOUT = '[model]\nfamily = "gpt"\nn_layer = 1\nn_head = 2\nd_model = 16\nd
 TRAIN = {"batch_size": 8, "epochs": None, "max_steps": 24, "checkpoint_every": 4,
          "eval_every": 8, "eval_batches": 1}  # ~3 epochs of the small dataset
 
-SHIM = """
-import os, sys, time
-from pathlib import Path
+SHIM = cli_shim("""
 import pipeline.training.trainer as T
 import stages.train as TR
-from pipeline.cli import main
 from pipeline.training.layout import checkpoint_name
 phase, marker = os.environ["KILL_TEST_PHASE"], os.environ["KILL_TEST_MARKER"]
 step = int(os.environ.get("KILL_TEST_STEP", "0"))
@@ -71,9 +70,7 @@ if phase == "before complete":
             pause()
         return real_write(path, obj)
     TR.write_json_atomic = write_json_atomic
-sys.argv = ["pipeline", *sys.argv[1:]]
-main()
-"""
+""")
 
 
 def train_args(labels, student, out) -> list[str]:
@@ -85,6 +82,10 @@ def kill_train(args: list[str], run_dir: Path, phase: str, marker: Path, rng: ra
                step: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_TEST_PHASE": phase,
            "KILL_TEST_MARKER": str(marker), "KILL_TEST_STEP": str(step)}
+    if phase == "first checkpoint":  # held before its first latest.json: it cannot get further
+        env.update(hold_env("pipeline.training.trainer:write_json_atomic",
+                            marker.with_suffix(".cap"),
+                            where="Path(args[0]).name == 'latest.json'"))
     proc = subprocess.Popen([sys.executable, "-c", SHIM, *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trigger = marker if phase != "first checkpoint" else run_dir / "config.toml"

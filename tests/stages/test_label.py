@@ -67,6 +67,24 @@ def test_resume_after_missing_shard_rewrites_only_it(tmp_path, tiny_corpus, tiny
     assert shard_bytes(out) == before
 
 
+def test_rerun_relabels_a_shard_corrupted_in_place_at_the_same_size(tmp_path, tiny_corpus,
+                                                                     tiny_teacher):
+    """A shard whose bytes changed but whose size did not (bit rot, a bad copy) still has its
+    completion record: only its sha256 can tell, and a rerun must relabel it, not keep it."""
+    out = tmp_path / "ds"
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    before = shard_bytes(out)
+    (out / "manifest.json").unlink()
+    path = out / "shards/train/part-00001.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == len(before["shards/train/part-00001.parquet"])
+    run_cli(*label_args(tiny_corpus, tiny_teacher, out))
+    assert shard_bytes(out) == before
+    assert run_cli("validate", out).returncode == 0
+
+
 def test_different_plan_refused_unless_overwrite(tmp_path, tiny_corpus, tiny_teacher):
     out = tmp_path / "ds"
     run_cli(*label_args(tiny_corpus, tiny_teacher, out))

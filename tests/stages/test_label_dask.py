@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +20,7 @@ from pipeline.models.loader import clear_teacher_cache, teacher_loads
 from pipeline.softlabels.validate import validate_dataset
 from stages.label import LabelConfig, run
 from tests.conftest import run_cli
+from tests.holds import WorkerGate
 
 OPTS = dict(top_k=4, seq_len=32, shard_rows=8, batch_size=2, device="cpu", quiet=True,
             validation_fraction=0.2)
@@ -89,6 +89,21 @@ def test_cli_workers_flag_starts_its_own_cluster(reference, tmp_path, tiny_corpu
     assert manifest(out) == manifest(reference)
 
 
+def _threads_seen(cfg):
+    import torch
+
+    return torch.get_num_threads(), os.environ["MKL_DYNAMIC"]
+
+
+@pytest.mark.slow
+def test_tasks_run_at_the_clients_thread_count(client):
+    """The nanny starts workers at one thread; a task pins the count the client asked for."""
+    from pipeline.training.cluster import pinned
+
+    assert client.submit(pinned, _threads_seen, 2, None, pure=False).result() == (2, "FALSE")
+    assert client.submit(pinned, _threads_seen, 1, None, pure=False).result() == (1, "FALSE")
+
+
 @pytest.mark.slow
 def test_worker_sigkilled_mid_run_still_yields_identical_dataset(client, reference, tmp_path,
                                                                  tiny_corpus, tiny_teacher):
@@ -101,19 +116,20 @@ def test_worker_sigkilled_mid_run_still_yields_identical_dataset(client, referen
         except BaseException as exc:  # surfaced by the assert below
             errors.append(exc)
 
+    # Every task on the current workers holds right after its shard and record are written,
+    # until the kill is done: the victim dies inside a task whatever the load (tests/holds.py).
+    gate = WorkerGate(client, "pipeline.labeling.shards:write_shard", lambda args, result: True)
     thread = threading.Thread(target=labeler)
     thread.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and thread.is_alive():
-        done = list((out / "_progress").rglob("*.json")) if (out / "_progress").exists() else []
-        if len(done) >= 3:
-            break
-        time.sleep(0.01)
-    pids = client.run(os.getpid)
-    busy = {addr: keys for addr, keys in client.processing().items() if keys}
-    assert thread.is_alive() and busy, "labeling finished before a worker could be killed"
-    victim = next(iter(busy))
-    os.kill(pids[victim], signal.SIGKILL)
+    try:
+        victim = gate.held_worker()
+        pids = client.run(os.getpid)
+        busy = {addr: keys for addr, keys in client.processing().items() if keys}
+        assert thread.is_alive() and busy, "labeling finished before a worker could be killed"
+        assert victim in busy and (out / "_progress").exists()
+        os.kill(pids[victim], signal.SIGKILL)
+    finally:
+        gate.release()
     thread.join(timeout=180)
     assert not thread.is_alive() and not errors, errors
     assert victim not in client.run(os.getpid)  # the worker really died (the nanny restarts it)

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from stages.label import LabelConfig
 from stages.label import run as label
 from stages.train import TrainConfig, run
 from tests.conftest import REPO, run_cli
+from tests.holds import cli_shim, hold_env, wait_for_marker
 
 GPT = '[model]\nfamily = "gpt"\nn_layer = 1\nn_head = 2\nd_model = 32\n'
 GRU = '[model]\nfamily = "gru"\nd_model = 32\n'
@@ -169,16 +169,18 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, labeled):
     args = ["train", "--labels", str(labeled), "--student", a, "--out", str(tmp_path / "killed"),
             "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count as this process
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "k" / "state" / "latest.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if latest.is_file() and json.loads(latest.read_text())["step"] >= 6:
-            break
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # the real CLI, held right after the checkpoint of step 6 is committed (tests/holds.py)
+    hold = hold_env("pipeline.training.trainer:write_json_atomic", tmp_path / "held",
+                    when="after", where="Path(args[0]).name == 'latest.json' and "
+                                        "args[1]['step'] >= 6")
+    proc = subprocess.Popen([sys.executable, "-c", cli_shim(), *args], cwd=REPO,
+                            env={**env, **hold}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_marker(proc, tmp_path / "held")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     run_dir = tmp_path / "killed" / "k"
     assert not (run_dir / "complete.json").exists(), "training finished before the kill"
     cfg = TrainConfig(labels=str(labeled), students=[a], out=str(tmp_path / "killed"),

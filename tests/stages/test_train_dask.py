@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from pipeline.errors import PipelineError
 from stages.label import LabelConfig
 from stages.label import run as label
 from stages.train import TrainConfig, run
+from tests.holds import WorkerGate
 
 GPT = '[model]\nfamily = "gpt"\nn_layer = 1\nn_head = 2\nd_model = 32\n'
 GRU = '[model]\nfamily = "gru"\nd_model = 32\n'
@@ -106,16 +106,20 @@ def test_worker_killed_mid_student_resumes_to_the_same_weights(tmp_path, labeled
         except BaseException as exc:  # surfaced by the assert below
             errors.append(exc)
 
+    # the worker holds right after committing the checkpoint of step 20 until the kill is done
+    gate = WorkerGate(client, "pipeline.training.trainer:write_json_atomic",
+                      lambda args, result: str(args[0]).endswith("latest.json")
+                      and args[1]["step"] >= 20)
     thread = threading.Thread(target=trainer)
     thread.start()
-    latest = tmp_path / "dask" / "gpt" / "state" / "latest.json"
-    deadline = time.monotonic() + 120
-    while thread.is_alive() and time.monotonic() < deadline and not (
-            latest.is_file() and json.loads(latest.read_text())["step"] >= 20):
-        time.sleep(0.01)
-    busy = [addr for addr, keys in client.processing().items() if keys]
-    assert thread.is_alive() and len(busy) == 1, "training ended before the kill"
-    os.kill(client.run(os.getpid)[busy[0]], signal.SIGKILL)
+    try:
+        held = gate.held_worker()
+        busy = [addr for addr, keys in client.processing().items() if keys]
+        assert thread.is_alive() and len(busy) == 1, "training ended before the kill"
+        assert busy == [held]
+        os.kill(client.run(os.getpid)[busy[0]], signal.SIGKILL)
+    finally:
+        gate.release()
     thread.join(timeout=300)
     assert not thread.is_alive() and not errors, errors
     got = tmp_path / "dask" / "gpt"

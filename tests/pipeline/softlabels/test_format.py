@@ -123,6 +123,42 @@ def test_validate_catches_bad_values(dataset, tmp_path, column, value, message):
     assert any(message in p and "train/part-00000.parquet row 8" in p for p in problems), problems
 
 
+def test_validate_catches_log_probabilities_out_of_order(dataset, tmp_path):
+    """Stored entries descend within a position: the middle position's first entry is made the
+    smallest (still finite and <= 0), so only the order check can object."""
+    import pyarrow as pa
+
+    d = copy(dataset, tmp_path)
+
+    def mutate(table):
+        col = table.column("topk_logprobs").combine_chunks()
+        values = col.values.to_numpy(zero_copy_only=False).copy()
+        first = len(values) // 2 - (len(values) // 2) % 8  # k = 8 entries per position
+        values[first] = values[first + 7] - 1.0
+        new = pa.ListArray.from_arrays(col.offsets, pa.array(values, type=col.type.value_type))
+        return table.set_column(table.schema.get_field_index("topk_logprobs"), "topk_logprobs",
+                                new)
+
+    _rewrite_shard(d, mutate)
+    problems, _ = validate_dataset(d)
+    assert problems == ["shards/train/part-00000.parquet row 8: log-probabilities not "
+                        "descending"]
+
+
+def test_validate_catches_a_swapped_tokenizer(dataset, tmp_path, tiny_corpus):
+    """Another tokenizer.json in the folder (a real one, trained on the same text) is refused
+    by its sha256, although every shard is intact."""
+    from pipeline.models.tokenizer import train_bpe_tokenizer
+
+    d = copy(dataset, tmp_path)
+    texts = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
+    other = train_bpe_tokenizer(texts, 300, tmp_path / "other.json")
+    shutil.copy(tmp_path / "other.json", d / "tokenizer.json")
+    assert other.sha256 != json.loads((d / "manifest.json").read_text())["tokenizer"]["sha256"]
+    problems, _ = validate_dataset(d)
+    assert problems == ["tokenizer.json: sha256 differs from manifest tokenizer.sha256"]
+
+
 @pytest.mark.parametrize("bad_path", ["../outside.parquet", "/etc/passwd",
                                       "s3://other-bucket/x.parquet", "shards/../../x.parquet"])
 def test_manifest_path_escape_refused(dataset, tmp_path, bad_path):
@@ -164,3 +200,34 @@ def test_decode_respects_arrow_slices(dataset):
     part = ds.decode(table.slice(3, 5))
     for key, value in full.items():
         assert torch.equal(part[key], value[3:8]), key
+
+
+def _clean_batch() -> dict:
+    return {"input_ids": torch.full((3, 4), 9), "topk_ids": torch.zeros(3, 4, 2, dtype=torch.long),
+            "topk_logprobs": torch.zeros(3, 4, 2), "tail_mass": torch.ones(3, 4),
+            "sample_weights": torch.zeros(3, 4, 2)}  # every value at an edge of its range
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("input_ids", 10, "input_ids holds an id outside"),
+    ("input_ids", -1, "input_ids holds an id outside"),
+    ("topk_ids", 10, "topk_ids holds an id outside"),
+    ("topk_logprobs", float("nan"), "non-finite log-probability"),
+    ("topk_logprobs", float("-inf"), "non-finite log-probability"),
+    ("topk_logprobs", 1e-3, "positive log-probability"),
+    ("tail_mass", 1.001, "tail mass outside"),
+    ("tail_mass", -1e-6, "tail mass outside"),
+    ("sample_weights", -1e-6, "sample weight not finite and >= 0"),
+    ("sample_weights", float("inf"), "sample weight not finite and >= 0"),
+])
+def test_reader_value_checks_accept_the_edges_and_name_the_first_bad_row(name, value, message):
+    """What every reader runs on each decoded row group (pipeline/softlabels/checks.py): values
+    on the edges of their ranges pass; one value past an edge is refused, naming its row."""
+    from pipeline.softlabels import checks
+
+    batch = _clean_batch()
+    checks.values(batch, 10, "w")
+    checks.values({k: v[:0] for k, v in batch.items()}, 10, "w")  # an empty batch is fine
+    batch[name][2, 1, ...] = value
+    with pytest.raises(PipelineError, match=f"^w row 2: {message}"):
+        checks.values(batch, 10, "w")

@@ -8,7 +8,13 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.softlabels.reader import SoftLabelDataset
-from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
+from pipeline.softlabels.stream import (
+    SoftLabelStream,
+    StreamConfig,
+    StreamReader,
+    check_compatible,
+    row_group_units,
+)
 from stages.label import LabelConfig, run
 
 
@@ -65,8 +71,15 @@ def test_shuffle_is_reproducible_by_seed_and_changes_with_seed_and_epoch(labeled
     assert first != order(2)
     assert first != order(1, epoch=1)
     assert Counter(first) == Counter(order(2)) == _all_rows(labeled)
-    # Worker processes do not change what a single consumer plan would give per worker count.
-    assert order(1, workers=2) == order(1, workers=2)
+    # Worker processes deliver exactly the plan of their consumers, computed here in process
+    # and interleaved by hand in the documented canonical order (batch j of consumer 0, of
+    # consumer 1, then batch j + 1), and that plan is not the one-consumer order.
+    cfg = StreamConfig(batch_size=8, seed=1, shuffle_rows=20, num_workers=2)
+    stream = SoftLabelStream(labeled, cfg, row_group_units(labeled, "train"), 0)
+    per = [[_row_keys(b) for b in stream.iter_consumer(c, 0)] for c in (0, 1)]
+    canonical = [k for j in range(max(map(len, per))) for c in (0, 1) if j < len(per[c])
+                 for k in per[c][j]]
+    assert order(1, workers=2) == canonical != first
 
 
 @pytest.mark.parametrize("workers", [0, 2])
