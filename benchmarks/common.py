@@ -53,6 +53,8 @@ class Params:
     quality_steps: int = 100  # fig 8: steps per student and seed
     quality_eval_rows: int = 48  # fig 8: validation rows scored against the live teacher
     students: tuple = ("gpt-tiny", "gpt-tiny-renorm", "gru-small")  # fig 5 (data/students)
+    startup_shards: int = 100_000  # fig 9: the big dataset (the small one has 10 shards)
+    startup_docs: int = 60  # fig 9: articles labeled for its 16-row source shards
 
     @classmethod
     def quick(cls) -> "Params":
@@ -60,7 +62,7 @@ class Params:
         return cls(seq_len=32, batch_size=4, shard_rows=32, row_group_rows=8,
                    validation_fraction=0.3, label_docs=3, base_docs=10, storage_rows=4,
                    stream_student_steps=2, stream_epochs=2, students_steps=2, memory_docs=1,
-                   quality_steps=2, quality_eval_rows=4)
+                   quality_steps=2, quality_eval_rows=4, startup_shards=1_000, startup_docs=20)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

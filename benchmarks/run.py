@@ -24,6 +24,7 @@ from benchmarks import (
     fig_online,
     fig_quality,
     fig_scaleout,
+    fig_startup,
     fig_storage,
     fig_stream,
     fig_students,
@@ -33,7 +34,8 @@ from benchmarks.report import machine_info, markdown, write_results, write_secti
 from pipeline.device import resolve_device
 
 FIGURES = {"1": fig_label, "2": fig_storage, "3": fig_stream, "4": fig_online,
-           "5": fig_students, "6": fig_memory, "7": fig_scaleout, "8": fig_quality}
+           "5": fig_students, "6": fig_memory, "7": fig_scaleout, "8": fig_quality,
+           "9": fig_startup}
 
 
 def cpu_seconds() -> float:
@@ -46,7 +48,7 @@ def cpu_seconds() -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every figure")
-    p.add_argument("--only", help="comma-separated figure numbers (default: all 8)")
+    p.add_argument("--only", help="comma-separated figure numbers (default: all 9)")
     p.add_argument("--teacher", help="teacher directory (default data/teacher/, else a "
                                      "random-init teacher of the same shape)")
     p.add_argument("--device", default="cpu", help="cpu (the 2-core target), cuda or auto")

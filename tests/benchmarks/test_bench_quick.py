@@ -17,7 +17,8 @@ from benchmarks.timing import Stat, interleaved, per_round, ratio
 from tests.conftest import REPO
 
 FIGURES = ["1", "2 (k=8)", "2 (k=32)", "2 (k=128)", "3 (1p)", "3 (2w)", "4", "5", "6 (label)",
-           "6 (train)", "7", "8 (ce off/on)", "8 (kl off/on)", "8 (ce hard/KD)", "8 (kl hard/KD)"]
+           "6 (train)", "7", "8 (ce off/on)", "8 (kl off/on)", "8 (ce hard/KD)", "8 (kl hard/KD)",
+           "9"]
 
 
 def test_interleaved_runs_variants_in_rounds():
