@@ -13,6 +13,7 @@ from pipeline.errors import PipelineError
 from pipeline.softlabels import rowgroups
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader
+from pipeline.softlabels.validate import validate_dataset
 from stages.label import LabelConfig, run
 
 SHARD = "shards/train/part-00001.parquet"
@@ -139,3 +140,17 @@ def test_index_rows_that_disagree_with_the_entry_are_refused_at_planning(labeled
     with pytest.raises(PipelineError, match=f"shard {SHARD}: its row groups hold 15 rows .* "
                                             "manifest says 16"):
         StreamReader(SoftLabelDataset(root), StreamConfig(), verify="lazy")
+
+
+def test_validate_checks_the_index_too(labeled, tmp_path):
+    """A whole-file sha256 that matches and a row-group digest that does not: `validate` says
+    so, naming the row group, instead of training finding out."""
+    root = _copy(labeled, tmp_path)
+    assert validate_dataset(root)[0] == []
+
+    def wrong_digest(m):
+        entry = m["splits"]["train"][1]
+        entry["row_group_sha256"] = "0" * 64 + entry["row_group_sha256"][64:]
+    _edit(root, wrong_digest)
+    problems, _ = validate_dataset(root)
+    assert problems == [f"shard {SHARD} row group 0: {rowgroups.MISMATCH}"]
