@@ -117,13 +117,16 @@ class SoftLabelDataset:
             raise PipelineError(f"shard {shard.rel}: {rowgroups.MISMATCH}")
         pf = rowgroups.open_verified(self.store.open(rel, "rb"), shard.rel, shard.row_groups,
                                      lambda: self.store.guard(rel))
-        meta = pf.metadata
-        if [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] != \
-                shard.row_groups["row_group_rows"]:
+        try:
+            meta = pf.metadata
+            if [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] != \
+                    shard.row_groups["row_group_rows"]:
+                raise PipelineError(f"shard {shard.rel}: its row groups hold other row counts "
+                                    "than manifest.json lists; the dataset is corrupt")
+            return self._checked(pf, shard)
+        except PipelineError:
             pf.close()
-            raise PipelineError(f"shard {shard.rel}: its row groups hold other row counts than "
-                                "manifest.json lists; the dataset is corrupt")
-        return self._checked(pf, shard)
+            raise
 
     def _checked(self, pf, shard: ShardInfo):
         """The schema and key-value metadata of an opened shard, checked against the manifest."""

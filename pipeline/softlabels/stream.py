@@ -76,13 +76,7 @@ def row_group_units(dataset: SoftLabelDataset, split: str) -> np.ndarray:
     start-up does not grow with the dataset); else from the shard's Parquet footer (datasets of
     older labelers), where the schema and row count are checked too."""
     shards = dataset.split_shards(split)
-    indexed = [s for s in shards if s.row_groups is not None]
-    parts = [rowgroups.plan_units([(s.index, s.row_groups["row_group_rows"]) for s in indexed])]
-    listed = np.bincount(parts[0][:, 0], parts[0][:, 2], minlength=len(shards)).astype(np.int64)
-    for shard in (s for s in indexed if listed[s.index] != s.rows):  # vectorised; rarely any
-        raise PipelineError(f"shard {shard.rel}: its row groups hold {listed[shard.index]} rows "
-                            f"(manifest row_group_rows) but the manifest says {shard.rows}; "
-                            "the dataset is corrupt - relabel it")
+    parts = [_indexed_units([s for s in shards if s.row_groups is not None], len(shards))]
     for shard in (s for s in shards if s.row_groups is None):
         meta = dataset.open_shard(shard).metadata
         rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -93,6 +87,21 @@ def row_group_units(dataset: SoftLabelDataset, split: str) -> np.ndarray:
                                 dtype=np.int64).reshape(-1, 3))
     units = np.concatenate(parts)
     return units[np.lexsort((units[:, 1], units[:, 0]))] if len(parts) > 1 else units
+
+
+def _indexed_units(indexed: list, n_shards: int) -> np.ndarray:
+    """Units of the shards listed with a row-group index, from the manifest alone; refuses an
+    index whose rows do not add up to the entry's (one numpy comparison for all shards)."""
+    units = rowgroups.plan_units([(s.index, s.row_groups["row_group_rows"]) for s in indexed])
+    listed = np.bincount(units[:, 0], units[:, 2], minlength=n_shards)
+    rows = np.fromiter((s.rows for s in indexed), dtype=np.int64, count=len(indexed))
+    where = np.fromiter((s.index for s in indexed), dtype=np.int64, count=len(indexed))
+    if (bad := np.flatnonzero(listed[where] != rows)).size:
+        shard = indexed[int(bad[0])]
+        raise PipelineError(f"shard {shard.rel}: its row groups hold {int(listed[shard.index])} "
+                            f"rows (manifest row_group_rows) but the manifest says {shard.rows}; "
+                            "the dataset is corrupt - relabel it")
+    return units
 
 
 def _consumer_units(units: np.ndarray, cfg: StreamConfig, epoch: int, consumer: int):
