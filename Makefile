@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo teacher bench bench-quick mutation clean
+.PHONY: install test test-fast lint demo teacher bench bench-quick bench-gpu mutation clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick
+
+# The GPU check (benchmarks/gpu_check.py): a 151,936-logit Qwen2-shaped teacher built locally
+# labels in bf16 and a student trains, on CUDA, offline, < 8 min → outputs/gpu-check/.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_check
 
 # The bundled teacher's recipe, with this repo's own commands (README: "The bundled teacher").
 TEACHER_BUILD := outputs/teacher-build

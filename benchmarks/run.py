@@ -24,6 +24,7 @@ from benchmarks import (
     fig_online,
     fig_quality,
     fig_scaleout,
+    fig_startup,
     fig_storage,
     fig_stream,
     fig_students,
@@ -35,7 +36,7 @@ from pipeline.device import resolve_device
 
 FIGURES = {"1": fig_label, "2": fig_storage, "3": fig_stream, "4": fig_online,
            "5": fig_students, "6": fig_memory, "7": fig_scaleout, "8": fig_quality,
-           "9": fig_vocab}
+           "9": fig_vocab, "10": fig_startup}
 
 
 def cpu_seconds() -> float:

@@ -43,7 +43,7 @@ from pipeline.models.hf import HF_PREFIX
 from pipeline.models.loader import check_model_exists, local_context, local_weights_sha256
 from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
-from pipeline.softlabels import layout
+from pipeline.softlabels import layout, rowgroups
 from pipeline.softlabels.card import write_card
 from pipeline.softlabels.layout import MANIFEST, PLAN, record_relpath, shard_relpath
 
@@ -214,8 +214,10 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
     splits: dict[str, list] = {}
     for rec in sorted(records, key=lambda r: r["path"]):
         split = rec["path"].split("/")[1]
-        splits.setdefault(split, []).append(
-            {k: rec[k] for k in ("path", "rows", "positions", "bytes", "sha256")})
+        entry = {k: rec[k] for k in ("path", "rows", "positions", "bytes", "sha256")}
+        # the row-group index, when the record has it (a record of an older labeler has not)
+        entry.update({k: rec[k] for k in rowgroups.KEYS if k in rec})
+        splits.setdefault(split, []).append(entry)
     positions = sum(r["positions"] for r in records)
     nbytes = sum(r["bytes"] for r in records)
     mass = (sum(r["topk_mass_sum"] for r in records) / positions) if spec.has_labels else None

@@ -2,8 +2,9 @@
 
 Recipe: open and check the dataset → load, resolve and check every student (vocabulary,
 tokenizer, labels vs loss) → decide per run folder: skip (finished, same config), resume, or
-start → verify the checksums of every shard we will read → one pass per batch size: each
-decoded batch is moved to the device once and fed to every student of that batch size.
+start → one pass per batch size, each row group verified when first read (in the loader
+workers, overlapped with training; no shard is opened before the first step): each decoded
+batch is moved to the device once and fed to every student of that batch size.
 Students with different batch sizes are grouped, one pass per group, so no student's batches
 are split or padded and its result does not depend on who it trained with.
 
@@ -181,13 +182,26 @@ def _validation_batches(ds: SoftLabelDataset, batch_size: int, n: int,
                         device: torch.device) -> list[dict]:
     if n == 0 or VALIDATION not in ds.shards or not ds.split_shards(VALIDATION):
         return []
-    reader = StreamReader(ds, StreamConfig(VALIDATION, batch_size, seed=0), verify=False)
+    reader = StreamReader(ds, StreamConfig(VALIDATION, batch_size, seed=0), verify="lazy")
     out = []
     for pos, batch in reader.iter_epoch(0):
         if pos >= n:
             break
         out.append({k: v.to(device) for k, v in batch.items()})
     return out
+
+
+class _Validation:
+    """The validation batches, read at the first evaluation rather than before step 1: start-up
+    opens no shard (README "Start-up")."""
+
+    def __init__(self, load):
+        self._load, self._batches = load, None
+
+    def __getitem__(self, key):
+        if self._batches is None:
+            self._batches = self._load()
+        return self._batches[key]
 
 
 def _open_runs(todo, reader, ds, cfg, device, on_checkpoint=None) -> list[StudentRun]:
@@ -212,7 +226,7 @@ def _stream_settings(sc: StreamConfig) -> dict:
             "consumers": sc.consumers}
 
 
-def _after_step(run: StudentRun, val: list[dict], settings: dict, pass_rate: float) -> bool:
+def _after_step(run: StudentRun, val: "_Validation", settings: dict, pass_rate: float) -> bool:
     """Log, evaluate, checkpoint and complete as the student file says; True if it saved."""
     t = run.spec.train
     evaluate = run.step % t.eval_every == 0 or run.done
@@ -257,7 +271,8 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
     batch_size = todo[0][0].train.batch_size
     sc = ddp.for_rank(StreamConfig("train", batch_size, cfg.data_seed, cfg.shuffle_rows,
                                    cfg.num_workers))  # torchrun: this rank's rows only
-    reader = ddp.reader(ds, sc, verify=False, pin_memory=device.type == "cuda")
+    # each row group is verified when first read, in the loader workers (softlabels/rowgroups.py)
+    reader = ddp.reader(ds, sc, verify="lazy", pin_memory=device.type == "cuda")
     if reader.rows == 0:
         raise PipelineError(f"dataset {ds.root} has no training rows (split 'train' is empty)")
     if ddp.agree_to_stop(interrupt.requested() is not None):  # before this group starts
@@ -265,8 +280,8 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
     runs = _open_runs(todo, reader, ds, cfg, device, on_checkpoint)
     saved = {id(r): r.step for r in runs}  # the step of each student's latest checkpoint
     settings = _stream_settings(sc)
-    val = _validation_batches(ds, batch_size, max(r.spec.train.eval_batches for r in runs),
-                              device)
+    val = _Validation(lambda: _validation_batches(
+        ds, batch_size, max(r.spec.train.eval_batches for r in runs), device))
     for r in runs:
         if r.done and not (r.dir / COMPLETE).is_file():  # killed just before complete.json
             _complete(r, None)
@@ -326,9 +341,6 @@ def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
         train_on_cluster(cfg, [spec.path for spec, *_ in todo], train_student_task)
     elif todo:
         ddp.barrier()  # torchrun: every rank has read the run folders before rank 0 writes
-        for split in ("train", VALIDATION):  # every shard we will read, before the first step
-            for shard in ds.shards.get(split, []):
-                ds.verify_checksum(shard)
         with interrupt.deferred():  # a signal stops the loop at the next step boundary
             for size in sorted({t[0].train.batch_size for t in todo}):
                 _train_group(ds, [t for t in todo if t[0].train.batch_size == size], cfg,

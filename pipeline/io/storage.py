@@ -123,6 +123,11 @@ class Store:
         path (read natively), or a seekable remote file (ranged reads, never the whole object)."""
         return self._folder.input_file(rel)
 
+    def guard(self, rel: str = ""):
+        """A context around reads of `rel` through a file object from `open`: remote failures
+        become one PipelineError naming the object; local ones (OSError) keep their type."""
+        return self._folder.guard(rel)
+
     def sha256(self, rel: str, chunk: int = 1 << 20) -> str:
         """Streamed: a shard is never held in memory to be hashed."""
         h = hashlib.sha256()

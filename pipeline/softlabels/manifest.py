@@ -4,11 +4,14 @@ A dataset without a manifest is not a dataset (a labeler was interrupted); reade
 shards the manifest does not list, and never at paths outside the dataset directory.
 """
 
+import contextlib
+import gc
 import json
+import re
 
 from pipeline.errors import PipelineError
 from pipeline.io.storage import OutsideFolder, Store
-from pipeline.softlabels.layout import MANIFEST, PLAN
+from pipeline.softlabels.layout import MANIFEST, PLAN, SHARDS_DIR
 from pipeline.softlabels.schema import FORMAT_MAJOR
 
 
@@ -20,6 +23,31 @@ def shard_rel(store: Store, rel: str) -> str:
     except OutsideFolder:
         raise PipelineError(f"manifest shard path {rel!r} escapes the dataset directory "
                             f"{store.root}; refusing an untrusted manifest") from None
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """The cyclic garbage collector paused: a 10^5-shard manifest is ~10^6 new containers, and
+    the collector's passes over them would double the time to load it (none is cyclic)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+_CANONICAL = re.compile(rf"{SHARDS_DIR}/[A-Za-z0-9_-]+/part-\d{{5}}\.parquet")
+
+
+def listed_rel(store: Store, rel) -> str:
+    """`shard_rel` without touching the file system for the names the labeler writes (already
+    normal, and inside): at 10^5 shards resolving every path costs seconds. Links are checked
+    by `shard_rel` when a shard is opened, before any of it is read."""
+    if isinstance(rel, str) and _CANONICAL.fullmatch(rel):
+        return rel
+    return shard_rel(store, rel)
 
 
 def load_manifest(root) -> dict:
@@ -35,7 +63,8 @@ def load_manifest(root) -> dict:
                 if store.exists(PLAN) else "")
         raise PipelineError(f"{store.uri} is not a soft-label dataset: no {MANIFEST}{hint}")
     try:
-        manifest = json.loads(store.read_bytes(MANIFEST))
+        with paused_gc():
+            manifest = json.loads(store.read_bytes(MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{path} is not valid JSON ({exc}); the dataset is corrupt") from exc
     check_manifest_shape(manifest, path)

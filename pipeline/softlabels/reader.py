@@ -4,7 +4,7 @@ Decoding goes straight from Arrow buffers to numpy views to torch tensors (no pe
 torchdistill #165 showed per-sample decoding can be slower than re-running the teacher.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,28 +14,36 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.io.storage import Store
-from pipeline.softlabels import checks, ragged, sortedids
+from pipeline.softlabels import checks, ragged, rowgroups, sortedids
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.encodings import decode_logprobs, importance_weights
 from pipeline.softlabels.layout import MANIFEST
-from pipeline.softlabels.manifest import load_manifest, shard_rel
+from pipeline.softlabels.manifest import listed_rel, load_manifest, paused_gc, shard_rel
 
 
-@dataclass
+@dataclass(slots=True)
 class ShardInfo:
     split: str
     index: int
-    path: Path | str  # what names the shard: a Path locally, its URI on object storage
     rel: str  # below the dataset root, checked to stay inside it
     rows: int
     sha256: str
     bytes: int
+    row_groups: dict | None = None  # the entry, when it holds a row-group index (rowgroups.py)
+    store: Store | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def path(self) -> Path | str:
+        """What names the shard: a Path locally, its URI on object storage (made on demand:
+        10^5 shards must not cost 10^5 paths at start-up)."""
+        return self.store.locate(self.rel)
 
 
 class SoftLabelDataset:
     """A verified view of a dataset directory or URI (pipeline/io/storage.py). Construction never
-    reads shard contents. `root` is a Path for a local dataset and the URI string for a remote
-    one; `store` reads either."""
+    reads shard contents, nor touches shard files: at 10^5 shards it is one manifest read and a
+    few cheap checks per entry. `root` is a Path for a local dataset and the URI string for a
+    remote one; `store` reads either."""
 
     def __init__(self, root: str | Path):
         self.store = Store(root)
@@ -44,16 +52,21 @@ class SoftLabelDataset:
         where = self.store.locate(MANIFEST)
         # Untrusted input: every field used below is type- and range-checked first.
         self.spec, self.seq_len = checks.manifest_fields(self.manifest, where)
-        self.shards: dict[str, list[ShardInfo]] = {}
-        for split, entries in self.manifest["splits"].items():
-            for e in entries:
-                checks.shard_entry(e, split, where)
-            self.shards[split] = [self._shard(split, i, e) for i, e in enumerate(entries)]
+        with paused_gc():
+            self.shards: dict[str, list[ShardInfo]] = {
+                split: [self._shard(split, i, e, where) for i, e in enumerate(entries)]
+                for split, entries in self.manifest["splits"].items()}
+        self._hashed: set[str] = set()  # shards without an index, hashed whole by this process
 
-    def _shard(self, split: str, index: int, entry: dict) -> ShardInfo:
-        rel = shard_rel(self.store, entry["path"])  # never a path outside the dataset
-        return ShardInfo(split, index, self.store.locate(rel), rel, int(entry["rows"]),
-                         entry["sha256"], int(entry["bytes"]))
+    def _shard(self, split: str, index: int, entry: dict, where) -> ShardInfo:
+        checks.shard_entry(entry, split, where)
+        if problem := rowgroups.check_entry(entry):
+            raise PipelineError(f"{where}: shard entry {entry['path']!r} of split {split!r} "
+                                f"{problem}; the dataset is corrupt")
+        rel = listed_rel(self.store, entry["path"])  # never a path outside the dataset
+        indexed = entry if rowgroups.KEYS[0] in entry else None
+        return ShardInfo(split, index, rel, entry["rows"], entry["sha256"], entry["bytes"],
+                         indexed, self.store)
 
     @property
     def tokenizer_sha256(self) -> str:
@@ -69,9 +82,10 @@ class SoftLabelDataset:
         return self.shards[split]
 
     def verify_checksum(self, shard: ShardInfo) -> None:
-        present = self.store.isfile(shard.rel)
-        same = present and (self.store.size(shard.rel) == shard.bytes
-                            and self.store.sha256(shard.rel) == shard.sha256)
+        rel = shard_rel(self.store, shard.rel)  # links too, now that the file is touched
+        present = self.store.isfile(rel)
+        same = present and (self.store.size(rel) == shard.bytes
+                            and self.store.sha256(rel) == shard.sha256)
         if not present:
             raise PipelineError(f"shard {shard.rel} listed in the manifest is missing")
         if not same:
@@ -80,9 +94,42 @@ class SoftLabelDataset:
 
     def open_shard(self, shard: ShardInfo) -> pq.ParquetFile:
         try:
-            pf = pq.ParquetFile(self.store.input_file(shard.rel))
+            pf = pq.ParquetFile(self.store.input_file(shard_rel(self.store, shard.rel)))
         except (pa.ArrowException, OSError) as exc:
             raise PipelineError(f"shard {shard.rel} is not a readable Parquet file: {exc}") from exc
+        return self._checked(pf, shard)
+
+    def open_verified(self, shard: ShardInfo) -> "pq.ParquetFile | rowgroups.VerifiedParquet":
+        """The shard, for reading row groups that are each verified when first read (the
+        loader workers' path; the footer is verified now). A shard without a row-group index
+        is hashed whole instead, once per process, as readers before the index did."""
+        if shard.row_groups is None:
+            if shard.rel not in self._hashed:
+                self.verify_checksum(shard)
+                self._hashed.add(shard.rel)
+            return self.open_shard(shard)
+        rel = shard_rel(self.store, shard.rel)
+        try:
+            size = self.store.size(rel)  # remote: a failure is one line naming the object
+        except FileNotFoundError:
+            raise PipelineError(f"shard {shard.rel} listed in the manifest is missing") from None
+        if size != shard.bytes:
+            raise PipelineError(f"shard {shard.rel}: {rowgroups.MISMATCH}")
+        pf = rowgroups.open_verified(self.store.open(rel, "rb"), shard.rel, shard.row_groups,
+                                     lambda: self.store.guard(rel))
+        try:
+            meta = pf.metadata
+            if [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] != \
+                    shard.row_groups["row_group_rows"]:
+                raise PipelineError(f"shard {shard.rel}: its row groups hold other row counts "
+                                    "than manifest.json lists; the dataset is corrupt")
+            return self._checked(pf, shard)
+        except PipelineError:
+            pf.close()
+            raise
+
+    def _checked(self, pf, shard: ShardInfo):
+        """The schema and key-value metadata of an opened shard, checked against the manifest."""
         expected = S.arrow_schema(self.spec)
         if not pf.schema_arrow.remove_metadata().equals(expected):
             raise PipelineError(f"shard {shard.rel}: schema does not match format "

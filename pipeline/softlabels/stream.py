@@ -21,6 +21,7 @@ must keep those; the trainer checks it.
 """
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,7 +30,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import PipelineError
+from pipeline.softlabels import rowgroups
 from pipeline.softlabels.reader import SoftLabelDataset
+
+OPEN_SHARDS = 8  # per consumer: its row groups are dealt at random, so reuse is rare
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,37 @@ def check_compatible(dataset: SoftLabelDataset, vocab_size: int | None = None,
 
 
 def row_group_units(dataset: SoftLabelDataset, split: str) -> np.ndarray:
-    """[(shard index, row group index, rows)] of a split, from metadata; checks schema and rows."""
-    units = []
-    for shard in dataset.split_shards(split):
+    """[(shard index, row group index, rows)] of a split's non-empty row groups, in shard then
+    row group order. From the manifest's row-group index when shards have one (no file opened:
+    start-up does not grow with the dataset); else from the shard's Parquet footer (datasets of
+    older labelers), where the schema and row count are checked too."""
+    shards = dataset.split_shards(split)
+    parts = [_indexed_units([s for s in shards if s.row_groups is not None], len(shards))]
+    for shard in (s for s in shards if s.row_groups is None):
         meta = dataset.open_shard(shard).metadata
         rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         if sum(rows) != shard.rows:
             raise PipelineError(f"shard {shard.rel}: {sum(rows)} rows on disk but the manifest "
                                 f"says {shard.rows}; the dataset is corrupt - relabel it")
-        units += [(shard.index, i, n) for i, n in enumerate(rows) if n]
-    return np.asarray(units, dtype=np.int64).reshape(-1, 3)
+        parts.append(np.asarray([(shard.index, i, n) for i, n in enumerate(rows) if n],
+                                dtype=np.int64).reshape(-1, 3))
+    units = np.concatenate(parts)
+    return units[np.lexsort((units[:, 1], units[:, 0]))] if len(parts) > 1 else units
+
+
+def _indexed_units(indexed: list, n_shards: int) -> np.ndarray:
+    """Units of the shards listed with a row-group index, from the manifest alone; refuses an
+    index whose rows do not add up to the entry's (one numpy comparison for all shards)."""
+    units = rowgroups.plan_units([(s.index, s.row_groups["row_group_rows"]) for s in indexed])
+    listed = np.bincount(units[:, 0], units[:, 2], minlength=n_shards)
+    rows = np.fromiter((s.rows for s in indexed), dtype=np.int64, count=len(indexed))
+    where = np.fromiter((s.index for s in indexed), dtype=np.int64, count=len(indexed))
+    if (bad := np.flatnonzero(listed[where] != rows)).size:
+        shard = indexed[int(bad[0])]
+        raise PipelineError(f"shard {shard.rel}: its row groups hold {int(listed[shard.index])} "
+                            f"rows (manifest row_group_rows) but the manifest says {shard.rows}; "
+                            "the dataset is corrupt - relabel it")
+    return units
 
 
 def _consumer_units(units: np.ndarray, cfg: StreamConfig, epoch: int, consumer: int):
@@ -91,27 +116,33 @@ def epoch_lengths(units: np.ndarray, cfg: StreamConfig, epoch: int) -> dict[int,
 
 
 def consumer_plan(units: np.ndarray, cfg: StreamConfig, epoch: int,
-                  consumer: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """One consumer's epoch: (unit ids, row offsets of the units, batches of global row ids)."""
+                  consumer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One consumer's epoch: (unit ids, row offsets of the units, global row ids in reading
+    order); batch j is rows[j * batch_size:(j + 1) * batch_size]. Arrays, no per-batch Python:
+    at 10^5 shards an epoch has 10^5+ batches and this runs before the first one."""
     mine = _consumer_units(units, cfg, epoch, consumer)
     counts = units[mine, 2]
     starts = np.concatenate([[0], np.cumsum(counts)])
     rng = np.random.default_rng([cfg.seed, epoch, consumer, cfg.consumers])
-    order, lo, window_rows = [], 0, 0
-    for i, n in enumerate(counts):
-        window_rows += int(n)
-        if window_rows >= cfg.shuffle_rows or i == len(counts) - 1:
+    order, lo, window_rows, last = [], 0, 0, len(counts) - 1
+    for i, n in enumerate(counts.tolist()):
+        window_rows += n
+        if window_rows >= cfg.shuffle_rows or i == last:
             order.append(starts[lo] + rng.permutation(int(starts[i + 1] - starts[lo])))
             lo, window_rows = i + 1, 0
     rows = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
-    batches = [rows[j:j + cfg.batch_size] for j in range(0, len(rows), cfg.batch_size)]
-    return mine, starts, batches
+    return mine, starts, rows
 
 
-def canonical_order(lengths: dict[int, int]) -> list[tuple[int, int]]:
-    """(consumer, batch) pairs in the order the trainer sees them: round-robin by batch index."""
-    return [(c, j) for j in range(max(lengths.values(), default=0))
-            for c, n in sorted(lengths.items()) if j < n]
+def canonical_order(lengths: dict[int, int]) -> np.ndarray:
+    """[(consumer, batch)] in the order the trainer sees them: round-robin by batch index
+    (numpy: an epoch may hold 10^5+ batches)."""
+    cs = np.asarray(sorted(lengths), dtype=np.int64)
+    ns = np.asarray([lengths[c] for c in cs.tolist()], dtype=np.int64)
+    consumer = np.repeat(cs, ns)
+    batch = np.arange(int(ns.sum())) - np.repeat(np.cumsum(ns) - ns, ns)
+    by = np.lexsort((consumer, batch))  # batch index first, then consumer
+    return np.stack([consumer[by], batch[by]], axis=1)
 
 
 def _gather(cache: dict, unit_of_row: np.ndarray, offset: np.ndarray) -> dict:
@@ -137,9 +168,10 @@ class SoftLabelStream(IterableDataset):
     """
 
     def __init__(self, dataset: SoftLabelDataset, cfg: StreamConfig, units: np.ndarray,
-                 epoch: int, skip: dict[int, int] | None = None, last_epoch: int | None = None):
+                 epoch: int, skip: dict[int, int] | None = None, last_epoch: int | None = None,
+                 verify_rows: bool = False):
         self.dataset, self.cfg, self.units, self.epoch = dataset, cfg, units, epoch
-        self.skip, self.last_epoch = skip or {}, last_epoch
+        self.skip, self.last_epoch, self.verify_rows = skip or {}, last_epoch, verify_rows
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -162,29 +194,44 @@ class SoftLabelStream(IterableDataset):
             epoch += 1
 
     def iter_consumer(self, consumer: int, epoch: int, skip: int = 0) -> Iterator[dict]:
-        mine, starts, batches = consumer_plan(self.units, self.cfg, epoch, consumer)
-        last_use = np.full(len(mine), -1)
-        for j, rows in enumerate(batches):
-            last_use[np.searchsorted(starts, rows, side="right") - 1] = j
+        mine, starts, rows = consumer_plan(self.units, self.cfg, epoch, consumer)
+        size = self.cfg.batch_size
+        unit_of_row = np.searchsorted(starts, rows, side="right") - 1
+        last_use = np.full(len(mine), -1)  # the last batch that reads each unit
+        np.maximum.at(last_use, unit_of_row, np.arange(len(rows)) // size)
         shards = self.dataset.split_shards(self.cfg.split)
         files, cache = {}, {}
-        for j in range(skip, len(batches)):
-            local = np.searchsorted(starts, batches[j], side="right") - 1
-            for u in np.unique(local):
-                if int(u) not in cache:
-                    shard_i, rg, _ = self.units[mine[u]]
-                    shard = shards[int(shard_i)]
-                    if shard_i not in files:
-                        files[shard_i] = self.dataset.open_shard(shard)
-                    cache[int(u)] = self._decode(files[shard_i], int(rg), shard.rel)
-            batch = _gather(cache, local, batches[j] - starts[local])
-            for u in [u for u in cache if last_use[u] <= j]:
-                del cache[u]
-            yield {**batch, "consumer": consumer, "index": j}
+        try:
+            for j in range(skip, -(-len(rows) // size)):
+                local = unit_of_row[j * size:(j + 1) * size]
+                for u in np.unique(local):
+                    if int(u) not in cache:
+                        shard_i, rg, _ = self.units[mine[u]]
+                        shard = shards[int(shard_i)]
+                        cache[int(u)] = self._decode(self._open(files, shard), int(rg), shard.rel)
+                batch = _gather(cache, local, rows[j * size:(j + 1) * size] - starts[local])
+                for u in [u for u in cache if last_use[u] <= j]:
+                    del cache[u]
+                yield {**batch, "consumer": consumer, "index": j}
+        finally:
+            for pf in files.values():
+                pf.close()
+
+    def _open(self, files: dict, shard):
+        """A shard's reader, from a few kept open per consumer (at 10^5 shards, keeping every
+        one open would exhaust file handles)."""
+        if shard.index not in files:
+            if len(files) >= OPEN_SHARDS:
+                files.pop(next(iter(files))).close()
+            files[shard.index] = (self.dataset.open_verified(shard) if self.verify_rows
+                                  else self.dataset.open_shard(shard))
+        return files[shard.index]
 
     def _decode(self, pf, row_group: int, rel: str) -> dict:
         try:
             table = pf.read_row_group(row_group)
+        except PipelineError:  # a row group that does not match its checksum
+            raise
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise PipelineError(f"shard {rel} row group {row_group} could not be read: "
                                 f"{exc}") from exc
@@ -194,13 +241,19 @@ class SoftLabelStream(IterableDataset):
 class StreamReader:
     """The trainer's view: verified shards, epoch lengths, and batches in canonical order."""
 
-    def __init__(self, dataset: SoftLabelDataset, cfg: StreamConfig, verify: bool = True,
+    def __init__(self, dataset: SoftLabelDataset, cfg: StreamConfig, verify: bool | str = True,
                  pin_memory: bool = False):
+        """verify: True hashes every shard of the split now (reads it all: small datasets,
+        tests); "lazy" verifies each row group as it is first read, in the loader workers
+        (`train`: nothing read before the first step); False trusts the files (benchmarks)."""
         if cfg.batch_size < 1 or cfg.num_workers < 0 or not 0 <= cfg.rank < cfg.world_size:
             raise PipelineError(f"bad stream settings {cfg}: batch_size >= 1, num_workers >= 0 "
                                 "and 0 <= rank < world_size are needed")
+        if verify not in (True, False, "lazy"):
+            raise ValueError(f"verify must be True, False or 'lazy', not {verify!r}")
         self.dataset, self.cfg, self.pin_memory = dataset, cfg, pin_memory
-        if verify:
+        self.verify_rows = verify == "lazy"
+        if verify is True:
             for shard in dataset.split_shards(cfg.split):
                 dataset.verify_checksum(shard)
         self.units = row_group_units(dataset, cfg.split)
@@ -223,21 +276,24 @@ class StreamReader:
         (None: until the caller stops). With DataLoader workers, the same workers serve every
         epoch: they are started once, not once per epoch (bench figure 3)."""
         order = canonical_order(epoch_lengths(self.units, self.cfg, epoch))
-        skip = {c: 0 for c in self.cfg.local_consumers}
-        for c, _ in order[:start]:
-            skip[c] += 1
-        stream = SoftLabelStream(self.dataset, self.cfg, self.units, epoch, skip, last_epoch)
+        skipped = Counter(order[:start, 0].tolist())
+        skip = {c: skipped[c] for c in self.cfg.local_consumers}
+        stream = SoftLabelStream(self.dataset, self.cfg, self.units, epoch, skip, last_epoch,
+                                 self.verify_rows)
         if self.cfg.num_workers == 0:
             source = stream.iter_epochs(self.cfg.local_consumers[0])
         else:
             source = iter(DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers,
                                      pin_memory=self.pin_memory))
         pending: dict[tuple[int, int, int], dict] = {}
+        pos_epoch = epoch  # the epoch `order` is for
         while last_epoch is None or epoch <= last_epoch:
             # epoch_length may cut an epoch short (torchrun: every rank stops at the shortest)
-            order = canonical_order(epoch_lengths(self.units, self.cfg, epoch))
+            if pos_epoch != epoch:
+                order = canonical_order(epoch_lengths(self.units, self.cfg, epoch))
+                pos_epoch = epoch
             for pos in range(start, self.epoch_length(epoch)):
-                want = (epoch, *order[pos])
+                want = (epoch, int(order[pos, 0]), int(order[pos, 1]))
                 while want not in pending:
                     b = next(source)
                     if "error" in b:

@@ -123,6 +123,24 @@ def _mode_problems(ds: SoftLabelDataset, table: pa.Table, name: str, counts: np.
     return problems
 
 
+def index_problems(ds: SoftLabelDataset, shard: ShardInfo) -> list[str]:
+    """The row-group index of a shard whose whole sha256 matched: every segment's sha256 and the
+    footer's row counts, so that a wrong index is found here rather than mid-training."""
+    if shard.row_groups is None:
+        return []
+    try:
+        pf = ds.open_verified(shard)  # the footer and the row counts
+        try:
+            for i in range(pf.metadata.num_row_groups):
+                pf.file.segment(i)
+                pf.file.release()
+        finally:
+            pf.close()
+    except PipelineError as exc:
+        return [str(exc)]
+    return []
+
+
 def validate_dataset(root: str | Path) -> tuple[list[str], dict]:
     """Return (problems, summary). Manifest-level problems raise PipelineError."""
     ds = SoftLabelDataset(root)
@@ -136,7 +154,7 @@ def validate_dataset(root: str | Path) -> tuple[list[str], dict]:
                 problems.append(str(exc))
                 continue
             rows += table.num_rows
-            problems += check_table(ds, shard, table)
+            problems += check_table(ds, shard, table) + index_problems(ds, shard)
     if ds.store.isfile(TOKENIZER) and ds.store.sha256(TOKENIZER) != ds.tokenizer_sha256:
         problems.append(f"{TOKENIZER}: sha256 differs from manifest tokenizer.sha256")
     return problems, {"shards": shards_checked, "rows": rows}

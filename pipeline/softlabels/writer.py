@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.io.hashing import sha256_file
 from pipeline.io.storage import Store
 from pipeline.softlabels import schema as S
 from pipeline.softlabels import sortedids
 from pipeline.softlabels.encodings import encode_logprobs
 from pipeline.softlabels.layout import record_relpath, shard_relpath
 from pipeline.softlabels.ragged import pack, row_offsets
+from pipeline.softlabels.rowgroups import index_file
 
 
 @dataclass
@@ -143,9 +143,9 @@ def _write_parquet(tmp: Path, table: pa.Table, row_group_rows: int, rel: str) ->
 
 def shard_record(table: pa.Table, rel: str, path: Path, input_sha256: str) -> dict:
     positions = len(table.column(S.COL_INPUT_IDS).combine_chunks().values)
+    # sha256 and the row-group index (softlabels/rowgroups.py) in one read of the file
     record = {"path": rel, "rows": table.num_rows, "positions": int(positions),
-              "bytes": path.stat().st_size, "sha256": sha256_file(path),
-              "input_sha256": input_sha256}
+              "bytes": path.stat().st_size, **index_file(path), "input_sha256": input_sha256}
     if S.COL_TAIL in table.column_names:
         tail = table.column(S.COL_TAIL).combine_chunks().values.to_numpy()
         record["topk_mass_sum"] = float((1.0 - tail.astype(np.float64)).sum())

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.io.hashing import sha256_file
+from pipeline.softlabels.rowgroups import index_file
 from stages.label import LabelConfig
 from stages.label import run as label
 
@@ -79,7 +79,7 @@ def rewrite_shard(root: Path, rel: str, mutate) -> None:
 
     def fix(m):
         entry = next(e for shards in m["splits"].values() for e in shards if e["path"] == rel)
-        entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+        entry.update(index_file(path), bytes=path.stat().st_size)  # sha256, row-group index
 
     edit_manifest(root, fix)
 

@@ -479,11 +479,13 @@ CASES = [
          lambda e: train_args(e, run_copy(e, complete=True), None, "--max-steps", "3"),
          unchanged),
     Case("train", "shard changed after labeling",
-         "error: shard shards/train/part-00001.parquet: checksum mismatch with manifest.json "
-         "(the file changed or is corrupt); re-download or relabel it", 1, "nothing written",
+         "error: shard shards/train/part-00001.parquet row group <g>: checksum mismatch with "
+         "manifest.json (the file changed or is corrupt); re-download or relabel it", 1,
+         "checkpoints so far; no complete.json (row groups are verified as they are first "
+         "read, so the run stops before the changed one's rows are used)",
          lambda e: train_args(e, write_student(e.tmp), _tampered(e, flip_byte,
                                                                  "shards/train/part-00001.parquet")),
-         nothing_written),
+         no_complete_run),
     Case("train", "shard with a NaN log-probability and its sha256 updated",
          "error: shard shards/train/part-00000.parquet row group <g> row <r>: non-finite "
          "log-probability", 1, "checkpoints so far; no complete.json",

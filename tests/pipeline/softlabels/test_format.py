@@ -86,18 +86,11 @@ def test_validate_catches_truncated_shard(dataset, tmp_path):
 
 
 def _rewrite_shard(d, mutate):
-    """Rewrite train shard 0 with mutated values and fix its checksum in the manifest, so only
-    the content checks can catch it."""
-    from pipeline.io.hashing import sha256_file
+    """Rewrite train shard 0 with mutated values and fix its checksum (and row-group index) in
+    the manifest, so only the content checks can catch it."""
+    from tests.reliability.conftest import rewrite_shard
 
-    path = d / "shards/train/part-00000.parquet"
-    table = pq.read_table(path)
-    table = mutate(table)
-    pq.write_table(table, path)
-    m = json.loads((d / "manifest.json").read_text())
-    entry = m["splits"]["train"][0]
-    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
-    (d / "manifest.json").write_text(json.dumps(m))
+    rewrite_shard(d, "shards/train/part-00000.parquet", mutate)
 
 
 @pytest.mark.parametrize("column,value,message", [
