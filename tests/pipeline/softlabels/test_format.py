@@ -224,3 +224,33 @@ def test_reader_value_checks_accept_the_edges_and_name_the_first_bad_row(name, v
     batch[name][2, 1, ...] = value
     with pytest.raises(PipelineError, match=f"^w row 2: {message}"):
         checks.values(batch, 10, "w")
+
+
+def _set_values(column: str, edit):
+    """A mutate() for _rewrite_shard: edit(values) changes the flat values of one list column."""
+    import pyarrow as pa
+
+    def mutate(table):
+        col = table.column(column).combine_chunks()
+        values = col.values.to_numpy(zero_copy_only=False).copy()
+        edit(values)
+        new = pa.ListArray.from_arrays(col.offsets, pa.array(values, type=col.type.value_type))
+        return table.set_column(table.schema.get_field_index(column), column, new)
+
+    return mutate
+
+
+def test_validate_catches_an_id_stored_twice_at_one_position(dataset, tmp_path):
+    d = copy(dataset, tmp_path)
+    mid = lambda v: len(v) // 2 - (len(v) // 2) % 8  # noqa: E731 - first entry of a position
+    _rewrite_shard(d, _set_values("topk_ids", lambda v: v.__setitem__(mid(v) + 3, v[mid(v)])))
+    problems, _ = validate_dataset(d)
+    assert problems == ["shards/train/part-00000.parquet row 8: an id is stored twice at one "
+                        "position"]
+
+
+def test_validate_accepts_tail_mass_at_both_ends_of_its_range(dataset, tmp_path):
+    """0 (k covers all the mass) and 1 (fp rounding of a tiny stored mass) are valid tails."""
+    d = copy(dataset, tmp_path)
+    _rewrite_shard(d, _set_values("tail_mass", lambda v: v.__setitem__(slice(0, 2), [0.0, 1.0])))
+    assert validate_dataset(d)[0] == []
