@@ -52,14 +52,22 @@ def dask_setup(worker) -> None:
     """Preloaded into every local worker process (dask calls it on start): Ctrl-C and a
     scheduler's SIGTERM reach the whole process group, but stopping is the client's job
     (pipeline/interrupt.py): it closes the cluster, which ends each worker (SIGKILL if need be;
-    a worker also exits when the client's process is gone). So a worker ignores them, instead
-    of dying mid-task with a traceback and being restarted by its nanny during the shutdown."""
+    a worker also exits when the client's process is gone). So a worker does not die on them
+    (mid-task, with a traceback, restarted by its nanny during the shutdown); it only goes quiet:
+    from then on its scheduler connection is expected to close, and the heartbeat that finds it
+    closed would log a CommClosedError traceback under the client's one-line message."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, _quiet_for_shutdown)
+
+
+def _quiet_for_shutdown(signum, frame) -> None:
+    """A stop signal reached this worker: silence dask's own logs for the rest of its life."""
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _visible_gpus() -> int:
