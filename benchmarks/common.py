@@ -58,6 +58,7 @@ class Params:
     vocab_docs: int = 24  # fig 9: articles of both train datasets (≥ vocab_steps batches)
     vocab_steps: int = 3  # fig 9: optimizer steps per measured `train`
     vocab_label_docs: int = 8  # fig 9: articles per measured `label` at the wide vocabulary
+    wide_label_docs: int = 24  # fig 1 (wide): articles labeled at 151,936 logits
     startup_shards: int = 100_000  # fig 10: the big dataset (the small one has 10 shards)
     startup_docs: int = 60  # fig 10: articles labeled for its 16-row source shards
 
@@ -68,7 +69,8 @@ class Params:
                    validation_fraction=0.3, label_docs=3, base_docs=10, storage_rows=4,
                    stream_student_steps=2, stream_epochs=2, students_steps=2, memory_docs=1,
                    quality_steps=2, quality_eval_rows=4, wide_vocab=32_768, vocab_docs=2,
-                   vocab_steps=2, vocab_label_docs=1, startup_shards=1_000, startup_docs=20)
+                   vocab_steps=2, vocab_label_docs=1, wide_label_docs=2, startup_shards=1_000,
+                   startup_docs=20)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
