@@ -205,3 +205,32 @@ def encode_conversation(template: ChatTemplate, tokenizer, messages: list[dict],
     positions = np.zeros(len(ids), dtype=bool)
     positions[:-1] = token_mask[1:]  # position t predicts token t + 1
     return ids, positions
+
+
+def dataset_template(manifest: dict) -> dict | None:
+    """The chat template a 1.3 dataset was rendered with ({sha256, source, text}), or None."""
+    found = (manifest.get("samples") or {}).get("chat_template")
+    return found if isinstance(found, dict) and isinstance(found.get("text"), str) else None
+
+
+def check_model_template(manifest: dict, folder: Path | None, who: str) -> None:
+    """Refuse a model whose own chat template differs from the one the dataset was rendered
+    with, as a different tokenizer is refused: the same conversation would be other tokens."""
+    want = (manifest.get("tokenizer") or {}).get("chat_template_sha256")
+    found = template_of_folder(folder) if want and folder is not None else None
+    if found is None:
+        return
+    got = hashlib.sha256(found[0].encode()).hexdigest()
+    if got != want:
+        raise PipelineError(f"{who}: its chat template ({found[1]}, sha256 {got[:12]}) differs "
+                            f"from the one the dataset was rendered with (sha256 {want[:12]}); "
+                            "relabel with this model's template (--chat-template) or use a "
+                            "model with the dataset's")
+
+
+def write_template(manifest: dict, folder: Path) -> None:
+    """Give a trained student the dataset's template (chat_template.jinja, which transformers'
+    AutoTokenizer also reads), so it is served with the text it was trained on."""
+    found = dataset_template(manifest)
+    if found is not None:
+        (folder / TEMPLATE_FILE).write_text(found["text"])
