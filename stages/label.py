@@ -35,6 +35,7 @@ from pipeline.io.hashing import sha256_file, sha256_json
 from pipeline.io.locking import DirLock
 from pipeline.io.storage import Store
 from pipeline.labeling import modes as labelmodes
+from pipeline.labeling import samples
 from pipeline.labeling.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
 from pipeline.labeling.packing import ShardSpill, iter_shard_inputs
 from pipeline.labeling.shards import ShardWork, label_in_process, label_on_cluster
@@ -110,7 +111,7 @@ def resolve_seq_len(cfg: LabelConfig, context: int | None) -> LabelConfig:
 
 
 def plan_params(cfg: LabelConfig, spec, tokenizer_sha256: str | None,
-                teacher_sha256: str | None) -> dict:
+                teacher_sha256: str | None, settings=None) -> dict:
     """Everything a plan.json records about how the dataset was made, except the corpus content
     (which needs a read): the one definition both planning and is_complete use."""
     return {"seq_len": cfg.seq_len, "shard_rows": cfg.shard_rows,
@@ -118,7 +119,8 @@ def plan_params(cfg: LabelConfig, spec, tokenizer_sha256: str | None,
             "labels": spec.as_dict(), "tokenizer_sha256": tokenizer_sha256,
             "teacher_sha256": teacher_sha256,
             "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
-                       "id_column": cfg.id_column, "limit_docs": cfg.limit_docs}}
+                       "id_column": cfg.id_column, "limit_docs": cfg.limit_docs},
+            **(samples.plan_params(cfg, settings) if settings else {})}
 
 
 def is_complete(cfg: LabelConfig) -> bool:
@@ -142,24 +144,36 @@ def is_complete(cfg: LabelConfig) -> bool:
     teacher_sha = local_weights_sha256(cfg.teacher) if cfg.top_k > 0 else None
     if tokenizer_sha is None or (cfg.top_k > 0 and teacher_sha is None):
         return False  # not verifiable without loading: `run` resumes instead
-    return committed and params == plan_params(cfg, spec, tokenizer_sha, teacher_sha)
+    settings = samples.local_settings(cfg, _local_tokenizer_path(cfg))
+    if settings is None:
+        return False
+    return committed and params == plan_params(cfg, settings.spec(spec), tokenizer_sha,
+                                               teacher_sha, settings)
 
 
-def _local_tokenizer_sha256(cfg: LabelConfig) -> str | None:
-    """The hash of the tokenizer.json labeling would use, when it is a local file."""
+def _local_tokenizer_path(cfg: LabelConfig) -> Path | None:
+    """The tokenizer.json labeling would use, when it is a local file."""
     path = Path(cfg.tokenizer) if cfg.tokenizer else None
     if path is None and cfg.teacher:  # None for a teacher on object storage
         path = Store(cfg.teacher.removeprefix(HF_PREFIX)).local_path(layout.TOKENIZER)
-    return sha256_file(path) if path is not None and path.is_file() else None
+    return path if path is not None and path.is_file() else None
 
 
-def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill) -> dict:
+def _local_tokenizer_sha256(cfg: LabelConfig) -> str | None:
+    path = _local_tokenizer_path(cfg)
+    return sha256_file(path) if path is not None else None
+
+
+def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill, settings) -> dict:
     """Read, tokenize and pack the corpus once: the plan, and each shard's input in `spill`."""
     corpus = CorpusSpec(cfg.corpus, cfg.text_column, cfg.id_column)
-    stats = CorpusStats()
+    stats, sample_stats = CorpusStats(), samples.SampleStats()
     shards = []
-    for s in iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
-                               cfg.validation_fraction, cfg.limit_docs, stats):
+    inputs = (iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
+                                cfg.validation_fraction, cfg.limit_docs, stats)
+              if settings.legacy else samples.iter_inputs(cfg, tokenizer, settings, stats,
+                                                          sample_stats))
+    for s in inputs:
         spill.put(s)
         shards.append({"split": s.split, "index": s.index, "rows": int(s.tokens.shape[0]),
                        "input_sha256": s.input_sha256})
@@ -169,8 +183,11 @@ def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill) -> dict:
     if not shards:
         raise PipelineError(f"corpus {cfg.corpus} has fewer than --seq-len {cfg.seq_len} tokens; "
                             "use a smaller --seq-len or a bigger corpus")
-    params = plan_params(cfg, spec, tokenizer.sha256, teacher.weights_sha256 if teacher else None)
+    params = plan_params(cfg, spec, tokenizer.sha256, teacher.weights_sha256 if teacher else None,
+                         settings)
     plan = {"params": params, "shards": shards, "corpus_stats": stats.as_dict()}
+    if not settings.legacy:
+        plan["sample_stats"] = sample_stats.as_dict()
     plan["fingerprint"] = sha256_json({"params": params, "shards": shards})
     return plan
 
@@ -210,7 +227,7 @@ def _completed(store: Store, shard: dict) -> dict | None:
     return rec if ok else None
 
 
-def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
+def _manifest(cfg, plan, spec, tokenizer, teacher, records, settings) -> dict:
     splits: dict[str, list] = {}
     for rec in sorted(records, key=lambda r: r["path"]):
         split = rec["path"].split("/")[1]
@@ -220,7 +237,8 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
         splits.setdefault(split, []).append(entry)
     positions = sum(r["positions"] for r in records)
     nbytes = sum(r["bytes"] for r in records)
-    mass = (sum(r["topk_mass_sum"] for r in records) / positions) if spec.has_labels else None
+    labeled = sum(r.get("trained_positions", r["positions"]) for r in records)  # 1.3: masked
+    mass = (sum(r["topk_mass_sum"] for r in records) / max(labeled, 1)) if spec.has_labels else None
     stats = plan["corpus_stats"]
     return {
         "format_version": spec.format_version,
@@ -228,7 +246,8 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan_fingerprint": plan["fingerprint"],
         "teacher": teacher.describe() if teacher else None,
-        "tokenizer": tokenizer.describe(),
+        "tokenizer": {**tokenizer.describe(), **({"chat_template_sha256": settings.template.sha256}
+                                                  if settings.template else {})},
         "corpus": {"uri": cfg.corpus, "fingerprint": sha256_json(
             [s["input_sha256"] for s in plan["shards"]]),
                    "validation_fraction": cfg.validation_fraction, "split_rule": SPLIT_RULE,
@@ -240,6 +259,7 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
                     "bytes_per_position": nbytes / max(positions, 1),
                     "bytes_per_entry": nbytes / max(positions * max(spec.k, 1), 1),
                     **labelmodes.summary_extras(spec, records, nbytes)},
+        **samples.manifest_fields(settings, plan, records),
     }
 
 
@@ -251,14 +271,15 @@ def run(cfg: LabelConfig) -> dict:
     device = torch.device("cpu") if distributed else resolve_device(cfg.device)
     teacher, tokenizer = _load_inputs(cfg, device)
     cfg = resolve_seq_len(cfg, teacher.config.get("context") if teacher else None)
-    spec = labelmodes.build_spec(cfg, tokenizer.vocab_size)
+    settings = samples.resolve(cfg, tokenizer)
+    spec = settings.spec(labelmodes.build_spec(cfg, tokenizer.vocab_size))
     store = Store(cfg.out)
     if store.exists() and not store.isdir():
         raise PipelineError(f"--out {store} is a file, not a folder; choose a folder for the "
                             "dataset")
     with _client(cfg) as client, DirLock(store), temporary_dir("softlabels-plan-") as tmp:
         spill = ShardSpill(Path(tmp))
-        plan = _plan(cfg, tokenizer, teacher, spec, spill)
+        plan = _plan(cfg, tokenizer, teacher, spec, spill, settings)
         _prepare_out(store, plan, cfg.overwrite)
         records = {}
         for shard in plan["shards"]:
@@ -275,7 +296,7 @@ def run(cfg: LabelConfig) -> dict:
         all_records = list(records.values()) + new
         _check_complete(plan, all_records)
         store.put_file(tokenizer.path, layout.TOKENIZER)
-        manifest = _manifest(cfg, plan, spec, tokenizer, teacher, all_records)
+        manifest = _manifest(cfg, plan, spec, tokenizer, teacher, all_records, settings)
         write_card(store, manifest)
         store.write_json(MANIFEST, manifest)  # the commit point: always last
         return manifest

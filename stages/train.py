@@ -37,6 +37,7 @@ from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.cache import cache_dir
 from pipeline.io.hashing import sha256_file
 from pipeline.io.storage import Store, absolute
+from pipeline.labeling.chat import check_model_template, write_template
 from pipeline.labeling.modes import match_loss
 from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
@@ -87,6 +88,7 @@ def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
         if spec.tokenizer:
             check_compatible(ds, tokenizer_sha256=load_tokenizer(spec.tokenizer).sha256,
                              who=f"student {path}")
+            check_model_template(ds.manifest, Path(spec.tokenizer).parent, f"student {path}")
         if spec.loss.uses_labels and not ds.spec.has_labels:
             raise ConfigError(f"{path}: [loss] kind {spec.loss.kind!r} needs soft labels but "
                               f"dataset {ds.root} is tokens only (labels mode 'none'); set "
@@ -216,6 +218,7 @@ def _open_runs(todo, reader, ds, cfg, device, on_checkpoint=None) -> list[Studen
             (run_dir / METRICS).unlink(missing_ok=True)  # left by a run killed
             shutil.rmtree(run_dir / STATE, ignore_errors=True)  # before its first checkpoint
             (run_dir / CONFIG).write_text(dumps_toml(resolved))
+            write_template(ds.manifest, run_dir)  # 1.3 chat data: the student's template
             run.save_checkpoint(_stream_settings(reader.cfg))
         runs.append(run)
     return runs

@@ -16,6 +16,10 @@ LOGPROB_ENCODINGS = ("fp16", "fp32", "u8")
 ID_ENCODINGS = ("sorted_delta", "rank")
 U8_DEFAULT_MIN_LOGPROB = -16.0
 LABEL_MODES = ("topk", "topp", "sampled")
+# as in pipeline/labeling/chat.py and rows.py (a test keeps them equal)
+TRAIN_ON = ("all", "assistant", "last-turn")
+PACK_MODES = ("concat", "none", "packed")
+OVERLONG = ("truncate", "drop", "refuse")
 DEFAULT_SEQ_LEN = 256
 MAX_ENTRIES = 65535  # counts of top-p/sampled entries are stored as uint16
 QUIET = "pipeline run --quiet"
@@ -91,6 +95,31 @@ class LabelConfig:
                            check=Choice(ID_ENCODINGS))
     trust_remote_code: bool = opt(False, help="Let an hf: teacher run the Python code its repo "
                                   "ships.", flag=("--trust-remote-code",))
+    # chat and packed data (format 1.3, pipeline/labeling/samples.py)
+    messages_column: str | None = opt(None, help="Conversation corpus: column holding a list "
+                                      "of {role, content} messages.",
+                                      job="[corpus] messages_column")
+    prompt_column: str | None = opt(None, help="Prompt/response corpus: the prompt column "
+                                    "(with --response-column).", job="[corpus] prompt_column")
+    response_column: str | None = opt(None, help="Prompt/response corpus: the response column.",
+                                      job="[corpus] response_column")
+    chat_template: str | None = opt(None, help="Jinja chat template file (default: the "
+                                    "teacher tokenizer's chat_template).", check=PATH,
+                                    cli_type=Path)
+    train_on: str | None = opt(None, help="Positions trained on (and labeled): all, assistant "
+                               "or last-turn.", check=Choice(TRAIN_ON),
+                               show_default="assistant for conversations, all for text")
+    pack: str | None = opt(None, help="Rows: concat (samples back to back, attention across "
+                           "them), none (one sample a row, padded) or packed (several, each "
+                           "attending only to itself).", check=Choice(PACK_MODES),
+                           show_default="packed for conversations, concat for text")
+    add_special_tokens: str = opt("auto", help="BOS/EOS of the tokenizer's post-processor: "
+                                  "auto (text: as the tokenizer does; conversations: as the "
+                                  "template writes), yes or no.",
+                                  check=Choice(("auto", "yes", "no")))
+    overlong: str = opt("truncate", help="A sample longer than --seq-len (pack none/packed): "
+                        "truncate, drop or refuse (counted in the manifest).",
+                        check=Choice(OVERLONG))
 
 
 @dataclass(kw_only=True)

@@ -55,7 +55,8 @@ def topk_selector(k: int):
 def label_tokens(model: torch.nn.Module, tokens: np.ndarray, k: int, batch_size: int,
                  device: torch.device, shard_name: str = "shard",
                  on_batch=None, select=None,
-                 chunk: int | None = None) -> tuple[np.ndarray, ...]:
+                 chunk: int | None = None,
+                 segments: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Run the teacher over [rows, seq] tokens in batches; return numpy ids, logprobs, tail.
 
     The teacher's head runs `chunk` positions at a time (default: `chunk_positions()`,
@@ -63,7 +64,8 @@ def label_tokens(model: torch.nn.Module, tokens: np.ndarray, k: int, batch_size:
     [batch, seq, vocab] tensor exists. `select(first_row, rows, seq_len)` → `pick(logits [n, V],
     lo, hi)` → a tuple of [n, ...] tensors for flat positions lo..hi of the batch replaces top-k
     (the other label modes, pipeline/labeling/modes.py); each element is reshaped to
-    [rows, seq, ...] and concatenated over batches (int64 → int32).
+    [rows, seq, ...] and concatenated over batches (int64 → int32). `segments` [rows, seq]:
+    packed samples that must not attend to each other (format 1.3, models/segments.py).
 
     NaN/inf logits are refused. Top-k (the default) checks its own [n, k] log-probabilities and
     tail: they are `values - logsumexp`, so a NaN or +inf anywhere in a position's logits (or
@@ -78,7 +80,9 @@ def label_tokens(model: torch.nn.Module, tokens: np.ndarray, k: int, batch_size:
     for lo in range(0, tokens.shape[0], batch_size):
         batch = torch.from_numpy(tokens[lo:lo + batch_size].astype(np.int64)).to(device)
         rows, pick, cols, bad = batch.shape[0], select(lo, batch.shape[0], seq_len), [], []
-        for a, b, logits in logit_chunks(model, batch, chunk):
+        seg = None if segments is None else torch.from_numpy(
+            segments[lo:lo + batch_size].astype(np.int64)).to(device)
+        for a, b, logits in logit_chunks(model, batch, chunk, seg):
             if checked_by_outputs:
                 cols.append(pick(logits, a, b))
                 finite = torch.isfinite(cols[-1][1]).all(dim=-1) & torch.isfinite(cols[-1][2])

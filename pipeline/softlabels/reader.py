@@ -183,10 +183,18 @@ def decode_batch(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec,
 
     Variable modes (topp, sampled) are padded to K = spec.k and add `label_mask` [R, L, K] bool
     (padding: id 0, log-probability ragged.PAD_LOGPROB); sampled adds `sample_weights`
-    [R, L, K] float32 (importance weights, 0 at padding; encodings.importance_weights)."""
+    [R, L, K] float32 (importance weights, 0 at padding; encodings.importance_weights).
+    Format 1.3 adds `loss_mask` [R, L] bool (every labeled mode is then variable: 0 entries
+    outside the mask) and `segment_ids` [R, L] int64 for packed rows."""
     rows = table.num_rows
     out = {"input_ids": torch.from_numpy(
         _flat_values(table.column(S.COL_INPUT_IDS), np.int64).reshape(rows, seq_len))}
+    if spec.loss_mask:  # 1.3: only these positions are trained on (and hold labels)
+        out["loss_mask"] = torch.from_numpy(
+            _flat_values(table.column(S.COL_LOSS_MASK), bool).reshape(rows, seq_len))
+    if spec.segments:  # 1.3: packed samples, each attending only to itself
+        out["segment_ids"] = torch.from_numpy(
+            _flat_values(table.column(S.COL_SEGMENTS), np.int64).reshape(rows, seq_len))
     if spec.variable:
         return {**out, **_decode_variable(table, spec, seq_len)}
     if spec.has_labels:

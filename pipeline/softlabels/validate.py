@@ -102,9 +102,10 @@ def _mode_problems(ds: SoftLabelDataset, table: pa.Table, name: str, counts: np.
     draws are >= 1 per stored id and sum to N per position; log-norms are finite."""
     spec, L = ds.spec, ds.seq_len
     problems = []
+    labeled = counts > 0 if spec.loss_mask else np.ones(counts.shape, dtype=bool)  # 1.3
     if spec.mode == "topp":
         short = (1.0 - tail.astype(np.float64) < spec.top_p - TOPP_SLACK) & (counts < spec.k)
-        if (bad := short | (counts < spec.min_k)).any():
+        if (bad := (short | (counts < spec.min_k)) & labeled).any():
             problems.append(f"{name} row {_first_row(bad, L)}: top-p set holds less than "
                             f"top_p {spec.top_p} of the mass (or fewer than min_k entries)")
     if spec.mode == "sampled":
@@ -113,7 +114,7 @@ def _mode_problems(ds: SoftLabelDataset, table: pa.Table, name: str, counts: np.
         if (bad := draws < 1).any():
             problems.append(f"{name} row {int(pos[np.flatnonzero(bad)[0]] // L)}: a stored "
                             "sampled id has 0 draws")
-        elif (bad := total != spec.samples).any():
+        elif (bad := (total != spec.samples) & labeled).any():
             problems.append(f"{name} row {_first_row(bad, L)}: sample_counts do not sum to "
                             f"samples = {spec.samples}")
     if spec.tempered:
