@@ -187,7 +187,45 @@ def _format13_columns(table, spec: S.LabelSpec, seq_len: int, where: str) -> np.
         elif (bad := (values < 0) | ((values == 0) & (mask if mask is not None else False))).any():
             raise PipelineError(f"{where} row {int(np.flatnonzero(bad)[0]) // seq_len}: "
                                 f"{name} negative, or padding (0) inside the loss mask")
+        else:
+            _segment_order(values.reshape(-1, seq_len), mask, where)
     return mask
+
+
+def _segment_order(seg: np.ndarray, mask: np.ndarray | None, where: str) -> None:
+    """[rows, seq_len] segment ids number a row's samples 1, 2, ... in order, contiguous, with
+    padding (0) only after the last one; a sample's last position is never trained (its next
+    token is another sample's, or padding). Otherwise a sample could attend to, or be trained
+    on, another one's tokens, which is what the column exists to prevent."""
+    prev, nxt = seg[:, :-1], seg[:, 1:]
+    step = nxt - prev
+    problems = (
+        (seg[:, 0] != 1, "does not start at 1"),
+        (((prev == 0) & (nxt != 0)).any(axis=1), "has padding (0) before a sample"),
+        (((nxt != 0) & (step < 0)).any(axis=1), "decreases (a sample number goes back)"),
+        (((nxt != 0) & (step > 1)).any(axis=1), "skips a sample number"))
+    for bad, say in problems:
+        if bad.any():
+            raise PipelineError(f"{where} row {int(np.flatnonzero(bad)[0])}: {S.COL_SEGMENTS} "
+                                f"{say}; samples are numbered 1, 2, ... then padding (0)")
+    if mask is not None:
+        last = np.concatenate([step != 0, np.ones((seg.shape[0], 1), bool)], axis=1) & (seg != 0)
+        if (bad := last & mask.reshape(seg.shape)).any():
+            raise PipelineError(f"{where} row {int(np.flatnonzero(bad.any(axis=1))[0])}: "
+                                f"{S.COL_LOSS_MASK} is true on a sample's last position (its "
+                                "next token belongs to another sample or is padding)")
+
+
+def schema_difference(got: pa.Schema, want: pa.Schema) -> str:
+    """The columns a shard lacks, has in excess or types differently: names the 1.3 column a
+    manifest claims (or omits) instead of printing two schemas."""
+    names, wanted = set(got.names), set(want.names)
+    if missing := sorted(wanted - names):
+        return f"missing column {', '.join(missing)}"
+    if extra := sorted(names - wanted):
+        return f"column {', '.join(extra)} not in the manifest's labels"
+    typed = [n for n in want.names if got.field(n).type != want.field(n).type]
+    return f"column {typed[0]} has type {got.field(typed[0]).type}" if typed else "column order"
 
 
 def _variable_lengths(table, spec: S.LabelSpec, seq_len: int, where: str,

@@ -134,7 +134,8 @@ class SoftLabelDataset:
         if not pf.schema_arrow.remove_metadata().equals(expected):
             raise PipelineError(f"shard {shard.rel}: schema does not match format "
                                 f"{self.manifest['format_version']} for labels "
-                                f"{self.spec.as_dict()}")
+                                f"{self.spec.as_dict()} ("
+                                f"{checks.schema_difference(pf.schema_arrow, expected)})")
         checks.shard_metadata(pf.schema_arrow.metadata, shard.rel, shard.split, self.spec,
                               self.seq_len, self.tokenizer_sha256)
         return pf

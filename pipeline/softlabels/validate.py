@@ -74,6 +74,9 @@ def check_table(ds: SoftLabelDataset, shard: ShardInfo, table: pa.Table) -> list
             problems.append(f"{name} row {entry_row(bad)}: log-probabilities not descending")
     if (bad := ~((tail >= 0) & (tail <= 1))).any():
         problems.append(f"{name} row {_first_row(bad, L)}: tail mass outside [0, 1]")
+    elif spec.loss_mask and (bad := (counts == 0) & (tail != 1)).any():  # 1.3
+        problems.append(f"{name} row {_first_row(bad, L)}: tail mass not 1 at a position "
+                        "without stored entries (all of the mass is outside the empty set)")
     return problems + _mode_problems(ds, table, name, counts, tail, pos)
 
 
