@@ -177,13 +177,20 @@ def audit(cfg: AuditConfig, as_json: bool) -> None:
 @config_command(BigramConfig)
 def bigram(cfg: BigramConfig) -> None:
     """Fit a count-based bigram LM on the train split; print its validation cross-entropy."""
-    from pipeline.evaluation.bigram import bigram_cross_entropy, fit_bigram, split_rows
+    from pipeline.evaluation.bigram import bigram_cross_entropy, fit_bigram, split_rows_and_mask
     from pipeline.softlabels.reader import SoftLabelDataset
 
     ds = SoftLabelDataset(cfg.labels)
-    model = fit_bigram(split_rows(ds, "train", cfg.max_rows), ds.vocab_size)
-    ce = bigram_cross_entropy(model, split_rows(ds, "validation"))
-    out.print(f"bigram validation cross-entropy: {ce:.4f} nats (perplexity {2.718281828**ce:.1f})")
+    rows, mask = split_rows_and_mask(ds, "train", cfg.max_rows)
+    model = fit_bigram(rows, ds.vocab_size, mask=mask)
+    rows, mask = split_rows_and_mask(ds, "validation")
+    ce = bigram_cross_entropy(model, rows, mask)
+    if ce != ce:  # NaN: a masked validation split with no trained position
+        raise PipelineError(f"{cfg.labels}: the validation split has no trained position "
+                            "(loss_mask false everywhere); relabel with a validation fraction")
+    where = " on trained (loss_mask) positions" if mask is not None else ""
+    out.print(f"bigram validation cross-entropy{where}: {ce:.4f} nats (perplexity "
+              f"{2.718281828**ce:.1f})")
 
 
 @app.command()
