@@ -98,3 +98,18 @@ def test_bigram_command_on_a_masked_dataset_scores_trained_positions(tmp_path, t
     assert want != bigram_cross_entropy(fit_bigram(train_rows, ds.vocab_size), rows)
     proc = run_cli("bigram", "--labels", out)
     assert f"on trained (loss_mask) positions: {want:.4f} nats" in proc.stdout
+
+
+def test_bigram_command_without_a_validation_split_is_one_line(tmp_path, tiny_corpus,
+                                                               tiny_teacher):
+    from stages.label import LabelConfig, run
+    from tests.conftest import run_cli
+
+    out = tmp_path / "ds"
+    run(LabelConfig(corpus=str(tiny_corpus), teacher=str(tiny_teacher), out=str(out), top_k=2,
+                    seq_len=32, shard_rows=8, limit_docs=8, validation_fraction=0.0, quiet=True,
+                    device="cpu"))
+    proc = run_cli("bigram", "--labels", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "no split 'validation'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
