@@ -36,6 +36,7 @@ from pipeline.config.stages import (
 from pipeline.errors import PipelineError
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+VERSION_HELP = "Dataset version (default: the latest; see `pipeline inspect DS --versions`)."
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -109,11 +110,13 @@ def _run_location(out_dir: str, name: str) -> str:
 
 
 @app.command()
-def validate(dataset: str = typer.Argument(..., help="Dataset directory or URI.")) -> None:
+def validate(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
+             version: int | None = typer.Option(None, "--version", min=1, help=VERSION_HELP)
+             ) -> None:
     """Check every shard: checksum, schema, counts, id range, log-prob and tail-mass sanity."""
     from pipeline.softlabels.validate import validate_dataset
 
-    problems, summary = validate_dataset(dataset)
+    problems, summary = validate_dataset(dataset, version)
     for p in problems:
         err.print(f"[red]invalid:[/red] {p}", highlight=False, soft_wrap=True)
     if problems:
@@ -123,12 +126,18 @@ def validate(dataset: str = typer.Argument(..., help="Dataset directory or URI."
 
 @app.command()
 def inspect(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
-            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")
+            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+            version: int | None = typer.Option(None, "--version", min=1, help=VERSION_HELP),
+            versions: bool = typer.Option(False, "--versions", help="Show the version history.")
             ) -> None:
     """Show a dataset's card: teacher, tokenizer, corpus, labels, splits and sizes."""
     from pipeline.softlabels.manifest import load_manifest
 
-    m = load_manifest(dataset)
+    if versions:
+        from pipeline.cli.datasets import print_versions
+
+        return print_versions(dataset, as_json, out)
+    m = load_manifest(dataset, version)
     if as_json:
         sys.stdout.write(json.dumps(m, indent=2, sort_keys=True) + "\n")
         return
