@@ -4,7 +4,6 @@
 for `pipeline run`. Nothing below this package imports it or `stages/`.
 """
 
-from pipeline.cli import datasets  # noqa: F401 (registers `pipeline gc` on the app)
 from pipeline.cli.commands import app, main
 
 __all__ = ["app", "main"]

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline import interrupt, progress
+from pipeline.cli import datasets
 from pipeline.cli.options import config_command, extra_option
 from pipeline.cli.summary import (
     corpus_counts,
@@ -134,9 +135,7 @@ def inspect(dataset: str = typer.Argument(..., help="Dataset directory or URI.")
     from pipeline.softlabels.manifest import load_manifest
 
     if versions:
-        from pipeline.cli.datasets import print_versions
-
-        return print_versions(dataset, as_json, out)
+        return datasets.print_versions(dataset, as_json, out)
     m = load_manifest(dataset, version)
     if as_json:
         sys.stdout.write(json.dumps(m, indent=2, sort_keys=True) + "\n")
@@ -216,6 +215,9 @@ def run_job(
     from pipeline.cli.run import RunConfig, run
 
     run(RunConfig(job=str(job), dry_run=dry_run, quiet=quiet), out)
+
+
+datasets.register(app, out)  # `pipeline gc`
 
 
 @tokenizer_app.command("train")

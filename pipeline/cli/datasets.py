@@ -1,6 +1,7 @@
 """Verbs over a dataset's versions (format 1.4): the history table and `pipeline gc`.
 
-Kept apart from commands.py so each verb module stays small; registered on the same app.
+Kept apart from commands.py so each verb module stays small; commands.py registers `gc` on
+its app (`register`), so this module never imports it.
 """
 
 import json
@@ -8,8 +9,6 @@ import sys
 
 import typer
 from rich.table import Table
-
-from pipeline.cli.commands import app, out
 
 HISTORY_COLUMNS = ("version", "created_at", "documents_added", "documents_changed",
                    "documents_removed", "documents_relabeled", "rows", "positions", "bytes",
@@ -36,14 +35,15 @@ def print_versions(dataset: str, as_json: bool, console) -> None:
     console.print(t)
 
 
-@app.command()
-def gc(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
-       keep: int = typer.Option(..., "--keep", min=1, help="Versions to keep, newest first.")
-       ) -> None:
-    """Remove versions older than the newest N and the shards no kept version lists (only
-    files the labeler wrote; takedowns leave the folder this way)."""
-    from pipeline.softlabels.versions import gc as collect
+def register(app: typer.Typer, console) -> None:
+    @app.command()
+    def gc(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
+           keep: int = typer.Option(..., "--keep", min=1, help="Versions to keep, newest first.")
+           ) -> None:
+        """Remove versions older than the newest N and the shards no kept version lists (only
+        files the labeler wrote; takedowns leave the folder this way)."""
+        from pipeline.softlabels.versions import gc as collect
 
-    r = collect(dataset, keep)
-    out.print(f"kept versions {r['kept_versions']}; removed {len(r['removed_shards'])} shards "
-              f"and {len(r['removed_version_files'])} version files")
+        r = collect(dataset, keep)
+        console.print(f"kept versions {r['kept_versions']}; removed {len(r['removed_shards'])} "
+                      f"shards and {len(r['removed_version_files'])} version files")
