@@ -11,6 +11,7 @@ student file's decay over the new run's steps): continuing is a second training 
 source run was trained on (its config.toml records it); without it, on every row of the version.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.config.toml import read_toml
@@ -41,7 +42,8 @@ def keep_new_rows(ds, since_version: int) -> None:
                             "(labeled with --incremental); continue over all rows instead")
     old = load_manifest(ds.store, since_version)
     seen = {e["path"] for e in old["splits"].get("train", [])}
-    ds.shards["train"] = [s for s in ds.shards.get("train", []) if s.rel not in seen]
+    new = [s for s in ds.shards.get("train", []) if s.rel not in seen]
+    ds.shards["train"] = [replace(s, index=i) for i, s in enumerate(new)]  # read by position
     if not ds.shards["train"]:
         raise PipelineError(f"dataset {ds.root} gained no train shards since version "
                             f"{since_version}; nothing new to continue on")
