@@ -141,7 +141,7 @@ def resolved_config(spec: StudentSpec, ds: SoftLabelDataset, cfg: TrainConfig) -
     if version := (ds.manifest.get("version") or {}).get("number"):  # format 1.4
         data["dataset_version"] = version
     if cfg.continue_from:
-        data["continued_from"] = {**continued.source(cfg.continue_from),
+        data["continued_from"] = {**continued.source(cfg.continue_from, spec.name),
                                   "rows": "new" if cfg.new_rows_only else "all"}
     return tomllib.loads(dumps_toml({**spec.as_dict(), "data": data}))
 
@@ -228,7 +228,7 @@ def _open_runs(todo, reader, ds, cfg, device, on_checkpoint=None) -> list[Studen
             (run_dir / CONFIG).write_text(dumps_toml(resolved))
             write_template(ds.manifest, run_dir)  # 1.3 chat data: the student's template
             if cfg.continue_from:  # before the first checkpoint: a resume never reloads it
-                continued.start_from(run.model, cfg.continue_from)
+                continued.start_from(run.model, cfg.continue_from, spec.name)
             run.save_checkpoint(_stream_settings(reader.cfg))
         runs.append(run)
     return runs

@@ -139,7 +139,9 @@ class TrainConfig:
     version: int | None = opt(None, help="Dataset version to train on (default: the latest; "
                               "`pipeline inspect DS --versions`).", check=at_least(1))
     continue_from: str | None = opt(None, help="Continue this finished run folder's weights "
-                                    "(a new run: its own optimizer and schedule).", check=PATH)
+                                    "(a new run: its own optimizer and schedule), or a runs "
+                                    "folder holding one per student.", check=PATH,
+                                    job="pipeline run: [train] continue = true")
     new_rows_only: bool = opt(False, help="With --continue-from: train only on shards added "
                               "since the version it was trained on.")
     max_steps: int | None = opt(None, help="Override every student's length: stop after N "

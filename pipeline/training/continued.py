@@ -23,12 +23,23 @@ from pipeline.softlabels.manifest import load_manifest
 from pipeline.training.layout import COMPLETE, CONFIG
 
 
-def source(run: str) -> dict:
+def run_folder(run: str, name: str | None = None) -> Path:
+    """A finished run folder: `run` itself, or in a runs folder the student `name`'s (with no
+    name, the first finished one: every run there was trained on the same version)."""
+    base = Path(run)
+    candidates = [base] + ([base / name] if name else
+                           sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else [])
+    for d in candidates:
+        if (d / COMPLETE).is_file() and (d / WEIGHTS).is_file():
+            return d
+    raise PipelineError(f"--continue-from {run} is not a finished run folder (no {COMPLETE} or "
+                        f"{WEIGHTS}{f' for student {name}' if name else ''}); finish that run "
+                        "first or pass another")
+
+
+def source(run: str, name: str | None = None) -> dict:
     """What a continued run records about where it started (its config.toml `continued_from`)."""
-    run_dir = Path(run)
-    if not (run_dir / COMPLETE).is_file() or not (run_dir / WEIGHTS).is_file():
-        raise PipelineError(f"--continue-from {run} is not a finished run folder (no "
-                            f"{COMPLETE} or {WEIGHTS}); finish that run first or pass another")
+    run_dir = run_folder(run, name)
     data = read_toml(run_dir / CONFIG, "run config", "the run folder").get("data", {})
     return {"run": str(run_dir.resolve()), "weights_sha256": sha256_file(run_dir / WEIGHTS),
             "dataset_version": data.get("dataset_version", 0)}
@@ -49,10 +60,10 @@ def keep_new_rows(ds, since_version: int) -> None:
                             f"{since_version}; nothing new to continue on")
 
 
-def start_from(model, run: str) -> None:
+def start_from(model, run: str, name: str) -> None:
     """The source run's weights into a freshly built student of the same architecture."""
     try:
-        load_weights(model, Path(run) / WEIGHTS)
+        load_weights(model, run_folder(run, name) / WEIGHTS)
     except (RuntimeError, KeyError) as exc:
         raise PipelineError(f"--continue-from {run}: its weights do not fit this student "
                             f"({str(exc).splitlines()[0]}); continue with the same student "
