@@ -61,6 +61,7 @@ class Params:
     wide_label_docs: int = 24  # fig 1 (wide): articles labeled at 151,936 logits
     startup_shards: int = 100_000  # fig 10: the big dataset (the small one has 10 shards)
     startup_docs: int = 60  # fig 10: articles labeled for its 16-row source shards
+    incremental_docs: int = 1_000  # fig 11: version 1's articles (+10 % make version 2)
 
     @classmethod
     def quick(cls) -> "Params":
@@ -70,7 +71,7 @@ class Params:
                    stream_student_steps=2, stream_epochs=2, students_steps=2, memory_docs=1,
                    quality_steps=2, quality_eval_rows=4, wide_vocab=32_768, vocab_docs=2,
                    vocab_steps=2, vocab_label_docs=1, wide_label_docs=2, startup_shards=1_000,
-                   startup_docs=20)
+                   startup_docs=20, incremental_docs=20)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
