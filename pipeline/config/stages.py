@@ -141,7 +141,7 @@ class TrainConfig:
     continue_from: str | None = opt(None, help="Continue this finished run folder's weights "
                                     "(a new run: its own optimizer and schedule), or a runs "
                                     "folder holding one per student.", check=PATH,
-                                    job="pipeline run: [train] continue = true")
+                                    job="[train] continue")
     new_rows_only: bool = opt(False, help="With --continue-from: train only on shards added "
                               "since the version it was trained on.")
     max_steps: int | None = opt(None, help="Override every student's length: stop after N "
