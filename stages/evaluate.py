@@ -86,7 +86,7 @@ def model_name(spec: str) -> str:
 
 
 def _dataset(cfg: EvaluateConfig) -> SoftLabelDataset:
-    ds = SoftLabelDataset(cfg.labels)
+    ds = SoftLabelDataset(cfg.labels, cfg.version)
     shards = ds.shards.get(SPLIT, [])
     if not shards or sum(s.rows for s in shards) == 0:
         raise PipelineError(f"{cfg.labels} has no {SPLIT} rows: relabel with "
@@ -168,7 +168,7 @@ def _score(cfg: EvaluateConfig, ds: SoftLabelDataset, models: list[_Model], devi
 def inputs_fingerprint(cfg: EvaluateConfig) -> str:
     """What the report depends on: the dataset, each model's weights and completion record, the
     settings and the device. Cheap (hashes files, loads no model)."""
-    manifest = SoftLabelDataset(cfg.labels).manifest
+    manifest = SoftLabelDataset(cfg.labels, cfg.version).manifest
 
     return sha256_json({
         "dataset": {"plan": manifest.get("plan_fingerprint"), "splits": manifest["splits"]},

@@ -34,8 +34,8 @@ from pipeline.io.cache import temporary_dir
 from pipeline.io.hashing import sha256_file, sha256_json
 from pipeline.io.locking import DirLock
 from pipeline.io.storage import Store
+from pipeline.labeling import incremental, samples
 from pipeline.labeling import modes as labelmodes
-from pipeline.labeling import samples
 from pipeline.labeling.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
 from pipeline.labeling.packing import ShardSpill, iter_shard_inputs
 from pipeline.labeling.shards import ShardWork, label_in_process, label_on_cluster
@@ -119,7 +119,8 @@ def plan_params(cfg: LabelConfig, spec, tokenizer_sha256: str | None,
             "labels": spec.as_dict(), "tokenizer_sha256": tokenizer_sha256,
             "teacher_sha256": teacher_sha256,
             "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
-                       "id_column": cfg.id_column, "limit_docs": cfg.limit_docs},
+                       "id_column": cfg.id_column, "limit_docs": cfg.limit_docs,
+                       **({"content_ids": True} if cfg.content_ids else {})},
             **(samples.plan_params(cfg, settings) if settings else {})}
 
 
@@ -129,26 +130,49 @@ def is_complete(cfg: LabelConfig) -> bool:
     tokenizer and teacher hashes, seq_len, shards, split, corpus settings). Cheap: neither the
     corpus nor the teacher model is read, only hashed files. Anything it cannot verify locally
     (a hub teacher, a remote folder) counts as not complete; `run` then resumes, which finds
-    every shard done and rewrites nothing. The corpus content itself is not compared (a changed
-    file under the same path is not noticed: label a new corpus into a new --out)."""
+    every shard done and rewrites nothing. Without --incremental the corpus content itself is
+    not compared (a changed file under the same path is not noticed: label a new corpus into a
+    new --out); with it, the corpus listing is (pipeline/labeling/changes.py)."""
+    if cfg.incremental:
+        return _unchanged(cfg) is not None
     store = Store(cfg.out)
     plan, manifest = layout.read_json(store, PLAN), layout.read_json(store, MANIFEST)
     try:
-        cfg = resolve_seq_len(cfg, local_context(cfg.teacher) if cfg.top_k > 0 else None)
         params = plan["params"]
         committed = manifest["plan_fingerprint"] == plan["fingerprint"]
-        spec = labelmodes.build_spec(cfg, params["labels"]["vocab_size"])
-    except (TypeError, KeyError, PipelineError):
+        vocab_size = params["labels"]["vocab_size"]
+    except (TypeError, KeyError):
         return False
+    return committed and params == _local_params(cfg, vocab_size)
+
+
+def _local_params(cfg: LabelConfig, vocab_size: int) -> dict | None:
+    """The plan parameters `run` would record, from hashed local files only; None when they
+    cannot be known without loading something."""
+    try:
+        cfg = resolve_seq_len(cfg, local_context(cfg.teacher) if cfg.top_k > 0 else None)
+        spec = labelmodes.build_spec(cfg, vocab_size)
+    except (TypeError, KeyError, PipelineError):
+        return None
     tokenizer_sha = _local_tokenizer_sha256(cfg)
     teacher_sha = local_weights_sha256(cfg.teacher) if cfg.top_k > 0 else None
     if tokenizer_sha is None or (cfg.top_k > 0 and teacher_sha is None):
-        return False  # not verifiable without loading: `run` resumes instead
+        return None  # not verifiable without loading: `run` resumes instead
     settings = samples.local_settings(cfg, _local_tokenizer_path(cfg))
     if settings is None:
-        return False
-    return committed and params == plan_params(cfg, settings.spec(spec), tokenizer_sha,
-                                               teacher_sha, settings)
+        return None
+    return plan_params(cfg, settings.spec(spec), tokenizer_sha, teacher_sha, settings)
+
+
+def _unchanged(cfg: LabelConfig) -> dict | None:
+    """--incremental: the committed version when the corpus listing and every setting are the
+    ones it was made with (no corpus byte read, no teacher loaded)."""
+    manifest = incremental.unchanged(Store(cfg.out), cfg)
+    if manifest is None:
+        return None
+    params = manifest["version"].get("params") or {}
+    vocab = (params.get("labels") or {}).get("vocab_size")
+    return manifest if vocab and params == _local_params(cfg, vocab) else None
 
 
 def _local_tokenizer_path(cfg: LabelConfig) -> Path | None:
@@ -266,6 +290,8 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records, settings) -> dict:
 def run(cfg: LabelConfig) -> dict:
     """Label (or resume labeling) a dataset; return its manifest."""
     _check_args(cfg)
+    if cfg.incremental and (committed := _unchanged(cfg)) is not None:
+        return committed  # nothing new: the corpus was not read, the teacher not loaded
     distributed = bool(cfg.workers or cfg.scheduler)
     # On a cluster the client only plans and describes the teacher; workers pick their own device.
     device = torch.device("cpu") if distributed else resolve_device(cfg.device)
@@ -279,6 +305,9 @@ def run(cfg: LabelConfig) -> dict:
                             "dataset")
     with _client(cfg) as client, DirLock(store), temporary_dir("softlabels-plan-") as tmp:
         spill = ShardSpill(Path(tmp))
+        if cfg.incremental:
+            return _run_version(cfg, store, (teacher, tokenizer, spec, settings), device, spill,
+                                client)
         plan = _plan(cfg, tokenizer, teacher, spec, spill, settings)
         _prepare_out(store, plan, cfg.overwrite)
         records = {}
@@ -300,6 +329,35 @@ def run(cfg: LabelConfig) -> dict:
         write_card(store, manifest)
         store.write_json(MANIFEST, manifest)  # the commit point: always last
         return manifest
+
+
+def _run_version(cfg, store, loaded, device, spill, client) -> dict:
+    """--incremental: label what changed into a new version (pipeline/labeling/incremental.py)."""
+    teacher, tokenizer, spec, settings = loaded
+    if not settings.legacy:
+        raise PipelineError("--incremental covers plain-text corpora packed with --pack concat; "
+                            "label chat or packed data into a new --out without --incremental")
+    params = plan_params(cfg, spec, tokenizer.sha256,
+                         teacher.weights_sha256 if teacher else None, settings)
+    step = incremental.prepare(store, cfg, tokenizer, params, spill)
+    if step.manifest is not None:
+        return step.manifest
+    plan = step.plan
+    done = {(s["split"], s["index"]): r for s in plan["shards"] if (r := _completed(store, s))}
+    work = _shard_work(cfg, plan, spec, tokenizer, teacher)
+    try:
+        new = _label_missing(cfg, plan, work, teacher, device, spill, set(done), client)
+    except interrupt.Interrupted as exc:
+        raise interrupt.Interrupted(exc.signum, _stopped(store, plan)) from None
+    copies = incremental.copy_shards(store, step, work.kv, cfg.row_group_rows, _completed)
+    records = incremental.live_records(store, step) + list(done.values()) + new + copies
+    manifest = _manifest(cfg, plan, spec, tokenizer, teacher, records, settings)
+
+    def card(stamped: dict) -> None:
+        store.put_file(tokenizer.path, layout.TOKENIZER)
+        write_card(store, stamped)
+
+    return incremental.commit(store, step, manifest, card)
 
 
 def _stopped(store: Store, plan: dict) -> str:

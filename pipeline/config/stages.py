@@ -66,6 +66,12 @@ class LabelConfig:
                            job="[corpus] text_column")
     id_column: str | None = opt(None, help="Document id column (default: file:row).",
                                 job="[corpus] id_column")
+    # dataset versions (format 1.4, pipeline/labeling/incremental.py)
+    incremental: bool = opt(False, help="Label only added/changed documents into a new "
+                            "dataset version (needs stable ids: --id-column, --content-ids or "
+                            ".txt files).")
+    content_ids: bool = opt(False, help="Document ids derived from the text (a hash), for "
+                            "corpora without an id column.", job="[corpus] content_ids")
     quiet: bool = opt(False, help="No progress bar.", job=QUIET)
     workers: int | None = opt(None, help="Label on a local dask cluster of N worker processes "
                               "(one shard per task; one GPU each if any).", check=at_least(1))
@@ -130,6 +136,14 @@ class TrainConfig:
                               "from one read pass).", flag=("--student",), cli_type=list[Path],
                               check=PATH, job="students")
     out: str = opt(help="Runs directory (or URI): one folder per student.", check=PATH)
+    version: int | None = opt(None, help="Dataset version to train on (default: the latest; "
+                              "`pipeline inspect DS --versions`).", check=at_least(1))
+    continue_from: str | None = opt(None, help="Continue this finished run folder's weights "
+                                    "(a new run: its own optimizer and schedule), or a runs "
+                                    "folder holding one per student.", check=PATH,
+                                    job="[train] continue")
+    new_rows_only: bool = opt(False, help="With --continue-from: train only on shards added "
+                              "since the version it was trained on.")
     max_steps: int | None = opt(None, help="Override every student's length: stop after N "
                                 "optimizer steps.", check=at_least(1))
     epochs: int | None = opt(None, help="Override every student's length: E passes over the "
@@ -160,6 +174,8 @@ class EvaluateConfig:
     teacher: str | None = opt(None, help="The labeling teacher: adds a teacher row and "
                               "speed/size ratios.", check=PATH, job="[teacher] dir")
     out: str = opt(help="Report directory (or URI) to write.", check=PATH)
+    version: int | None = opt(None, help="Dataset version whose validation split is scored "
+                              "(default: the latest).", check=at_least(1))
     device: str = device()
     max_rows: int | None = opt(None, help="Score at most N validation rows.", check=at_least(1))
     batch_size: int = opt(8, help="Rows per forward (also the timed batch).", check=at_least(1))

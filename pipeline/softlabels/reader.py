@@ -45,10 +45,10 @@ class SoftLabelDataset:
     few cheap checks per entry. `root` is a Path for a local dataset and the URI string for a
     remote one; `store` reads either."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, version: int | None = None):
         self.store = Store(root)
         self.root = self.store.root
-        self.manifest = load_manifest(self.store)
+        self.manifest = load_manifest(self.store, version)  # None: the latest
         where = self.store.locate(MANIFEST)
         # Untrusted input: every field used below is type- and range-checked first.
         self.spec, self.seq_len = checks.manifest_fields(self.manifest, where)

@@ -145,9 +145,10 @@ def index_problems(ds: SoftLabelDataset, shard: ShardInfo) -> list[str]:
     return []
 
 
-def validate_dataset(root: str | Path) -> tuple[list[str], dict]:
-    """Return (problems, summary). Manifest-level problems raise PipelineError."""
-    ds = SoftLabelDataset(root)
+def validate_dataset(root: str | Path, version: int | None = None) -> tuple[list[str], dict]:
+    """Return (problems, summary) of the latest version or `version`. Manifest-level problems
+    raise PipelineError."""
+    ds = SoftLabelDataset(root, version)
     problems, shards_checked, rows = [], 0, 0
     for split in ds.shards:
         for shard in ds.split_shards(split):
