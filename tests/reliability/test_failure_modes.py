@@ -221,6 +221,36 @@ def shard_limit_kept(env: Env) -> None:
     assert not list(env.out.glob("_progress/*/*.json"))  # the partial shard is not complete
 
 
+def incremental_args(env: Env, **opts) -> list:
+    """label_args with --incremental over the tiny corpus's id column (the `versioned` fixture's
+    settings)."""
+    return [*label_args(env, **{"id_column": "id", **opts}), "--incremental"]
+
+
+def versioned_copy(env: Env, dst: Path | None = None) -> Path:
+    dst = dst or env.out
+    shutil.copytree(env.versioned, dst)
+    remember(env, dst)
+    return dst
+
+
+def grown_without_index(env: Env) -> list:
+    """A versioned dataset of a corpus that then grew, whose document index is gone: the rerun
+    has to compare documents and cannot."""
+    from stages.label import LabelConfig, run
+
+    lines = env.corpus.read_text().splitlines(keepends=True)
+    corpus = write(env, "grown.jsonl", "".join(lines[:16]))
+    args = incremental_args(env, corpus=corpus)
+    run(LabelConfig(corpus=str(corpus), out=str(env.out), teacher=str(env.teacher), top_k=4,
+                    seq_len=16, shard_rows=16, batch_size=8, limit_docs=16, device="cpu",
+                    validation_fraction=0.2, id_column="id", incremental=True, quiet=True))
+    (env.out / "versions/00001.index.json").unlink()
+    corpus.write_text("".join(lines[:8] + lines[20:28]))
+    remember(env, env.out)
+    return args
+
+
 # ---- the table --------------------------------------------------------------------------------
 
 @dataclass
@@ -375,6 +405,29 @@ CASES = [
          lambda e: (label_here(e.corpus, e.teacher, e.out, seq_len=16, limit_docs=16),
                     (e.out / "shards/train/x.csv").write_text("a"), remember(e, e.out),
                     [*label_args(e, seq_len=8), "--overwrite"])[-1], unchanged),
+    Case("label", "`--incremental` over a table corpus without stable ids",
+         "error: --incremental needs stable document ids, but <file> is a table whose ids would "
+         "be file:row (they shift when a row is deleted); pass --id-column COLUMN, or "
+         "--content-ids to derive ids from the text", 1, "nothing written",
+         lambda e: [*label_args(e), "--incremental"], nothing_written),
+    Case("label", "`--incremental` into a dataset labeled with another teacher (tokenizer, "
+         "k, mode or packing)",
+         "error: --out <dir> was labeled with other settings (<keys> differ: teacher, tokenizer, "
+         "labels or packing); a different teacher or setting is a new dataset, not a version: "
+         "label into a new --out", 1, "the existing dataset, untouched",
+         lambda e: (versioned_copy(e), incremental_args(e, teacher=make_teacher(
+             e.dataset / "tokenizer.json", e.tmp / "t2", seed=1)))[-1], unchanged),
+    Case("label", "`--incremental` into a dataset labeled without it",
+         "error: --out <dir> holds a dataset labeled without --incremental (no document index "
+         "to compare the corpus with); label into a new --out with --incremental, or leave "
+         "--incremental out", 1, "the existing dataset, untouched",
+         lambda e: (shutil.copytree(e.dataset, e.out), remember(e, e.out),
+                    incremental_args(e))[-1], unchanged),
+    Case("label", "`--incremental` over a grown corpus when the version's document index "
+         "(`versions/NNNNN.index.json`) is missing or corrupt",
+         "error: <dir>/versions/00001.index.json is missing or corrupt; the dataset cannot take "
+         "a new version (relabel into a new --out)", 1, "the existing dataset, untouched",
+         grown_without_index, unchanged),
     Case("label", "`--out` an existing file",
          "error: --out <dir> is a file, not a folder; choose a folder for the dataset", 1,
          "the file", lambda e: ((e.tmp / "f").write_text("x"), remember(e, e.tmp),
@@ -468,6 +521,18 @@ CASES = [
          "major version 1); upgrade softlabel-pipeline", 1, "—",
          lambda e: validate_copy(e, lambda d: edit_manifest(
              d, lambda m: m.update(format_version="2.0"))), nothing_kept_by_validate),
+    Case("validate", "`--version N` that the dataset does not have (any verb that reads a "
+         "dataset)",
+         "error: dataset <dir> has versions 1 to 1, not 3; see `pipeline inspect DATASET "
+         "--versions`", 1, "—", lambda e: ["validate", e.versioned, "--version", "3"],
+         nothing_written),
+    Case("validate", "`--version N` whose file `versions/NNNNN.json` is corrupt (or removed "
+         "by `pipeline gc`: then it says so)",
+         "error: <dir>/versions/00001.json is not valid JSON (...); the dataset is corrupt", 1,
+         "— (validate only reads)",
+         lambda e: (versioned_copy(e, e.tmp / "ds"),
+                    (e.tmp / "ds/versions/00001.json").write_text("{"), remember(e, e.tmp / "ds"),
+                    ["validate", e.tmp / "ds", "--version", "1"])[-1], nothing_kept_by_validate),
     Case("train", "unknown key in a student file",
          "error: <file> [train]: unknown key 'batch'; valid keys are [...]", 2,
          "nothing written",
@@ -512,6 +577,23 @@ CASES = [
          "differ); use another --out or delete it", 1, "the run folder, untouched",
          lambda e: train_args(e, run_copy(e, complete=True), None, "--max-steps", "3"),
          unchanged),
+    Case("train", "`--continue-from` a folder that is not a finished run",
+         "error: --continue-from <dir> is not a finished run folder (no complete.json or "
+         "model.safetensors for student <name>); finish that run first or pass another", 1,
+         "nothing written",
+         lambda e: train_args(e, write_student(e.tmp), None, "--continue-from", e.tmp / "none"),
+         nothing_written),
+    Case("train", "`--new-rows-only` when the version has no train shards the source run did "
+         "not see",
+         "error: dataset <dir> gained no train shards since version 1; nothing new to continue "
+         "on", 1, "nothing written",
+         lambda e: train_args(e, e.versioned_run[0], e.versioned, "--continue-from",
+                              e.versioned_run[1], "--new-rows-only"), nothing_written),
+    Case("train", "`--new-rows-only` from a run trained on a dataset without versions",
+         "error: --new-rows-only needs a source run trained on a versioned dataset (labeled "
+         "with --incremental); continue over all rows instead", 1, "nothing written",
+         lambda e: train_args(e, e.trained[0], None, "--continue-from", e.trained[1],
+                              "--new-rows-only"), nothing_written),
     Case("train", "shard changed after labeling",
          "error: shard shards/train/part-00001.parquet row group <g>: checksum mismatch with "
          "manifest.json (the file changed or is corrupt); re-download or relabel it", 1,
@@ -710,7 +792,24 @@ def fixtures(tmp_path_factory, tiny_corpus, tiny_tokenizer, tiny_teacher, small_
                                  out=str(tmp / "runs"), device="cpu", quiet=True))
         return student, runs["s"]
 
-    return {f.__name__: once(f) for f in (other_tokenizer, tokens_only, no_validation, trained)}
+    def versioned():
+        """Version 1 of an --incremental dataset with label_args's settings (ids: 'id')."""
+        label(LabelConfig(corpus=str(tiny_corpus), out=str(tmp / "versioned"),
+                          teacher=str(tiny_teacher), top_k=4, seq_len=16, shard_rows=16,
+                          batch_size=8, limit_docs=16, validation_fraction=0.2, id_column="id",
+                          incremental=True, device="cpu", quiet=True))
+        return tmp / "versioned"
+
+    def versioned_run():
+        student = write_student(tmp, "v", max_steps=2, epochs=None)
+        runs = train(TrainConfig(labels=str(made["versioned"]()),
+                                 students=[str(student)], out=str(tmp / "vruns"), device="cpu",
+                                 quiet=True))
+        return student, runs["v"]
+
+    made = {f.__name__: once(f) for f in (other_tokenizer, tokens_only, no_validation, trained,
+                                          versioned, versioned_run)}
+    return made
 
 
 def _param(case: Case):
