@@ -16,7 +16,7 @@ the store, results.json last); a model may be `hf:NAME_OR_PATH` or a Hugging Fac
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from pipeline.config.paths import check_out_dir
 from pipeline.config.stages import EvaluateConfig
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
+from pipeline.evaluation import over_versions
 from pipeline.evaluation.benchmarking import BenchSettings, measure_costs
 from pipeline.evaluation.metrics import MetricSums
 from pipeline.evaluation.report import (
@@ -174,7 +175,8 @@ def inputs_fingerprint(cfg: EvaluateConfig) -> str:
         "dataset": {"plan": manifest.get("plan_fingerprint"), "splits": manifest["splits"]},
         "runs": [_model_inputs(r) for r in cfg.runs],
         "teacher": _model_inputs(cfg.teacher) if cfg.teacher else None,
-        "settings": _settings(cfg)})
+        "settings": _settings(cfg),
+        **over_versions.fingerprint(over_versions.added_validation(cfg.labels, cfg.version))})
 
 
 def _model_inputs(spec: str) -> dict:
@@ -238,6 +240,7 @@ def run(cfg: EvaluateConfig) -> dict:
                           ds.vocab_size, bench, device)
     rows = [_row(m, m.sums.result(), cost) for m, cost in zip(models, costs, strict=True)]
     add_ratios(rows)
+    rows = sort_rows(rows)
     teacher = ds.manifest.get("teacher") or {}
     results = {
         "created_by": MARK, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -245,6 +248,25 @@ def run(cfg: EvaluateConfig) -> dict:
         "dataset": {"path": str(ds.root), "split": SPLIT, "teacher": teacher.get("spec"),
                     "labels": f"{ds.spec.mode} k={ds.spec.k}", **scored},
         "settings": {**_settings(cfg), "bench": {**asdict(bench), "device": str(device)}},
-        "rows": sort_rows(rows)}
+        "rows": rows, **_over_versions(cfg, models, rows, device)}
     write_report(results, Store(cfg.out))  # results.json, the completion record, last
     return results
+
+
+def _over_versions(cfg: EvaluateConfig, models: list[_Model], rows: list[dict], device) -> dict:
+    """With `--version N` below the latest: the validation rows added since, scored apart from
+    the fixed set; with `--history`, the leaderboard over versions (over_versions.py)."""
+    out = {}
+    latest = over_versions.latest_version(cfg.labels)
+    added = over_versions.added_validation(cfg.labels, cfg.version)
+    if added is not None:
+        fresh = [replace(m, sums=MetricSums()) for m in models]
+        scored = _score(cfg, added, fresh, device)
+        new_rows = sort_rows([{"name": m.name, "role": m.role, **m.sums.result()}
+                              for m in fresh])
+        out["new_validation"] = over_versions.new_rows_summary(cfg.version, latest, scored,
+                                                               new_rows)
+    if cfg.history:
+        out["over_versions"] = over_versions.points(over_versions.read_history(cfg.history),
+                                                    latest, rows)
+    return out

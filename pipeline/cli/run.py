@@ -119,8 +119,18 @@ def evaluate_config(job: Job, quiet: bool = False) -> EvaluateConfig:
     teacher = str(job.teacher) if job.evaluate.get("teacher_row", True) else None
     return EvaluateConfig(**{**_stage_values(EvaluateConfig, job, job.evaluate),
                              "labels": str(job.labels_dir), "out": str(job.report_dir),
-                             "teacher": teacher, "quiet": quiet,
+                             "teacher": teacher, "quiet": quiet, **_over_versions(job),
                              "runs": [str(runs_dir(job) / s.name) for s in job.students]})
+
+
+def _over_versions(job: Job) -> dict:
+    """An incremental job scores every version's students on one fixed evaluation set, version
+    1's validation split unless [evaluate] version says otherwise (the rows added since are
+    reported apart), and plots OUT/history.jsonl in the report."""
+    if not label_config(job).incremental:
+        return {}
+    return {"version": job.evaluate.get("version", 1),
+            "history": str(job.out / history.HISTORY)}
 
 
 def _label_state(job: Job) -> StageState:

@@ -175,7 +175,11 @@ class EvaluateConfig:
                               "speed/size ratios.", check=PATH, job="[teacher] dir")
     out: str = opt(help="Report directory (or URI) to write.", check=PATH)
     version: int | None = opt(None, help="Dataset version whose validation split is scored "
-                              "(default: the latest).", check=at_least(1))
+                              "(default: the latest); the validation rows later versions added "
+                              "are scored separately.", check=at_least(1))
+    history: str | None = opt(None, help="A job's history.jsonl: adds the leaderboard over "
+                              "versions plot.", check=PATH,
+                              job="OUT/history.jsonl (incremental jobs)")
     device: str = device()
     max_rows: int | None = opt(None, help="Score at most N validation rows.", check=at_least(1))
     batch_size: int = opt(8, help="Rows per forward (also the timed batch).", check=at_least(1))

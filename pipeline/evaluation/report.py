@@ -21,13 +21,15 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.evaluation import over_versions  # noqa: E402
 from pipeline.io.storage import Store  # noqa: E402
 from pipeline.training.layout import CONFIG, METRICS  # noqa: E402
 
 RESULTS_JSON, RESULTS_PARQUET, REPORT_MD = "results.json", "results.parquet", "report.md"
 PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"
 
-REPORT_FILES = (RESULTS_PARQUET, PARETO_PNG, CURVES_PNG, REPORT_MD, RESULTS_JSON)  # write order
+REPORT_FILES = (RESULTS_PARQUET, PARETO_PNG, CURVES_PNG, over_versions.VERSIONS_PNG, REPORT_MD,
+                RESULTS_JSON)  # write order
 
 
 MARK = "softlabel-pipeline report"  # in every report file, so a rewrite can prove ownership
@@ -284,7 +286,12 @@ def write_report(results: dict, out) -> None:
     curves = plot_training_curves(rows)
     if curves is not None:
         _save_png(store, CURVES_PNG, curves)
-    store.write_bytes(REPORT_MD, render_markdown(results, curves is not None).encode())
+    versions = over_versions.plot(results.get("over_versions"))
+    if versions is not None:
+        _save_png(store, over_versions.VERSIONS_PNG, versions)
+    text = render_markdown(results, curves is not None) + "\n".join(
+        over_versions.markdown(results, versions is not None, fmt))
+    store.write_bytes(REPORT_MD, text.encode())
     store.write_json(RESULTS_JSON, results)
 
 

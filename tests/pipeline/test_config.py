@@ -17,7 +17,7 @@ VERBS = {"label": C.LabelConfig, "train": C.TrainConfig, "evaluate": C.EvaluateC
 CLI_ONLY = {"audit": {"--json"}}  # presentation, not configuration
 # How a job sets what is not a key of the stage's section (fields' `job` metadata).
 JOB_WIRING = {C.QUIET, "students", "students (their run folders)",
-              "always on in a job (a rerun resumes)"}
+              "always on in a job (a rerun resumes)", "OUT/history.jsonl (incremental jobs)"}
 
 
 def _flags(command) -> set[str]:

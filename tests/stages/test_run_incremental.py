@@ -4,6 +4,10 @@ import json
 import tomllib
 
 import stages.label
+from pipeline.cli.jobs import load_job
+from pipeline.cli.run import evaluate_config
+from pipeline.evaluation import over_versions
+from pipeline.softlabels.reader import SoftLabelDataset
 from tests.conftest import make_docs
 from tests.stages.test_label_incremental import write_corpus
 from tests.stages.test_run import JOB, STUDENT, run_job
@@ -49,3 +53,25 @@ def test_scheduled_job_labels_only_what_changed_and_keeps_a_history(tmp_path, ti
     assert config["data"]["dataset_version"] == 2
     assert config["data"]["continued_from"]["dataset_version"] == 1
     assert grown["results"]["dataset"]  # evaluated on the fixed version 1 validation split
+    over = grown["results"]["over_versions"]  # the report plots history.jsonl and this run
+    assert sorted({p["version"] for p in over["points"]}) == [1, 2]
+    assert (out / "report" / over_versions.VERSIONS_PNG).is_file()
+    fixed = {e["path"] for e in SoftLabelDataset(out / "labels", 1).manifest["splits"][
+        "validation"]}
+    added = [s for s in SoftLabelDataset(out / "labels").shards["validation"]
+             if s.rel not in fixed]
+    assert bool(added) == ("new_validation" in grown["results"])
+
+
+def test_an_incremental_job_evaluates_on_version_1_and_plots_its_history(tmp_path,
+                                                                         tiny_teacher):
+    """Without [evaluate] version, the fixed evaluation set is version 1's validation split."""
+    job = tmp_path / "job.toml"
+    (tmp_path / "student.toml").write_text(STUDENT)
+    job.write_text(INCREMENTAL.replace("[evaluate]\nversion = 1\n", "[evaluate]\n").format(
+        out=tmp_path / "out", corpus=tmp_path / "c.jsonl", teacher=tiny_teacher,
+        student=tmp_path / "student.toml"))
+    ev = evaluate_config(load_job(job))
+    assert ev.version == 1 and ev.history == str(tmp_path / "out" / "history.jsonl")
+    job.write_text(job.read_text().replace("[evaluate]\n", "[evaluate]\nversion = 3\n"))
+    assert evaluate_config(load_job(job)).version == 3
