@@ -705,6 +705,12 @@ CASES = [
          "earlier stages' outputs; a rerun resumes",
          lambda e: ["run", job(e, corpus=e.tmp / "nope"), "--quiet"],
          lambda e: _no_job_output(e, "labels/manifest.json")),
+    Case("run", "an incremental job killed (SIGKILL) while labeling a new version",
+         "(nothing: killed)", "killed",
+         "the previous version, committed; history.jsonl as it was; the rerun adds one line for "
+         "the new version and gives the dataset of an unbroken run",
+         checked_by="tests/reliability/test_run_kills_incremental.py::"
+                    "test_sigkill_while_labeling_version_2_then_rerun_equals_unbroken"),
     Case("run", "SIGTERM or SIGINT during a stage",
          "interrupted by SIGTERM during stage train: train stopped at a step boundary, "
          "checkpoint saved for <name> at step <n>/<n>; to resume, run: pipeline run <file> "
