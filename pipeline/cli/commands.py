@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline import interrupt, progress
-from pipeline.cli import datasets
+from pipeline.cli import datasets, sharing
 from pipeline.cli.options import config_command, extra_option
 from pipeline.cli.summary import (
     corpus_counts,
@@ -229,6 +229,7 @@ def run_job(
 
 
 datasets.register(app, out)  # `pipeline gc`
+sharing.register(app, out, err)  # publish, ls, pull, export, import
 
 
 @tokenizer_app.command("train")

@@ -1,0 +1,52 @@
+"""The sharing verbs (issue #20): publish, ls, pull, export, import. Thin shells over
+pipeline/sharing; commands.py registers them on its app (`register`), so this module never
+imports it."""
+
+import typer
+
+from pipeline.cli.summary import say
+
+LICENSE_HELP = "SPDX id or name, recorded in the manifest and the card (default: unknown)."
+
+
+def register(app: typer.Typer, out, err) -> None:
+    @app.command()
+    def publish(
+        dataset: str = typer.Argument(..., help="Dataset directory or URI."),
+        dest: str = typer.Argument(..., help="Destination folder or URI (s3://, hf://, ...)."),
+        version: int | None = typer.Option(None, "--version", min=1,
+                                           help="Publish this version (default: the latest)."),
+        license: str | None = typer.Option(None, "--license", help="The dataset's licence. "
+                                           + LICENSE_HELP),
+        corpus_license: str | None = typer.Option(None, "--corpus-license",
+                                                  help="The corpus's licence."),
+        teacher_license: str | None = typer.Option(None, "--teacher-license",
+                                                   help="The teacher model's licence (many "
+                                                        "restrict training on its outputs)."),
+        corpus_name: str | None = typer.Option(None, "--corpus-name",
+                                               help="Name the corpus by this instead of its "
+                                                    "path/URI (default: redacted, local paths "
+                                                    "cut to their last part)."),
+        teacher_name: str | None = typer.Option(None, "--teacher-name",
+                                                help="Name the teacher by this instead of its "
+                                                     "path/spec."),
+        audit: str | None = typer.Option(None, "--audit", help="JSON from `pipeline audit "
+                                         "--json`, shown in the card."),
+    ) -> None:
+        """Copy a dataset to DEST, verifying every shard, as a Hugging Face dataset repository
+        (README.md card with `configs`); the manifest is written last."""
+        from pipeline.io.uris import redact
+        from pipeline.sharing.publish import publish as run
+        from pipeline.sharing.publish import unknown_licenses
+
+        m, copied = run(dataset, dest, version,
+                        {"dataset": license, "corpus": corpus_license,
+                         "teacher": teacher_license},
+                        {"corpus": corpus_name, "teacher": teacher_name}, audit)
+        for key in unknown_licenses(m):
+            flag = "--license" if key == "dataset" else f"--{key}-license"
+            err.print(f"warning: the {key} licence is unknown ({flag}); the card says so",
+                      highlight=False, soft_wrap=True)
+        shards = sum(len(s) for s in m["splits"].values())
+        say(out, f"published {shards} shards ({copied} copied, {shards - copied} already there), "
+                 f"{m['summary']['rows']:,} rows to {redact(dest)}")
