@@ -50,3 +50,25 @@ def register(app: typer.Typer, out, err) -> None:
         shards = sum(len(s) for s in m["splits"].values())
         say(out, f"published {shards} shards ({copied} copied, {shards - copied} already there), "
                  f"{m['summary']['rows']:,} rows to {redact(dest)}")
+
+    @app.command("ls")
+    def ls(uri: str = typer.Argument(..., help="Folder or prefix (local, s3://, ...)."),
+           as_json: bool = typer.Option(False, "--json", help="One JSON list, for scripts.")
+           ) -> None:
+        """List the datasets under a prefix, one line each, reading only their manifests."""
+        import json
+        import sys
+
+        from pipeline.io.uris import redact
+        from pipeline.sharing.listing import COLUMNS, list_datasets
+
+        rows = list_datasets(uri)
+        if as_json:
+            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return
+        if not rows:
+            say(out, f"no datasets under {redact(uri)}")
+        for r in rows:  # one line each, key=value: greppable, never cut by a table's width
+            say(out, r["name"] + "  " + "  ".join(
+                f"{c}={r[c]:,}" if isinstance(r[c], int) else f"{c}={r[c]}"
+                for c in COLUMNS[1:]))
