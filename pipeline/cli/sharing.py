@@ -72,3 +72,22 @@ def register(app: typer.Typer, out, err) -> None:
             say(out, r["name"] + "  " + "  ".join(
                 f"{c}={r[c]:,}" if isinstance(r[c], int) else f"{c}={r[c]}"
                 for c in COLUMNS[1:]))
+
+    @app.command()
+    def pull(source: str = typer.Argument(..., help="Dataset directory or URI to pull from."),
+             dest: str = typer.Argument(..., help="Where the subset goes (a new folder)."),
+             split: list[str] | None = typer.Option(None, "--split",
+                                                    help="Only this split (repeatable)."),
+             shards: str | None = typer.Option(None, "--shards",
+                                               help="Only shards START:END of each split."),
+             max_positions: int | None = typer.Option(None, "--max-positions", min=1,
+                                                      help="Whole shards, in order, until this "
+                                                           "many positions per split."),
+             ) -> None:
+        """Download a verified subset that is itself a dataset (resumable: rerun after a kill)."""
+        from pipeline.io.uris import redact
+        from pipeline.sharing.pull import pull as run
+
+        m, done = run(source, dest, split or None, shards, max_positions)
+        say(out, f"pulled {m['subset']['description']} ({done} downloaded), "
+                 f"{m['summary']['rows']:,} rows into {redact(dest)}")
