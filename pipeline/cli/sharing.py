@@ -91,3 +91,17 @@ def register(app: typer.Typer, out, err) -> None:
         m, done = run(source, dest, split or None, shards, max_positions)
         say(out, f"pulled {m['subset']['description']} ({done} downloaded), "
                  f"{m['summary']['rows']:,} rows into {redact(dest)}")
+
+    @app.command()
+    def export(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
+               to: str = typer.Option(..., "--to", help="Format: jsonl."),
+               dest: str = typer.Argument(..., help="Output file (local path or URI)."),
+               split: str = typer.Option("train", "--split", help="The split to export.")
+               ) -> None:
+        """Write a split as JSON lines (input_ids, topk_ids, topk_logprobs, tail_mass per row,
+        entries in rank order) for trainers that do not read the Parquet format."""
+        from pipeline.io.uris import redact
+        from pipeline.sharing.export import export as run
+
+        rows = run(dataset, to, dest, split)
+        say(out, f"exported {rows:,} rows of {split} to {redact(dest)} ({to})")
