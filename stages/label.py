@@ -34,6 +34,7 @@ from pipeline.io.cache import temporary_dir
 from pipeline.io.hashing import sha256_file, sha256_json
 from pipeline.io.locking import DirLock
 from pipeline.io.storage import Store
+from pipeline.io.uris import redact
 from pipeline.labeling import incremental, samples
 from pipeline.labeling import modes as labelmodes
 from pipeline.labeling.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
@@ -118,7 +119,7 @@ def plan_params(cfg: LabelConfig, spec, tokenizer_sha256: str | None,
             "validation_fraction": cfg.validation_fraction, "split_rule": SPLIT_RULE,
             "labels": spec.as_dict(), "tokenizer_sha256": tokenizer_sha256,
             "teacher_sha256": teacher_sha256,
-            "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
+            "corpus": {"uri": redact(cfg.corpus), "text_column": cfg.text_column,
                        "id_column": cfg.id_column, "limit_docs": cfg.limit_docs,
                        **({"content_ids": True} if cfg.content_ids else {})},
             **(samples.plan_params(cfg, settings) if settings else {})}
@@ -269,10 +270,10 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records, settings) -> dict:
         "tool": {"name": "softlabel-pipeline", "version": pipeline.__version__},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan_fingerprint": plan["fingerprint"],
-        "teacher": teacher.describe() if teacher else None,
+        "teacher": teacher.describe() if teacher else None,  # its spec redacted there
         "tokenizer": {**tokenizer.describe(), **({"chat_template_sha256": settings.template.sha256}
                                                   if settings.template else {})},
-        "corpus": {"uri": cfg.corpus, "fingerprint": sha256_json(
+        "corpus": {"uri": redact(cfg.corpus), "fingerprint": sha256_json(
             [s["input_sha256"] for s in plan["shards"]]),
                    "validation_fraction": cfg.validation_fraction, "split_rule": SPLIT_RULE,
                    **{k: stats[k] for k in ("documents_read", "documents_skipped_empty",

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline import interrupt, progress
-from pipeline.cli import datasets
+from pipeline.cli import datasets, sharing
 from pipeline.cli.options import config_command, extra_option
 from pipeline.cli.summary import (
     corpus_counts,
@@ -35,7 +35,9 @@ from pipeline.config.stages import (
     TrainConfig,
 )
 from pipeline.errors import PipelineError
+from pipeline.io.uris import redact, redact_text, secrets_in
 
+_TYPED_SECRETS: list[str] = []  # credentials inside the URIs of this command line: never echoed
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 VERSION_HELP = "Dataset version (default: the latest; see `pipeline inspect DS --versions`)."
 
@@ -119,7 +121,8 @@ def validate(dataset: str = typer.Argument(..., help="Dataset directory or URI."
 
     problems, summary = validate_dataset(dataset, version)
     for p in problems:
-        err.print(f"[red]invalid:[/red] {p}", highlight=False, soft_wrap=True)
+        err.print(f"[red]invalid:[/red] {escape(redact_text(p))}", highlight=False,
+                  soft_wrap=True)
     if problems:
         raise typer.Exit(1)
     out.print(f"valid: {summary['shards']} shards, {summary['rows']:,} rows")
@@ -140,13 +143,14 @@ def inspect(dataset: str = typer.Argument(..., help="Dataset directory or URI.")
     if as_json:
         sys.stdout.write(json.dumps(m, indent=2, sort_keys=True) + "\n")
         return
-    t = Table(title=f"soft-label dataset {dataset}", show_header=False)
+    t = Table(title=f"soft-label dataset {redact(dataset)}", show_header=False)
     teacher = m.get("teacher") or {}
     rows = [("format", m["format_version"]), ("created", m["created_at"]),
-            ("teacher", f"{teacher.get('spec', 'none')} ({teacher.get('parameters', '-')} params)"),
+            ("teacher", f"{redact(teacher.get('spec', 'none'))} "
+                        f"({teacher.get('parameters', '-')} params)"),
             ("tokenizer", f"vocab {m['tokenizer']['vocab_size']}, "
                           f"sha256 {m['tokenizer']['sha256'][:12]}"),
-            ("corpus", f"{m['corpus']['uri']} ({m['corpus']['documents_read']} docs)"),
+            ("corpus", f"{redact(m['corpus']['uri'])} ({m['corpus']['documents_read']} docs)"),
             ("labels", ", ".join(f"{k}={v}" for k, v in m["labels"].items())),
             ("seq_len", str(m["seq_len"]))]
     for split, shards in m["splits"].items():
@@ -225,6 +229,7 @@ def run_job(
 
 
 datasets.register(app, out)  # `pipeline gc`
+sharing.register(app, out, err)  # publish, ls, pull, export, import
 
 
 @tokenizer_app.command("train")
@@ -252,13 +257,14 @@ def main(argv: list[str] | None = None) -> None:
     bad job/student file), a full disk (exit 1) and a malformed command line (a missing option,
     a value typer cannot parse: exit 2, as click exits)."""
     argv = sys.argv[1:] if argv is None else argv
+    _TYPED_SECRETS[:] = [x for a in argv for x in secrets_in(a)]
     try:
         with interrupt.handling():
             code = app(args=argv, prog_name="pipeline", standalone_mode=False)
     except interrupt.Interrupted as exc:
         if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for all ranks
-            err.print(escape(interrupted_line(exc, argv, set(app_verbs()))), highlight=False,
-                      soft_wrap=True)
+            err.print(escape(redact_text(interrupted_line(exc, argv, set(app_verbs())))),
+                      highlight=False, soft_wrap=True)
         sys.exit(interrupt.EXIT_INTERRUPTED)
     except PipelineError as exc:
         _fail(str(exc), exc.exit_code)
@@ -297,7 +303,10 @@ def _typed(argv: list[str] | None, exc) -> str:
 
 def _fail(message: str, code: int) -> None:
     # escape: messages name TOML sections like [corpus], which rich would eat as markup
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    # redact_text: a message names the location that failed, never the credentials in it
+    err.print(f"[red]error:[/red] {escape(redact_text(message, _TYPED_SECRETS))}",
+              highlight=False,
+              soft_wrap=True)
     sys.exit(code)
 
 

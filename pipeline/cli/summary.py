@@ -10,10 +10,13 @@ import shlex
 from rich.console import Console
 
 from pipeline.interrupt import EXIT_INTERRUPTED, Interrupted
+from pipeline.io.uris import redact_text
 
 
 def say(console: Console, text: str) -> None:
-    console.print(text, soft_wrap=not console.is_terminal, highlight=False, markup=False)
+    """Print a summary line; any URI in it loses its credentials (pipeline/io/uris.py)."""
+    console.print(redact_text(text), soft_wrap=not console.is_terminal, highlight=False,
+                  markup=False)
 
 
 def dataset_lines(manifest: dict, where: str) -> list[str]:

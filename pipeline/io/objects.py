@@ -79,9 +79,11 @@ def remote_errors(uri: str):
                                 f"{exc}); check that the server is up and AWS_ENDPOINT_URL "
                                 "(--endpoint-url) points at it, then rerun: completed shards "
                                 "and checkpoints are kept") from None
+        detail = " ".join(str(exc).split())  # one line: botocore's messages span several
         raise PipelineError(f"{uri}: object storage request failed ({type(exc).__name__}: "
-                            f"{exc}); check credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                            "or a profile), AWS_DEFAULT_REGION and AWS_ENDPOINT_URL "
+                            f"{detail}); check credentials "
+                            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile), "
+                            "AWS_DEFAULT_REGION and AWS_ENDPOINT_URL "
                             "(--endpoint-url)") from None
 
 

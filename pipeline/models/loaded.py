@@ -8,6 +8,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from pipeline.io.hashing import sha256_file, sha256_json
+from pipeline.io.uris import redact
 from pipeline.models import count_parameters
 from pipeline.models.tokenizer import LoadedTokenizer
 
@@ -26,7 +27,8 @@ class LoadedModel:
 
     def describe(self) -> dict:
         dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
-        return {"spec": self.spec or str(self.path), "family": self.config["family"],
+        # the spec as typed, less any credential in it: a manifest is shared (pipeline/io/uris)
+        return {"spec": redact(self.spec or str(self.path)), "family": self.config["family"],
                 "sha256": self.weights_sha256, "parameters": count_parameters(self.model),
                 "dtype": dtype}
 

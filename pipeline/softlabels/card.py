@@ -1,6 +1,7 @@
 """The generated README.md dataset card: what a consuming team needs to trust and load the data."""
 
 from pipeline.io.storage import Store
+from pipeline.io.uris import redact
 from pipeline.softlabels.layout import CARD, CARD_HEADING, SHARDS_DIR, TOKENIZER
 
 
@@ -15,12 +16,12 @@ def render_card(m: dict) -> str:
 Made by softlabel-pipeline {m['tool']['version']} on {m['created_at']}
 (format {m['format_version']}, spec: docs/FORMAT.md of softlabel-pipeline).
 
-- **Teacher**: {teacher.get('spec', 'none (tokenized only)')}
+- **Teacher**: {redact(teacher.get('spec', 'none (tokenized only)'))}
   · sha256 `{teacher.get('sha256', '-')}` · {teacher.get('parameters', '-')} parameters
   · {teacher.get('dtype', '-')}
 - **Tokenizer**: `{TOKENIZER}` · sha256 `{m['tokenizer']['sha256']}` · vocab
   {m['tokenizer']['vocab_size']}
-- **Corpus**: `{corpus['uri']}` · {corpus['documents_read']:,} documents read,
+- **Corpus**: `{redact(corpus['uri'])}` · {corpus['documents_read']:,} documents read,
   {corpus['documents_skipped_empty']:,} empty skipped, {corpus['non_utf8_documents']:,} with
   non-UTF-8 bytes replaced · validation fraction {corpus['validation_fraction']}
 - **Labels**: mode `{labels['mode']}` · k = {labels['k']} · ids `{labels['id_type']}` ·

@@ -1,0 +1,152 @@
+"""`pipeline publish`: a verified copy that is a valid dataset and a valid Hugging Face dataset
+repository (datasets.load_dataset(FOLDER) with no arguments), on a local folder and on a real S3
+API server (moto); refusals of a different dataset, a corrupt shard and an unwritable place."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.io.storage import Store
+from pipeline.softlabels.reader import SoftLabelDataset
+from tests.conftest import run_cli
+from tests.interop import OFFLINE
+
+SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYzSECRET"
+
+
+def shard_paths(m: dict) -> list[str]:
+    return [e["path"] for shards in m["splits"].values() for e in shards]
+
+
+def test_publish_local_is_a_valid_dataset_and_hf_repo(dataset, tmp_path, monkeypatch):
+    dest = tmp_path / "pub"
+    proc = run_cli("publish", dataset, dest, "--license", "cc-by-4.0", "--corpus-name",
+                   "tiny-docs", "--teacher-license", "apache-2.0")
+    assert "published" in proc.stdout and "corpus licence is unknown" in proc.stderr
+    assert "valid: " in run_cli("validate", dest).stdout
+    m = json.loads((dest / "manifest.json").read_text())
+    src = json.loads((dataset / "manifest.json").read_text())
+    assert shard_paths(m) == shard_paths(src) and m["corpus"]["uri"] == "tiny-docs"
+    assert m["license"] == {"dataset": "cc-by-4.0", "corpus": None, "teacher": "apache-2.0"}
+    assert str(tmp_path.parents[1]) not in json.dumps(m)  # no machine-local absolute path
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "manifest.json", "shards",
+                                                      "tokenizer.json"]
+    card = (dest / "README.md").read_text()
+    front = card.split("---\n")[1]
+    assert "*" not in front  # every shard listed explicitly, never a glob
+    assert all(f'"{p}"' in front for p in shard_paths(m))
+    assert 'license: "cc-by-4.0"' in front and "size_categories" in front
+    assert "ascending id order" in card and "Warning:** a licence is unknown" in card
+
+    # datasets.load_dataset(FOLDER), no arguments: the card's configs find the splits
+    datasets = pytest.importorskip("datasets")
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    hf = datasets.load_dataset(str(dest))
+    assert {s: hf[s].num_rows for s in hf} == {
+        s: sum(e["rows"] for e in sh) for s, sh in m["splits"].items()}
+    # the card's decode recipe gives the reference reader's rank-ordered ids
+    row = hf["train"].with_format("numpy")[0]
+    L, k = m["seq_len"], m["labels"]["k"]
+    counts = np.full(L, k)
+    pos, start = np.repeat(np.arange(L), counts), np.cumsum(counts) - counts
+    deltas = row["label_id_deltas"].astype(np.int64)
+    lp = row["label_logprobs"].astype(np.float64)
+    total = np.cumsum(deltas)
+    ids = (total - (total[start] - deltas[start])[pos])[np.lexsort((
+        total - (total[start] - deltas[start])[pos], -lp, pos))]
+    ref = SoftLabelDataset(dest)
+    want = ref.decode(ref.read_table(ref.split_shards("train")[0]))["topk_ids"][0]
+    assert np.array_equal(ids.reshape(L, k), want.numpy())
+
+
+def test_publish_again_resumes_and_copies_nothing(dataset, tmp_path):
+    dest = tmp_path / "pub"
+    run_cli("publish", dataset, dest)
+    (dest / "manifest.json").unlink()  # as if killed before the commit point
+    again = run_cli("publish", dataset, dest).stdout
+    assert "(0 copied" in again and (dest / "manifest.json").is_file()
+
+
+def test_publish_strips_credentials_from_the_manifest_and_card(dataset, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(dataset, src)
+    m = json.loads((src / "manifest.json").read_text())
+    m["corpus"]["uri"] = f"s3://AKIA:{SECRET}@bucket/c?X-Amz-Signature={SECRET}"
+    m["teacher"]["spec"] = f"https://host/teacher?token={SECRET}"
+    (src / "manifest.json").write_text(json.dumps(m))
+    run_cli("publish", src, tmp_path / "pub")
+    for name in ("manifest.json", "README.md"):
+        text = (tmp_path / "pub" / name).read_text()
+        assert SECRET not in text and "AKIA" not in text and "s3://bucket/c" in text
+
+
+def test_publish_refuses_a_corrupt_shard_and_writes_no_manifest(dataset, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(dataset, src)
+    bad = src / "shards/train/part-00001.parquet"
+    data = bytearray(bad.read_bytes())
+    data[100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    proc = run_cli("publish", src, tmp_path / "pub", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "shards/train/part-00001.parquet" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "pub/manifest.json").exists()
+    assert not (tmp_path / "pub/shards/train/part-00001.parquet").exists()
+
+
+def test_publish_refuses_a_destination_holding_something_else(dataset, tmp_path, tiny_corpus,
+                                                               tiny_teacher):
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["splits"]["train"] = m["splits"]["train"][:1]
+    (other / "manifest.json").write_text(json.dumps(m))
+    before = (other / "manifest.json").read_bytes()
+    proc = run_cli("publish", dataset, other, check=False)
+    assert proc.returncode == 1 and "already holds a different dataset" in proc.stderr
+    assert (other / "manifest.json").read_bytes() == before
+    foreign = tmp_path / "repo"
+    foreign.mkdir()
+    (foreign / "README.md").write_text("# my notes\n")
+    proc = run_cli("publish", dataset, foreign, check=False)
+    assert proc.returncode == 1 and "not written by this tool" in proc.stderr
+    assert (foreign / "README.md").read_text() == "# my notes\n"
+    assert sorted(p.name for p in foreign.iterdir()) == ["README.md"]
+
+
+def test_publish_to_an_unwritable_folder_is_one_line(dataset, tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = run_cli("publish", dataset, tmp_path / "file" / "pub", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "cannot write to" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_publish_to_s3_and_back(dataset, s3, tmp_path):
+    run_cli("publish", dataset, "s3://bucket/pub", "--license", "mit")
+    pub = Store("s3://bucket/pub")
+    assert pub.isfile("manifest.json") and pub.isfile("README.md")
+    assert "valid: " in run_cli("validate", "s3://bucket/pub").stdout
+    # S3 → local, and S3 → S3: the same bytes
+    run_cli("publish", "s3://bucket/pub", tmp_path / "back")
+    for path in shard_paths(json.loads((dataset / "manifest.json").read_text())):
+        assert (tmp_path / "back" / path).read_bytes() == (dataset / path).read_bytes()
+    # a bucket that does not exist: one line, no manifest anywhere
+    proc = run_cli("publish", dataset, "s3://no-such-bucket/pub", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_publish_to_unreachable_object_storage_is_one_line(dataset, tmp_path):
+    import os
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_MAX_ATTEMPTS": "1", "AWS_CONFIG_FILE": "/dev/null",
+           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = run_cli("publish", dataset, "s3://bucket/pub", check=False, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "unreachable" in proc.stderr
