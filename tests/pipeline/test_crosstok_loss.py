@@ -65,3 +65,16 @@ def test_unaligned_positions_get_ce_only():
     got = crosstok_loss(s, batch, spec)
     assert float(got["kd"]) == 0.0 and float(got["uld"]) == 0.0
     torch.testing.assert_close(got["loss"], 0.5 * got["ce"])
+
+
+def test_bits_per_byte_counts_the_bytes_of_each_scored_token():
+    import math
+
+    from pipeline.evaluation.metrics import MetricSums
+
+    logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens: 2 bits per token
+    sums = MetricSums(byte_len=torch.tensor([1, 2, 4, 1]))
+    sums.add(logits, {"input_ids": torch.tensor([[0, 1, 2]])})
+    r = sums.result()  # targets 1 and 2: 6 bytes, 4 bits
+    assert abs(r["bits_per_byte"] - 4 / 6) < 1e-9
+    assert abs(r["byte_perplexity"] - math.exp(2 * math.log(4) / 6)) < 1e-9
