@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
+from tokenizers import Tokenizer
 
 from pipeline.config.check import check_config
 from pipeline.config.paths import check_out_dir
@@ -47,6 +49,7 @@ from pipeline.models.head import logit_chunks
 from pipeline.models.hf import HF_PREFIX
 from pipeline.models.loaded import WEIGHTS, LoadedModel
 from pipeline.models.loader import check_model_exists, is_hf_spec, load_model_spec
+from pipeline.models.tokenbytes import byte_lengths, family_problem, token_bytes
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.training.layout import COMPLETE
@@ -93,6 +96,15 @@ def _dataset(cfg: EvaluateConfig) -> SoftLabelDataset:
         raise PipelineError(f"{cfg.labels} has no {SPLIT} rows: relabel with "
                             "--validation-fraction > 0 (e.g. 0.02)")
     return ds
+
+
+def byte_table(ds: SoftLabelDataset, tok: Tokenizer) -> torch.Tensor | None:
+    """[V] bytes of each dataset token (bits per byte), None for a tokenizer family whose ids do
+    not spell their bytes (pipeline/models/tokenbytes.py)."""
+    if family_problem(tok):
+        return None
+    table = byte_lengths(token_bytes(tok, "dataset tokenizer"))
+    return torch.from_numpy(np.pad(table, (0, max(0, ds.vocab_size - len(table)))))
 
 
 def _check_model(m: LoadedModel, ds: SoftLabelDataset, what: str) -> None:
@@ -234,6 +246,9 @@ def run(cfg: EvaluateConfig) -> dict:
     device = resolve_device(cfg.device)
     fingerprint = inputs_fingerprint(cfg)
     models = _load_models(cfg, ds, device)
+    table = byte_table(ds, models[0].loaded.tokenizer.tokenizer)  # all share the dataset's
+    for m in models:
+        m.sums.byte_len = table
     scored = _score(cfg, ds, models, device)
     bench = BenchSettings(cfg.batch_size, ds.seq_len, cfg.bench_warmup, cfg.bench_repeats)
     costs = measure_costs([(m.loaded.model, m.loaded.weights_bytes) for m in models],

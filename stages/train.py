@@ -18,6 +18,7 @@ local path the students train in local staging folders uploaded at every checkpo
 (pipeline/training/remote.py).
 """
 
+import functools
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.layout import TOKENIZER
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
-from pipeline.training import continued, ddp
+from pipeline.training import continued, ddp, xtok
 from pipeline.training.layout import COMPLETE, CONFIG, METRICS, STATE
 from pipeline.training.students import (
     StudentSpec,
@@ -88,7 +89,9 @@ def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
             raise ConfigError(f"{path}: student name {spec.name!r} is also used by "
                               f"{names[spec.name]}; set a distinct `name` in one of them")
         names[spec.name] = path
-        if spec.tokenizer:
+        if xtok.is_cross(spec, ds.tokenizer_sha256, spec.loss.kind):
+            xtok.check_student(spec, ds, dataset_tokenizer(ds))
+        elif spec.tokenizer:
             check_compatible(ds, tokenizer_sha256=load_tokenizer(spec.tokenizer).sha256,
                              who=f"student {path}")
             check_model_template(ds.manifest, Path(spec.tokenizer).parent, f"student {path}")
@@ -103,7 +106,9 @@ def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
 
 def _fit_to(ds: SoftLabelDataset, spec: StudentSpec, cfg: TrainConfig) -> StudentSpec:
     """The student with the run's length overrides and the dataset's vocabulary and length."""
-    return resolve_for_dataset(with_overrides(spec, cfg.max_steps, cfg.epochs), ds.vocab_size,
+    vocab = (xtok.student_vocab(spec) if xtok.is_cross(spec, ds.tokenizer_sha256, spec.loss.kind)
+             else ds.vocab_size)  # a student with its own tokenizer: its own vocabulary
+    return resolve_for_dataset(with_overrides(spec, cfg.max_steps, cfg.epochs), vocab,
                                ds.seq_len)
 
 
@@ -189,7 +194,7 @@ def _total_steps(spec: StudentSpec, reader: StreamReader) -> int:
 
 
 def _validation_batches(ds: SoftLabelDataset, batch_size: int, n: int,
-                        device: torch.device) -> list[dict]:
+                        device: torch.device, transforms: tuple = ()) -> list[dict]:
     if n == 0 or VALIDATION not in ds.shards or not ds.split_shards(VALIDATION):
         return []
     reader = StreamReader(ds, StreamConfig(VALIDATION, batch_size, seed=0), verify="lazy")
@@ -197,7 +202,7 @@ def _validation_batches(ds: SoftLabelDataset, batch_size: int, n: int,
     for pos, batch in reader.iter_epoch(0):
         if pos >= n:
             break
-        out.append({k: v.to(device) for k, v in batch.items()})
+        out.append({k: v.to(device) for k, v in xtok.apply_all(transforms, batch).items()})
     return out
 
 
@@ -218,7 +223,9 @@ def _open_runs(todo, reader, ds, cfg, device, on_checkpoint=None) -> list[Studen
     runs = []
     tokenizer = dataset_tokenizer(ds)
     for spec, run_dir, resolved, action in todo:
-        run = ddp.student_run(spec, run_dir, device, tokenizer, _total_steps(spec, reader))
+        own = xtok.is_cross(spec, ds.tokenizer_sha256, spec.loss.kind)  # its tokenizer.json
+        run = ddp.student_run(spec, run_dir, device, Path(spec.tokenizer) if own else tokenizer,
+                              _total_steps(spec, reader))
         run.after_save = on_checkpoint  # --out on object storage: upload (training/remote.py)
         resumed = action == "resume" and run.load_checkpoint() is not None
         if not resumed and ddp.is_main():  # fresh, or killed before its first checkpoint
@@ -246,7 +253,7 @@ def _after_step(run: StudentRun, val: "_Validation", settings: dict, pass_rate: 
     if run.step % t.log_every == 0 or evaluate:
         record = run.metrics_record()
         if evaluate:
-            record.update(run.evaluate(val[:t.eval_batches]))
+            record.update(run.evaluate([run.view(b) for b in val[:t.eval_batches]]))
         run.append_metrics(record)
     saved = run.step % t.checkpoint_every == 0 or run.done
     if saved:
@@ -285,7 +292,10 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
     sc = ddp.for_rank(StreamConfig("train", batch_size, cfg.data_seed, cfg.shuffle_rows,
                                    cfg.num_workers))  # torchrun: this rank's rows only
     # each row group is verified when first read, in the loader workers (softlabels/rowgroups.py)
-    reader = ddp.reader(ds, sc, verify="lazy", pin_memory=device.type == "cuda")
+    views, transforms = xtok.transforms_for([t[0] for t in todo], ds.tokenizer_sha256,
+                                            dataset_tokenizer(ds), ds.seq_len)
+    reader = ddp.reader(ds, sc, verify="lazy", pin_memory=device.type == "cuda",
+                        transforms=transforms)  # own-tokenizer students' rows, in the workers
     if reader.rows == 0:
         raise PipelineError(f"dataset {ds.root} has no training rows (split 'train' is empty)")
     if ddp.agree_to_stop(interrupt.requested() is not None):  # before this group starts
@@ -294,7 +304,9 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
     saved = {id(r): r.step for r in runs}  # the step of each student's latest checkpoint
     settings = _stream_settings(sc)
     val = _Validation(lambda: _validation_batches(
-        ds, batch_size, max(r.spec.train.eval_batches for r in runs), device))
+        ds, batch_size, max(r.spec.train.eval_batches for r in runs), device, transforms))
+    for r in runs:
+        r.view = functools.partial(xtok.view, key_prefix=views[r.spec.name])
     for r in runs:
         if r.done and not (r.dir / COMPLETE).is_file():  # killed just before complete.json
             _complete(r, None)
@@ -314,7 +326,7 @@ def _train_group(ds: SoftLabelDataset, todo: list, cfg: TrainConfig,
             for r in active:
                 if r.position != (e, p):
                     continue
-                r.train_step(batch)
+                r.train_step(r.view(batch))
                 r.epoch = e
                 r.position = (e, p + 1) if p + 1 < length else (e + 1, 0)
                 if _after_step(r, val, settings, rate):

@@ -103,6 +103,10 @@ class MetricSums:
     nll: float = 0.0
     correct: float = 0.0
     positions: int = 0
+    # bytes of each scored next token ([V] table, pipeline/models/tokenbytes.py): per-token CE
+    # is not comparable across tokenizers, bits per byte is. None: a family without byte spans
+    byte_len: torch.Tensor | None = None
+    bytes: float = 0.0
     bins: torch.Tensor = field(default_factory=lambda: torch.zeros(3, ECE_BINS,
                                                                    dtype=torch.float64))
 
@@ -143,6 +147,9 @@ class MetricSums:
         nll = (lse - logits.gather(-1, part["target"].unsqueeze(-1)).squeeze(-1))[has]
         conf, correct = (top - lse)[has].exp(), (pred == part["target"])[has].float()
         self.nll += float(nll.double().sum())
+        if self.byte_len is not None:
+            table = self.byte_len.to(part["target"].device)
+            self.bytes += float(table[part["target"][has]].sum())
         self.correct += float(correct.sum())
         self.bins += calibration_bins(conf, correct).cpu()
         if "topk_ids" not in part:
@@ -167,6 +174,9 @@ class MetricSums:
             "top1_agreement": self.agree / fid if fid else None,
             "topk_mass": self.mass / fid if fid else None,
             "ce": ce, "perplexity": math.exp(min(ce, 700.0)),
+            "bits_per_byte": self.nll / self.bytes / math.log(2) if self.bytes else None,
+            "byte_perplexity": math.exp(min(self.nll / self.bytes, 700.0)) if self.bytes
+            else None,
             "top1_accuracy": self.correct / self.positions if self.positions else math.nan,
             "ece": ece_from_bins(self.bins),
             "positions": self.positions, "fidelity_positions": fid,

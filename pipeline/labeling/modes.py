@@ -35,7 +35,8 @@ from pipeline.softlabels import schema as S
 from pipeline.softlabels.ragged import PAD_LOGPROB
 
 SAMPLE_POSITIONS = 256  # positions per float64 CDF when sampling (256 × 152k × 8 B = 311 MB)
-LOSSES_FOR_MODE = {"topk": ("kl_tail", "kl_renorm", "ce"), "topp": ("kl_tail", "kl_renorm", "ce"),
+LOSSES_FOR_MODE = {"topk": ("kl_tail", "kl_renorm", "ce", "crosstok"),
+                   "topp": ("kl_tail", "kl_renorm", "ce"),
                    "sampled": ("sampled", "ce"), "none": ("ce",)}
 
 

@@ -169,9 +169,10 @@ class SoftLabelStream(IterableDataset):
 
     def __init__(self, dataset: SoftLabelDataset, cfg: StreamConfig, units: np.ndarray,
                  epoch: int, skip: dict[int, int] | None = None, last_epoch: int | None = None,
-                 verify_rows: bool = False):
+                 verify_rows: bool = False, transforms: tuple = ()):
         self.dataset, self.cfg, self.units, self.epoch = dataset, cfg, units, epoch
         self.skip, self.last_epoch, self.verify_rows = skip or {}, last_epoch, verify_rows
+        self.transforms = transforms  # batch → batch, run here (in the workers): re-tokenizing
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -212,6 +213,8 @@ class SoftLabelStream(IterableDataset):
                 batch = _gather(cache, local, rows[j * size:(j + 1) * size] - starts[local])
                 for u in [u for u in cache if last_use[u] <= j]:
                     del cache[u]
+                for transform in self.transforms:
+                    batch = transform(batch)
                 yield {**batch, "consumer": consumer, "index": j}
         finally:
             for pf in files.values():
@@ -242,7 +245,7 @@ class StreamReader:
     """The trainer's view: verified shards, epoch lengths, and batches in canonical order."""
 
     def __init__(self, dataset: SoftLabelDataset, cfg: StreamConfig, verify: bool | str = True,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, transforms: tuple = ()):
         """verify: True hashes every shard of the split now (reads it all: small datasets,
         tests); "lazy" verifies each row group as it is first read, in the loader workers
         (`train`: nothing read before the first step); False trusts the files (benchmarks)."""
@@ -252,6 +255,7 @@ class StreamReader:
         if verify not in (True, False, "lazy"):
             raise ValueError(f"verify must be True, False or 'lazy', not {verify!r}")
         self.dataset, self.cfg, self.pin_memory = dataset, cfg, pin_memory
+        self.transforms = tuple(transforms)  # per batch, in the workers (training/xtok.py)
         self.verify_rows = verify == "lazy"
         if verify is True:
             for shard in dataset.split_shards(cfg.split):
@@ -279,7 +283,7 @@ class StreamReader:
         skipped = Counter(order[:start, 0].tolist())
         skip = {c: skipped[c] for c in self.cfg.local_consumers}
         stream = SoftLabelStream(self.dataset, self.cfg, self.units, epoch, skip, last_epoch,
-                                 self.verify_rows)
+                                 self.verify_rows, self.transforms)
         if self.cfg.num_workers == 0:
             source = stream.iter_epochs(self.cfg.local_consumers[0])
         else:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from pipeline.device import autocast
 from pipeline.models.head import CHUNK_POSITIONS, Head, chunk_positions, split_model
+from pipeline.training.crosstok import crosstok_loss
 from pipeline.training.losses import (
     KD_KINDS,
     LABEL_KEYS,
@@ -142,6 +143,10 @@ def model_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spec: Los
     """The model's loss on the batch: its body under the device's autocast, then the chunked
     head and loss in fp32, `chunk` positions at a time (default `chunk_positions()`). `chunk`
     0, or a model without a separable head: full logits and `compute_loss` (the reference)."""
+    if "kd_pos" in batch:  # a student with its own tokenizer (full logits: its vocab is small)
+        with autocast(device):
+            logits = model(batch["input_ids"])
+        return crosstok_loss(logits, batch, spec)
     chunk = chunk_positions() if chunk is None else chunk
     head = split_model(model) if chunk else None
     kw = {"segment_ids": batch["segment_ids"]} if "segment_ids" in batch else {}  # 1.3 packed

@@ -48,8 +48,10 @@ import torch
 from pipeline.config.fields import Range, opt
 from pipeline.softlabels.ragged import PAD_LOGPROB
 
-KINDS = ("kl_tail", "kl_renorm", "ce", "sampled")
-KD_KINDS = ("kl_tail", "kl_renorm", "sampled")
+KINDS = ("kl_tail", "kl_renorm", "ce", "sampled", "crosstok")
+KD_KINDS = ("kl_tail", "kl_renorm", "sampled", "crosstok")
+# kinds that compare stored ids with the student's: refused for a student with its own tokenizer
+SHARED_ID_KINDS = ("kl_tail", "kl_renorm", "sampled")
 # Smallest student tail mass we take a log of: keeps log q_r (and its gradient) finite when the
 # student puts all its mass inside S (k = vocab, or a confident student). Error <= r * 14.
 MIN_STUDENT_TAIL = 1e-6
@@ -61,9 +63,11 @@ class LossSpec:
     """A student file's [loss]: loss = alpha·KD + (1 − alpha)·CE (`kind` checked by students.py,
     whose message lists the losses)."""
 
-    kind: str = opt("kl_tail", help="kl_tail, kl_renorm, ce or sampled")
+    kind: str = opt("kl_tail", help="kl_tail, kl_renorm, ce, sampled or crosstok")
     alpha: float = opt(0.5, help="weight of the KD term", check=Range(0, 1))
     temperature: float = opt(1.0, help="KD temperature", check=Range(0.01, 100))
+    uld_weight: float = opt(0.0, help="crosstok: weight of the vocabulary-free ULD term",
+                            check=Range(0))
 
     @property
     def uses_labels(self) -> bool:

@@ -66,6 +66,8 @@ class StudentSpec:
         d = {"name": self.name, "model": dict(self.model), "optimizer": asdict(self.optimizer),
              "schedule": asdict(self.schedule), "train": asdict(self.train),
              "loss": asdict(self.loss)}
+        if self.loss.kind != "crosstok":  # run folders from before the key resolve unchanged
+            del d["loss"]["uld_weight"]
         if self.tokenizer:
             d["tokenizer"] = self.tokenizer
         return d

@@ -56,6 +56,10 @@ def lr_at(step: int, total: int, spec: StudentSpec) -> float:
 
 
 
+def _same(batch: dict) -> dict:
+    return batch
+
+
 class StudentRun:
     def __init__(self, spec: StudentSpec, run_dir: Path, device: torch.device,
                  tokenizer_path: Path, total_steps: int):
@@ -79,6 +83,7 @@ class StudentRun:
         self.last_val: dict = {}
         self._log_clock, self._log_tokens = time.perf_counter(), 0
         self.after_save = None  # called with the run folder after each checkpoint, if set
+        self.view = _same  # batch → this student's batch (own tokenizer: training/xtok.py)
 
     @property
     def done(self) -> bool:
