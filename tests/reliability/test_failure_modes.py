@@ -552,9 +552,11 @@ CASES = [
     Case("train", "student file that does not exist",
          "error: student file <file> not found (see data/students/*.toml)", 2,
          "nothing written", lambda e: train_args(e, e.tmp / "none.toml"), nothing_written),
-    Case("train", "student `tokenizer` ≠ the dataset's",
-         "error: student <file> tokenizer sha256 <a> != dataset <dir> tokenizer sha256 <b>: "
-         "train on a dataset labeled with this student's tokenizer", 1, "nothing written",
+    Case("train", "student `tokenizer` ≠ the dataset's, with a loss that compares ids "
+         "(e.g. `kl_tail`)",
+         "error: <file>: [loss] kind 'kl_tail' compares token ids, but this student's tokenizer "
+         "<path> is not the dataset's; set [loss] kind = \"crosstok\" (or \"ce\")", 2,
+         "nothing written",
          lambda e: train_args(e, write(e, "s.toml", f'tokenizer = "{e.other_tokenizer}"\n')),
          nothing_written),
     Case("train", "KD loss on a tokens-only dataset",
