@@ -26,6 +26,20 @@ def pytest_configure(config):
     pin_threads()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Tests that run a teacher are marked `teacher` (`-m "not teacher"`: the suite of unit
+    tests and hand-built datasets, what `make mutation` runs). Under `make mutation`, each
+    mutant's tests run cheapest first (tests/mutation_order.py)."""
+    from tests.mutation_order import fastest_first, mutant_under_test
+
+    for item in items:
+        if "tiny_teacher" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.teacher)
+    if mutant_under_test():
+        fastest_first(items, config.rootpath)
+
+
 def tool_default_env(**extra) -> dict:
     """This environment without any thread setting: a CLI run with it uses the tool's own
     default, which is what a test of that default must run."""
