@@ -11,12 +11,33 @@ module-scoped fixture (a labeled dataset) is built at most once per mutant.
 
 A plain `pytest` run is untouched: mutmut names the mutant in MUTANT_UNDER_TEST
 (`module.x_function__mutmut_N`); its own set-up runs ("stats", "fail", "") keep pytest's order.
+Its fork server imports the tests once and forks a process per mutant, so what `warm_up` loads
+there is loaded once per run, not once per mutant.
 """
 
+import gc
 import json
 import os
 import tomllib
 from pathlib import Path
+
+
+def warm_up() -> None:
+    """Load in mutmut's fork server what every mutant's process would otherwise load again:
+    pyarrow imports pandas (~380 modules, 0.3 s) the first time it converts a numpy array."""
+    import numpy as np
+    import pyarrow as pa
+
+    pa.array(np.zeros(1))
+
+
+def freeze_fork_server(config) -> None:
+    """After the fork server's warm-up collection: move everything loaded so far (torch,
+    pandas, the test modules) out of the garbage collector's sight. pytest collects garbage at
+    the end of every session, and in each mutant's process that pass over a few million objects
+    it never freed cost 0.3 s; frozen, they are not scanned (nor copied on write by it)."""
+    if config.option.collectonly and "MUTANT_UNDER_TEST" in os.environ:
+        gc.freeze()
 
 
 def mutant_under_test() -> bool:

@@ -1,0 +1,144 @@
+"""Surviving mutants that cannot change behaviour, by mutant name, with the reason
+(tests/mutation_report.py prints it next to the mutant's diff in MUTATION.md).
+
+Why a list by name: an equivalent mutant is a claim about the code, so it is reviewed like
+code. Mutant numbers follow the source: when a function changes, its old entries stop matching
+a survivor and MUTATION.md lists them as stale, to be checked again.
+"""
+
+_DEFAULT = "the argument removed or changed is the function's own default"
+_LE_ZERO = ("x − logsumexp(x) is already <= 0 in floating point (logsumexp adds "
+            "log Σ e^(x − max) >= log 1 = 0 to the max), so the clamp's bound is never reached")
+_UPPER = "1 − mass <= 1 because a mass of exponentials is >= 0; the upper clamp is idle"
+_FLOOR = "int(a / b) equals a // b for the non-negative integer indices used here"
+_FLOAT64 = "astype(None) is float64 too"
+_BIG_ENDIAN = _DEFAULT + " (int.from_bytes is big-endian by default since Python 3.11, our minimum)"
+_UNREACHABLE_SIZES = ("unreachable: checks.row_lengths, just before, refused every row whose "
+                      "columns do not hold exactly seq_len values (x k, or the sum of the row's "
+                      "label_counts), so these sizes always agree")
+_SCHEMA = ("the column keeps its stored type instead of being converted; the shard's schema was "
+           "checked when it was opened (ids uint16/int32, counts uint8/uint16, tail float32), "
+           "and every use below compares, converts (ragged.entry_positions, the int64 cumsum of "
+           "sortedids.ids_from_deltas, _duplicates' key with an int64 position) or sums it to "
+           "the same result")
+_PADDING = ("only padding entries change, and sortedids.rank_order replaces them through the "
+            "mask before anything reads them")
+
+FORWARD = {
+    "x_topk_from_logits__mutmut_19": _DEFAULT + " (dim=-1)",
+    "x_topk_from_logits__mutmut_20": _DEFAULT + " (sorted=True)",
+    "x_topk_from_logits__mutmut_33": _UPPER,
+    "x_topk_from_logits__mutmut_35": _UPPER,
+    "x_topk_from_logits__mutmut_39": _UPPER,
+    "x_topk_from_logits__mutmut_41": _LE_ZERO,
+}
+
+MODES = {
+    "x_topp_from_logits__mutmut_19": _DEFAULT + " (dim=-1)",
+    "x_topp_from_logits__mutmut_20": _DEFAULT + " (sorted=True)",
+    "x_topp_from_logits__mutmut_27": _LE_ZERO,
+    "x_topp_from_logits__mutmut_61": _UPPER,
+    "x_topp_from_logits__mutmut_63": _UPPER,
+    "x_topp_from_logits__mutmut_67": _UPPER,
+    "x_topp_from_logits__mutmut_70":
+        "on CPU, where every test runs, the device only matters on CUDA, where the mutant fails "
+        "loudly (a device mismatch), never silently",
+    "x_topp_from_logits__mutmut_72": "torch.arange's default device is the CPU (see mutant 70)",
+    "x_topp_from_logits__mutmut_82":
+        "padding entries are never stored (the writer keeps label_counts entries per position) "
+        "and are masked in the loss, so the padding id is never read",
+    "x_check_loss__mutmut_3":
+        "every mode of the format is a key of LOSSES_FOR_MODE and the manifest's mode is "
+        "checked against them when it is read, so the default is never used",
+    "x_check_loss__mutmut_5": "as mutant 3",
+    "x_row_seed__mutmut_7": _BIG_ENDIAN,
+}
+
+SPLIT = {
+    "x_split_of__mutmut_5": "codec names are case-insensitive: 'UTF-8' is 'utf-8'",
+    "x_split_of__mutmut_11": _BIG_ENDIAN,
+}
+
+ENCODINGS = {
+    "x_importance_weights__mutmut_3": _FLOAT64,
+    "x_importance_weights__mutmut_11": _FLOAT64,
+    "x_importance_weights__mutmut_22":
+        "the exponent of a padding entry is multiplied by its 0 draws (w = 0 x e^1 = 0)",
+}
+
+CHECKS = {
+    "x_manifest_fields__mutmut_15":
+        "every branch of the if/elif/else chain below assigns `problem`; its first value is "
+        "never read",
+    "x__variable_lengths__mutmut_29":
+        "label_counts was already checked for nulls, naming `where`, by the per-position loop "
+        "just above, so this second call never raises and its `where` is never shown",
+    "x__variable_lengths__mutmut_35":
+        "zero_copy_only matters only for arrays with nulls; the nulls of label_counts (unsigned "
+        "integers) were refused above",
+    "x__variable_lengths__mutmut_36": "as mutant 35: a null-free integer array converts without "
+                                      "a copy",
+    "x__variable_lengths__mutmut_48":
+        "numpy's reshape takes any negative size as the one unknown dimension (-2 works as -1)",
+}
+
+VALIDATE = {
+    "x__first_row__mutmut_2": _FLOOR,
+    "x_check_table__mutmut_70": _FLOOR,
+    "x_check_table__mutmut_16": _SCHEMA,
+    "x_check_table__mutmut_18": _SCHEMA,
+    "x_check_table__mutmut_32": _SCHEMA,
+    "x_check_table__mutmut_34": _SCHEMA,
+    "x_check_table__mutmut_44": _SCHEMA,
+    "x_check_table__mutmut_46": _SCHEMA,
+    "x_check_table__mutmut_57": _SCHEMA,
+    "x_check_table__mutmut_59": _SCHEMA,
+    "x_check_table__mutmut_38": "np.full with an int fill value is int64 by default",
+    "x_check_table__mutmut_41": "as mutant 38",
+    "x_check_table__mutmut_22": _UNREACHABLE_SIZES,
+    "x_check_table__mutmut_61": _UNREACHABLE_SIZES,
+    "x_check_table__mutmut_62": _UNREACHABLE_SIZES,
+    "x_check_table__mutmut_66": _UNREACHABLE_SIZES,
+    "x_check_table__mutmut_110":
+        "LOGPROB_SLACK has every encoding of the format (manifest_fields refuses any other), so "
+        "the default of .get is never used",
+    "x_check_table__mutmut_112": "as mutant 110",
+    "x_check_table__mutmut_113": "as mutant 110",
+    "x__duplicates__mutmut_2":
+        "pos·V − id is as unique per (position, id) as pos·V + id while 0 <= id < V, which "
+        "holds whenever this check runs (ids out of range are reported instead)",
+    "x__duplicates__mutmut_6":
+        "an unstable sort only changes which of two equal keys is flagged; both are entries of "
+        "the same position, so the same row is named",
+    "x__duplicates__mutmut_8": "as mutant 6",
+    "x__duplicates__mutmut_10": "numpy reads the sort kind case-insensitively",
+    "x__duplicates__mutmut_13":
+        "a float array of 0s and 1s instead of booleans: .any() and np.flatnonzero read it "
+        "the same",
+    "x__duplicates__mutmut_15": "as mutant 13",
+    "x__mode_problems__mutmut_10": _FLOAT64,
+    "x__mode_problems__mutmut_21": _SCHEMA,
+    "x__mode_problems__mutmut_23": _SCHEMA,
+    "x__mode_problems__mutmut_31":
+        "every position holds at least one entry (label_counts in [1, k], checked by "
+        "row_lengths), so bincount already returns one total per position",
+    "x__mode_problems__mutmut_37": "the stored log-norm is float32; isfinite of it is the same",
+    "x__mode_problems__mutmut_39": "as mutant 37",
+    "x__rank_ordered__mutmut_6":
+        "without the mask, padding ids hold the running sum of deltas instead of 0: " + _PADDING,
+    "x__rank_ordered__mutmut_8": "as mutant 6",
+    "x__rank_ordered__mutmut_21":
+        "padding deltas follow the real ones, so the running sum at real entries is the same, "
+        "and " + _PADDING,
+    "x__rank_ordered__mutmut_34": "the fill of padding log-probabilities: " + _PADDING,
+    "x__rank_ordered__mutmut_41": "as mutant 34",
+    "x_validate_dataset__mutmut_14": _DEFAULT + " (verify=True)",
+}
+
+EQUIVALENT: dict[str, str] = {
+    f"pipeline.{module}.{name}": f"Equivalent: {reason}."
+    for module, table in (("labeling.forward", FORWARD), ("labeling.modes", MODES),
+                          ("labeling.split", SPLIT), ("softlabels.encodings", ENCODINGS),
+                          ("softlabels.checks", CHECKS), ("softlabels.validate", VALIDATE))
+    for name, reason in table.items()
+}
