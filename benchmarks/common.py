@@ -58,8 +58,14 @@ class Params:
     vocab_docs: int = 24  # fig 9: articles of both train datasets (≥ vocab_steps batches)
     vocab_steps: int = 3  # fig 9: optimizer steps per measured `train`
     vocab_label_docs: int = 8  # fig 9: articles per measured `label` at the wide vocabulary
+    wide_label_docs: int = 24  # fig 1 (wide): articles labeled at 151,936 logits
     startup_shards: int = 100_000  # fig 10: the big dataset (the small one has 10 shards)
     startup_docs: int = 60  # fig 10: articles labeled for its 16-row source shards
+    chat_docs: int = 400  # fig 11: bbc-headlines conversations (the example job's 400)
+    chat_seq_len: int = 128  # fig 11: a headline conversation is ~60-120 demo tokens
+    chat_shard_rows: int = 32  # fig 11: small shards, so the bytes figure has disjoint slices
+    chat_words: int | None = None  # fig 11 quick: turns cut to N words (None: as the corpus is)
+    incremental_docs: int = 1_000  # fig 12: version 1's articles (+10 % make version 2)
 
     @classmethod
     def quick(cls) -> "Params":
@@ -68,7 +74,9 @@ class Params:
                    validation_fraction=0.3, label_docs=3, base_docs=10, storage_rows=4,
                    stream_student_steps=2, stream_epochs=2, students_steps=2, memory_docs=1,
                    quality_steps=2, quality_eval_rows=4, wide_vocab=32_768, vocab_docs=2,
-                   vocab_steps=2, vocab_label_docs=1, startup_shards=1_000, startup_docs=20)
+                   vocab_steps=2, vocab_label_docs=1, wide_label_docs=2, startup_shards=1_000,
+                   startup_docs=20, chat_docs=24, chat_seq_len=64,
+                   chat_shard_rows=2, chat_words=3, incremental_docs=20)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

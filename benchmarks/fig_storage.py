@@ -7,10 +7,10 @@ in format 1.2 ("after": ids ascending and delta-coded, BYTE_STREAM_SPLIT, zstd l
 pipeline/softlabels/sortedids.py) — and read back by the real reader. Bytes come from the Parquet
 footer: the label columns (ids, log-probabilities, per-position tail mass) ÷ (positions × k);
 `raw_id_bytes_per_entry` is the id column before zstd. Three teachers:
-- the demo teacher (4,096 ids), goal ≤ 2.0 B per entry;
+- the demo teacher (4,096 ids), goal ≤ 2.0 B per entry at k = 32 (k = 8 and 128: reported);
 - a 151,936-id teacher with realistic distributions built from it (benchmarks/wide_teacher.py:
   each demo id's probability split over a fixed random group of wide ids by a fixed skewed
-  rule), goal ≤ 2.5 B per entry;
+  rule), goal ≤ 2.5 B per entry at k = 32;
 - a random-weight 151,936-id teacher (k = 32 only): near-uniform rows make every top-k a random
   subset, the upper bound of what ids cost; reported, no goal.
 The quantisation error is the KL between the exact labels (float32 from the teacher) and the
@@ -37,7 +37,8 @@ from pipeline.softlabels.writer import ShardLabels, build_table, write_shard
 from pipeline.training.losses import kl_tail_from_gathered
 
 GOAL_KL = 1e-3
-GOALS = {"demo": 2.0, "wide": 2.5, "random": None}  # B per entry at <= GOAL_KL nats
+GOALS = {"demo": 2.0, "wide": 2.5, "random": None}  # B per entry at <= GOAL_KL nats, k = GOAL_K
+GOAL_K = 32  # k = 8 and 128 are reported beside it, without a goal
 ENCODINGS = ("fp32", "fp16", "u8")
 LAYOUTS = {"before": None, "after": "sorted_delta"}  # labels.id_encoding
 
@@ -146,7 +147,7 @@ def _figure(teacher: str, vocab: int, k: int, res: dict) -> Figure:
     def stat(enc, lay, key):
         return Stat([r[key] for r in res[enc, lay]])
 
-    goal = GOALS[teacher]
+    goal = GOALS[teacher] if k == GOAL_K else None  # the issue sets its goals at k = 32
     ok = [e for e in ENCODINGS if stat(e, "after", "kl").max <= GOAL_KL]
     best = min(ok or ENCODINGS, key=lambda e: stat(e, "after", "bytes_per_entry").median)
     entry, before = stat(best, "after", "bytes_per_entry"), stat(best, "before", "bytes_per_entry")
@@ -165,9 +166,11 @@ def _figure(teacher: str, vocab: int, k: int, res: dict) -> Figure:
             f"smallest encoding within the KL goal: **{best}** (KL ≤ "
             f"{stat(best, 'after', 'kl').max:.1e} nats; before 1.2: {before.median:.2f} B)")
     passed = None if goal is None else entry.median <= goal and bool(ok)
-    fig = Figure(fid, name, "none (upper bound)" if goal is None else
-                 f"≤ {goal} B at ≤ {GOAL_KL:g} nats", entry, passed, unit=" B", details=details)
-    if passed is False:
+    no_goal = "none (upper bound)" if GOALS[teacher] is None else f"none (goal at k = {GOAL_K})"
+    fig = Figure(fid, name, no_goal if goal is None else f"≤ {goal} B at ≤ {GOAL_KL:g} nats",
+                 entry, passed, unit=" B", details=details)
+    if passed is False or (goal is None and GOALS[teacher] is not None
+                           and entry.median > GOALS[teacher]):
         b = {c: stat(best, "after", f"{c}_bytes_per_entry").median for c in ("id", "logprob",
                                                                               "tail")}
         fig.note = (f"At k = {k} the {label} takes {entry.median:.2f} B per entry in 1.2 "
@@ -176,7 +179,8 @@ def _figure(teacher: str, vocab: int, k: int, res: dict) -> Figure:
                     f"log-probabilities {b['logprob']:.2f} B, exact fp32 tail mass "
                     f"{b['tail']:.2f} B (4 B per position ÷ k, kept exact by the format). "
                     + ("At small k the tail dominates: only a narrower tail or top-p labels "
-                       "(fewer entries where the teacher is sure) would reach the goal."
+                       "(fewer entries where the teacher is sure) would reach the k = 32 "
+                       "bytes goal here."
                        if b["tail"] > 0.25 else "The ids are within a few percent of what "
                        "they carry; a coarser log-probability grid would be the next lever."))
     return fig

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from benchmarks import (
+    fig_chat,
+    fig_incremental,
     fig_label,
     fig_memory,
     fig_online,
@@ -36,7 +38,7 @@ from pipeline.device import resolve_device
 
 FIGURES = {"1": fig_label, "2": fig_storage, "3": fig_stream, "4": fig_online,
            "5": fig_students, "6": fig_memory, "7": fig_scaleout, "8": fig_quality,
-           "9": fig_vocab, "10": fig_startup}
+           "9": fig_vocab, "10": fig_startup, "11": fig_chat, "12": fig_incremental}
 
 
 def cpu_seconds() -> float:

@@ -66,9 +66,14 @@ def _chunks(ds: SoftLabelDataset, cfg: AuditConfig, model, device):
     for decoded in _rows(ds, cfg.split, cfg.rows):
         for lo in range(0, decoded["input_ids"].shape[0], cfg.batch_size):
             batch = {k: v[lo:lo + cfg.batch_size].to(device) for k, v in decoded.items()}
-            flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items() if k != "input_ids"}
-            for a, b, logits in logit_chunks(model, batch["input_ids"], AUDIT_POSITIONS):
+            flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()
+                    if k not in ("input_ids", "segment_ids")}
+            for a, b, logits in logit_chunks(model, batch["input_ids"], AUDIT_POSITIONS,
+                                             batch.get("segment_ids")):
                 part = {k: v[a:b] for k, v in flat.items()}
+                if "loss_mask" in part:  # 1.3: only trained positions hold labels
+                    keep = part.pop("loss_mask")
+                    logits, part = logits[keep], {k: v[keep] for k, v in part.items()}
                 yield *_audit_chunk(logits.float(), part, ds.vocab_size), part["tail_mass"]
 
 
@@ -109,6 +114,10 @@ def _check(ds: SoftLabelDataset, cfg: AuditConfig, teacher) -> None:
         raise PipelineError(f"--teacher {cfg.teacher}: tokenizer differs from the dataset's")
 
 
+def _split_rows(ds: SoftLabelDataset, split: str) -> int:
+    return sum(s.rows for s in ds.split_shards(split))
+
+
 @torch.inference_mode()
 def run(cfg: AuditConfig) -> dict:
     """Audit one dataset against its teacher; return the report as a dict."""
@@ -132,7 +141,8 @@ def run(cfg: AuditConfig) -> dict:
                             "--split train")
     summary = ds.manifest.get("summary", {})
     return {"labels": str(ds.root), "teacher": cfg.teacher, "split": cfg.split,
-            "rows": positions // ds.seq_len, "positions": positions, **ds.spec.as_dict(),
+            "rows": min(cfg.rows, _split_rows(ds, cfg.split)), "positions": positions,
+            **ds.spec.as_dict(),
             "kl_mean": sums["kl"] / positions, "kl_max": kl_max,
             "coverage": sums["coverage"] / positions,
             "entries_per_position": sums["entries"] / positions,

@@ -41,6 +41,7 @@ from pipeline.evaluation.report import (
 )
 from pipeline.io.hashing import sha256_json
 from pipeline.io.storage import Store
+from pipeline.labeling.chat import check_model_template
 from pipeline.models.head import logit_chunks
 from pipeline.models.hf import HF_PREFIX
 from pipeline.models.loaded import WEIGHTS, LoadedModel
@@ -85,7 +86,7 @@ def model_name(spec: str) -> str:
 
 
 def _dataset(cfg: EvaluateConfig) -> SoftLabelDataset:
-    ds = SoftLabelDataset(cfg.labels)
+    ds = SoftLabelDataset(cfg.labels, cfg.version)
     shards = ds.shards.get(SPLIT, [])
     if not shards or sum(s.rows for s in shards) == 0:
         raise PipelineError(f"{cfg.labels} has no {SPLIT} rows: relabel with "
@@ -100,6 +101,7 @@ def _check_model(m: LoadedModel, ds: SoftLabelDataset, what: str) -> None:
             f"{what} {m.path}: tokenizer sha256 {tok.sha256[:12]} (vocab {tok.vocab_size}) "
             f"differs from dataset {ds.root} tokenizer sha256 {ds.tokenizer_sha256[:12]} "
             f"(vocab {ds.vocab_size}); evaluate it on a dataset labeled with its tokenizer")
+    check_model_template(ds.manifest, Path(m.path), f"{what} {m.path}")
     context = m.config.get("context")
     if context and context < ds.seq_len:
         raise PipelineError(f"{what} {m.path}: context {context} is shorter than the dataset "
@@ -151,7 +153,8 @@ def _score(cfg: EvaluateConfig, ds: SoftLabelDataset, models: list[_Model], devi
                          for k, v in ds.decode(rb, f"shard {shard.rel}").items()}
                 for m in models:  # logits one chunk of positions at a time, never [B, L, V]
                     with torch.inference_mode():
-                        m.sums.add_chunks(logit_chunks(m.loaded.model, batch["input_ids"]),
+                        m.sums.add_chunks(logit_chunks(m.loaded.model, batch["input_ids"],
+                                                       segment_ids=batch.get("segment_ids")),
                                           batch, is_teacher=m.role == "teacher")
                 done += n
                 progress.advance(task, n * ds.seq_len)
@@ -165,7 +168,7 @@ def _score(cfg: EvaluateConfig, ds: SoftLabelDataset, models: list[_Model], devi
 def inputs_fingerprint(cfg: EvaluateConfig) -> str:
     """What the report depends on: the dataset, each model's weights and completion record, the
     settings and the device. Cheap (hashes files, loads no model)."""
-    manifest = SoftLabelDataset(cfg.labels).manifest
+    manifest = SoftLabelDataset(cfg.labels, cfg.version).manifest
 
     return sha256_json({
         "dataset": {"plan": manifest.get("plan_fingerprint"), "splits": manifest["splits"]},

@@ -34,6 +34,7 @@ from pipeline.io.cache import temporary_dir
 from pipeline.io.hashing import sha256_file, sha256_json
 from pipeline.io.locking import DirLock
 from pipeline.io.storage import Store
+from pipeline.labeling import incremental, samples
 from pipeline.labeling import modes as labelmodes
 from pipeline.labeling.corpus import SPLIT_RULE, CorpusSpec, CorpusStats
 from pipeline.labeling.packing import ShardSpill, iter_shard_inputs
@@ -110,7 +111,7 @@ def resolve_seq_len(cfg: LabelConfig, context: int | None) -> LabelConfig:
 
 
 def plan_params(cfg: LabelConfig, spec, tokenizer_sha256: str | None,
-                teacher_sha256: str | None) -> dict:
+                teacher_sha256: str | None, settings=None) -> dict:
     """Everything a plan.json records about how the dataset was made, except the corpus content
     (which needs a read): the one definition both planning and is_complete use."""
     return {"seq_len": cfg.seq_len, "shard_rows": cfg.shard_rows,
@@ -118,7 +119,9 @@ def plan_params(cfg: LabelConfig, spec, tokenizer_sha256: str | None,
             "labels": spec.as_dict(), "tokenizer_sha256": tokenizer_sha256,
             "teacher_sha256": teacher_sha256,
             "corpus": {"uri": cfg.corpus, "text_column": cfg.text_column,
-                       "id_column": cfg.id_column, "limit_docs": cfg.limit_docs}}
+                       "id_column": cfg.id_column, "limit_docs": cfg.limit_docs,
+                       **({"content_ids": True} if cfg.content_ids else {})},
+            **(samples.plan_params(cfg, settings) if settings else {})}
 
 
 def is_complete(cfg: LabelConfig) -> bool:
@@ -127,39 +130,74 @@ def is_complete(cfg: LabelConfig) -> bool:
     tokenizer and teacher hashes, seq_len, shards, split, corpus settings). Cheap: neither the
     corpus nor the teacher model is read, only hashed files. Anything it cannot verify locally
     (a hub teacher, a remote folder) counts as not complete; `run` then resumes, which finds
-    every shard done and rewrites nothing. The corpus content itself is not compared (a changed
-    file under the same path is not noticed: label a new corpus into a new --out)."""
+    every shard done and rewrites nothing. Without --incremental the corpus content itself is
+    not compared (a changed file under the same path is not noticed: label a new corpus into a
+    new --out); with it, the corpus listing is (pipeline/labeling/changes.py)."""
+    if cfg.incremental:
+        return _unchanged(cfg) is not None
     store = Store(cfg.out)
     plan, manifest = layout.read_json(store, PLAN), layout.read_json(store, MANIFEST)
     try:
-        cfg = resolve_seq_len(cfg, local_context(cfg.teacher) if cfg.top_k > 0 else None)
         params = plan["params"]
         committed = manifest["plan_fingerprint"] == plan["fingerprint"]
-        spec = labelmodes.build_spec(cfg, params["labels"]["vocab_size"])
-    except (TypeError, KeyError, PipelineError):
+        vocab_size = params["labels"]["vocab_size"]
+    except (TypeError, KeyError):
         return False
+    return committed and params == _local_params(cfg, vocab_size)
+
+
+def _local_params(cfg: LabelConfig, vocab_size: int) -> dict | None:
+    """The plan parameters `run` would record, from hashed local files only; None when they
+    cannot be known without loading something."""
+    try:
+        cfg = resolve_seq_len(cfg, local_context(cfg.teacher) if cfg.top_k > 0 else None)
+        spec = labelmodes.build_spec(cfg, vocab_size)
+    except (TypeError, KeyError, PipelineError):
+        return None
     tokenizer_sha = _local_tokenizer_sha256(cfg)
     teacher_sha = local_weights_sha256(cfg.teacher) if cfg.top_k > 0 else None
     if tokenizer_sha is None or (cfg.top_k > 0 and teacher_sha is None):
-        return False  # not verifiable without loading: `run` resumes instead
-    return committed and params == plan_params(cfg, spec, tokenizer_sha, teacher_sha)
+        return None  # not verifiable without loading: `run` resumes instead
+    settings = samples.local_settings(cfg, _local_tokenizer_path(cfg))
+    if settings is None:
+        return None
+    return plan_params(cfg, settings.spec(spec), tokenizer_sha, teacher_sha, settings)
 
 
-def _local_tokenizer_sha256(cfg: LabelConfig) -> str | None:
-    """The hash of the tokenizer.json labeling would use, when it is a local file."""
+def _unchanged(cfg: LabelConfig) -> dict | None:
+    """--incremental: the committed version when the corpus listing and every setting are the
+    ones it was made with (no corpus byte read, no teacher loaded)."""
+    manifest = incremental.unchanged(Store(cfg.out), cfg)
+    if manifest is None:
+        return None
+    params = manifest["version"].get("params") or {}
+    vocab = (params.get("labels") or {}).get("vocab_size")
+    return manifest if vocab and params == _local_params(cfg, vocab) else None
+
+
+def _local_tokenizer_path(cfg: LabelConfig) -> Path | None:
+    """The tokenizer.json labeling would use, when it is a local file."""
     path = Path(cfg.tokenizer) if cfg.tokenizer else None
     if path is None and cfg.teacher:  # None for a teacher on object storage
         path = Store(cfg.teacher.removeprefix(HF_PREFIX)).local_path(layout.TOKENIZER)
-    return sha256_file(path) if path is not None and path.is_file() else None
+    return path if path is not None and path.is_file() else None
 
 
-def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill) -> dict:
+def _local_tokenizer_sha256(cfg: LabelConfig) -> str | None:
+    path = _local_tokenizer_path(cfg)
+    return sha256_file(path) if path is not None else None
+
+
+def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill, settings) -> dict:
     """Read, tokenize and pack the corpus once: the plan, and each shard's input in `spill`."""
     corpus = CorpusSpec(cfg.corpus, cfg.text_column, cfg.id_column)
-    stats = CorpusStats()
+    stats, sample_stats = CorpusStats(), samples.SampleStats()
     shards = []
-    for s in iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
-                               cfg.validation_fraction, cfg.limit_docs, stats):
+    inputs = (iter_shard_inputs(corpus, tokenizer, cfg.seq_len, cfg.shard_rows,
+                                cfg.validation_fraction, cfg.limit_docs, stats)
+              if settings.legacy else samples.iter_inputs(cfg, tokenizer, settings, stats,
+                                                          sample_stats))
+    for s in inputs:
         spill.put(s)
         shards.append({"split": s.split, "index": s.index, "rows": int(s.tokens.shape[0]),
                        "input_sha256": s.input_sha256})
@@ -169,8 +207,11 @@ def _plan(cfg, tokenizer, teacher, spec, spill: ShardSpill) -> dict:
     if not shards:
         raise PipelineError(f"corpus {cfg.corpus} has fewer than --seq-len {cfg.seq_len} tokens; "
                             "use a smaller --seq-len or a bigger corpus")
-    params = plan_params(cfg, spec, tokenizer.sha256, teacher.weights_sha256 if teacher else None)
+    params = plan_params(cfg, spec, tokenizer.sha256, teacher.weights_sha256 if teacher else None,
+                         settings)
     plan = {"params": params, "shards": shards, "corpus_stats": stats.as_dict()}
+    if not settings.legacy:
+        plan["sample_stats"] = sample_stats.as_dict()
     plan["fingerprint"] = sha256_json({"params": params, "shards": shards})
     return plan
 
@@ -210,7 +251,7 @@ def _completed(store: Store, shard: dict) -> dict | None:
     return rec if ok else None
 
 
-def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
+def _manifest(cfg, plan, spec, tokenizer, teacher, records, settings) -> dict:
     splits: dict[str, list] = {}
     for rec in sorted(records, key=lambda r: r["path"]):
         split = rec["path"].split("/")[1]
@@ -220,7 +261,8 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
         splits.setdefault(split, []).append(entry)
     positions = sum(r["positions"] for r in records)
     nbytes = sum(r["bytes"] for r in records)
-    mass = (sum(r["topk_mass_sum"] for r in records) / positions) if spec.has_labels else None
+    labeled = sum(r.get("trained_positions", r["positions"]) for r in records)  # 1.3: masked
+    mass = (sum(r["topk_mass_sum"] for r in records) / max(labeled, 1)) if spec.has_labels else None
     stats = plan["corpus_stats"]
     return {
         "format_version": spec.format_version,
@@ -228,7 +270,8 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "plan_fingerprint": plan["fingerprint"],
         "teacher": teacher.describe() if teacher else None,
-        "tokenizer": tokenizer.describe(),
+        "tokenizer": {**tokenizer.describe(), **({"chat_template_sha256": settings.template.sha256}
+                                                  if settings.template else {})},
         "corpus": {"uri": cfg.corpus, "fingerprint": sha256_json(
             [s["input_sha256"] for s in plan["shards"]]),
                    "validation_fraction": cfg.validation_fraction, "split_rule": SPLIT_RULE,
@@ -240,25 +283,32 @@ def _manifest(cfg, plan, spec, tokenizer, teacher, records) -> dict:
                     "bytes_per_position": nbytes / max(positions, 1),
                     "bytes_per_entry": nbytes / max(positions * max(spec.k, 1), 1),
                     **labelmodes.summary_extras(spec, records, nbytes)},
+        **samples.manifest_fields(settings, plan, records),
     }
 
 
 def run(cfg: LabelConfig) -> dict:
     """Label (or resume labeling) a dataset; return its manifest."""
     _check_args(cfg)
+    if cfg.incremental and (committed := _unchanged(cfg)) is not None:
+        return committed  # nothing new: the corpus was not read, the teacher not loaded
     distributed = bool(cfg.workers or cfg.scheduler)
     # On a cluster the client only plans and describes the teacher; workers pick their own device.
     device = torch.device("cpu") if distributed else resolve_device(cfg.device)
     teacher, tokenizer = _load_inputs(cfg, device)
     cfg = resolve_seq_len(cfg, teacher.config.get("context") if teacher else None)
-    spec = labelmodes.build_spec(cfg, tokenizer.vocab_size)
+    settings = samples.resolve(cfg, tokenizer)
+    spec = settings.spec(labelmodes.build_spec(cfg, tokenizer.vocab_size))
     store = Store(cfg.out)
     if store.exists() and not store.isdir():
         raise PipelineError(f"--out {store} is a file, not a folder; choose a folder for the "
                             "dataset")
     with _client(cfg) as client, DirLock(store), temporary_dir("softlabels-plan-") as tmp:
         spill = ShardSpill(Path(tmp))
-        plan = _plan(cfg, tokenizer, teacher, spec, spill)
+        if cfg.incremental:
+            return _run_version(cfg, store, (teacher, tokenizer, spec, settings), device, spill,
+                                client)
+        plan = _plan(cfg, tokenizer, teacher, spec, spill, settings)
         _prepare_out(store, plan, cfg.overwrite)
         records = {}
         for shard in plan["shards"]:
@@ -275,10 +325,39 @@ def run(cfg: LabelConfig) -> dict:
         all_records = list(records.values()) + new
         _check_complete(plan, all_records)
         store.put_file(tokenizer.path, layout.TOKENIZER)
-        manifest = _manifest(cfg, plan, spec, tokenizer, teacher, all_records)
+        manifest = _manifest(cfg, plan, spec, tokenizer, teacher, all_records, settings)
         write_card(store, manifest)
         store.write_json(MANIFEST, manifest)  # the commit point: always last
         return manifest
+
+
+def _run_version(cfg, store, loaded, device, spill, client) -> dict:
+    """--incremental: label what changed into a new version (pipeline/labeling/incremental.py)."""
+    teacher, tokenizer, spec, settings = loaded
+    if not settings.legacy:
+        raise PipelineError("--incremental covers plain-text corpora packed with --pack concat; "
+                            "label chat or packed data into a new --out without --incremental")
+    params = plan_params(cfg, spec, tokenizer.sha256,
+                         teacher.weights_sha256 if teacher else None, settings)
+    step = incremental.prepare(store, cfg, tokenizer, params, spill)
+    if step.manifest is not None:
+        return step.manifest
+    plan = step.plan
+    done = {(s["split"], s["index"]): r for s in plan["shards"] if (r := _completed(store, s))}
+    work = _shard_work(cfg, plan, spec, tokenizer, teacher)
+    try:
+        new = _label_missing(cfg, plan, work, teacher, device, spill, set(done), client)
+    except interrupt.Interrupted as exc:
+        raise interrupt.Interrupted(exc.signum, _stopped(store, plan)) from None
+    copies = incremental.copy_shards(store, step, work.kv, cfg.row_group_rows, _completed)
+    records = incremental.live_records(store, step) + list(done.values()) + new + copies
+    manifest = _manifest(cfg, plan, spec, tokenizer, teacher, records, settings)
+
+    def card(stamped: dict) -> None:
+        store.put_file(tokenizer.path, layout.TOKENIZER)
+        write_card(store, stamped)
+
+    return incremental.commit(store, step, manifest, card)
 
 
 def _stopped(store: Store, plan: dict) -> str:

@@ -37,13 +37,14 @@ from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.cache import cache_dir
 from pipeline.io.hashing import sha256_file
 from pipeline.io.storage import Store, absolute
+from pipeline.labeling.chat import check_model_template, write_template
 from pipeline.labeling.modes import match_loss
 from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.layout import TOKENIZER
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
-from pipeline.training import ddp
+from pipeline.training import continued, ddp
 from pipeline.training.layout import COMPLETE, CONFIG, METRICS, STATE
 from pipeline.training.students import (
     StudentSpec,
@@ -62,6 +63,9 @@ def _check_args(cfg: TrainConfig) -> None:
     if cfg.workers and cfg.scheduler:
         raise PipelineError("pass either --workers N or --scheduler ADDR, not both")
     check_out_dir(cfg.out, "--out", "runs")
+    if cfg.new_rows_only and not cfg.continue_from:
+        raise PipelineError("--new-rows-only needs --continue-from RUN (the run whose dataset "
+                            "version the new rows are counted from)")
     if _inside(cfg.out, cfg.labels):
         raise PipelineError(f"--out {cfg.out} is inside the dataset folder --labels {cfg.labels}; "
                             "choose a runs folder outside it (a dataset holds only what the "
@@ -87,6 +91,7 @@ def _load_students(cfg: TrainConfig, ds: SoftLabelDataset) -> list[StudentSpec]:
         if spec.tokenizer:
             check_compatible(ds, tokenizer_sha256=load_tokenizer(spec.tokenizer).sha256,
                              who=f"student {path}")
+            check_model_template(ds.manifest, Path(spec.tokenizer).parent, f"student {path}")
         if spec.loss.uses_labels and not ds.spec.has_labels:
             raise ConfigError(f"{path}: [loss] kind {spec.loss.kind!r} needs soft labels but "
                               f"dataset {ds.root} is tokens only (labels mode 'none'); set "
@@ -108,7 +113,7 @@ def student_complete(cfg: TrainConfig, spec: StudentSpec, ds: SoftLabelDataset |
     `run` would resolve now (same student, length, dataset), the very test `run` applies.
     `spec` may be a job's inline student, parsed but never written to a file."""
     try:
-        ds = ds or SoftLabelDataset(cfg.labels)
+        ds = ds or open_dataset(cfg)
         spec = match_loss(_fit_to(ds, spec, cfg), ds.spec)
         return _prepare_dir(Path(cfg.out) / spec.name, resolved_config(spec, ds, cfg),
                             resume=True) == "skip"
@@ -120,7 +125,7 @@ def is_complete(cfg: TrainConfig) -> bool:
     """True when every student of cfg.students is finished with its current config (cheap: the
     manifest and run folders are read, no shard)."""
     try:
-        ds = SoftLabelDataset(cfg.labels)
+        ds = open_dataset(cfg)
         specs = [load_student(path) for path in cfg.students]
     except PipelineError:
         return False
@@ -133,6 +138,11 @@ def resolved_config(spec: StudentSpec, ds: SoftLabelDataset, cfg: TrainConfig) -
             "dataset_fingerprint": ds.manifest.get("plan_fingerprint", ""),
             "tokenizer_sha256": ds.tokenizer_sha256, "seed": cfg.data_seed,
             "shuffle_rows": cfg.shuffle_rows, "num_workers": cfg.num_workers}
+    if version := (ds.manifest.get("version") or {}).get("number"):  # format 1.4
+        data["dataset_version"] = version
+    if cfg.continue_from:
+        data["continued_from"] = {**continued.source(cfg.continue_from, spec.name),
+                                  "rows": "new" if cfg.new_rows_only else "all"}
     return tomllib.loads(dumps_toml({**spec.as_dict(), "data": data}))
 
 
@@ -216,6 +226,9 @@ def _open_runs(todo, reader, ds, cfg, device, on_checkpoint=None) -> list[Studen
             (run_dir / METRICS).unlink(missing_ok=True)  # left by a run killed
             shutil.rmtree(run_dir / STATE, ignore_errors=True)  # before its first checkpoint
             (run_dir / CONFIG).write_text(dumps_toml(resolved))
+            write_template(ds.manifest, run_dir)  # 1.3 chat data: the student's template
+            if cfg.continue_from:  # before the first checkpoint: a resume never reloads it
+                continued.start_from(run.model, cfg.continue_from, spec.name)
             run.save_checkpoint(_stream_settings(reader.cfg))
         runs.append(run)
     return runs
@@ -324,7 +337,7 @@ def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
         from pipeline.training.remote import train_to_remote
 
         return train_to_remote(cfg, run)
-    ds = SoftLabelDataset(cfg.labels)
+    ds = open_dataset(cfg)
     dataset_tokenizer(ds)
     specs = _load_students(cfg, ds)
     device = ddp.setup(cfg.device)  # torchrun: join the process group, one device per rank
@@ -347,6 +360,15 @@ def run(cfg: TrainConfig, on_checkpoint=None) -> dict[str, Path]:
                              device, on_checkpoint)
         ddp.barrier()  # complete.json exists before any rank returns
     return {spec.name: out / spec.name for spec in specs}
+
+
+def open_dataset(cfg: TrainConfig) -> SoftLabelDataset:
+    """The dataset at --version (default: the latest), with --new-rows-only its train split cut
+    to the shards added since the --continue-from run's version (pipeline/training/continued)."""
+    ds = SoftLabelDataset(cfg.labels, cfg.version)
+    if cfg.new_rows_only:
+        continued.keep_new_rows(ds, continued.source(cfg.continue_from)["dataset_version"])
+    return ds
 
 
 def dataset_tokenizer(ds: SoftLabelDataset) -> Path:

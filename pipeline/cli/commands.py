@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline import interrupt, progress
+from pipeline.cli import datasets
 from pipeline.cli.options import config_command, extra_option
 from pipeline.cli.summary import (
     corpus_counts,
@@ -36,6 +37,7 @@ from pipeline.config.stages import (
 from pipeline.errors import PipelineError
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+VERSION_HELP = "Dataset version (default: the latest; see `pipeline inspect DS --versions`)."
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -109,11 +111,13 @@ def _run_location(out_dir: str, name: str) -> str:
 
 
 @app.command()
-def validate(dataset: str = typer.Argument(..., help="Dataset directory or URI.")) -> None:
+def validate(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
+             version: int | None = typer.Option(None, "--version", min=1, help=VERSION_HELP)
+             ) -> None:
     """Check every shard: checksum, schema, counts, id range, log-prob and tail-mass sanity."""
     from pipeline.softlabels.validate import validate_dataset
 
-    problems, summary = validate_dataset(dataset)
+    problems, summary = validate_dataset(dataset, version)
     for p in problems:
         err.print(f"[red]invalid:[/red] {p}", highlight=False, soft_wrap=True)
     if problems:
@@ -123,12 +127,16 @@ def validate(dataset: str = typer.Argument(..., help="Dataset directory or URI."
 
 @app.command()
 def inspect(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
-            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")
+            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+            version: int | None = typer.Option(None, "--version", min=1, help=VERSION_HELP),
+            versions: bool = typer.Option(False, "--versions", help="Show the version history.")
             ) -> None:
     """Show a dataset's card: teacher, tokenizer, corpus, labels, splits and sizes."""
     from pipeline.softlabels.manifest import load_manifest
 
-    m = load_manifest(dataset)
+    if versions:
+        return datasets.print_versions(dataset, as_json, out)
+    m = load_manifest(dataset, version)
     if as_json:
         sys.stdout.write(json.dumps(m, indent=2, sort_keys=True) + "\n")
         return
@@ -177,13 +185,20 @@ def audit(cfg: AuditConfig, as_json: bool) -> None:
 @config_command(BigramConfig)
 def bigram(cfg: BigramConfig) -> None:
     """Fit a count-based bigram LM on the train split; print its validation cross-entropy."""
-    from pipeline.evaluation.bigram import bigram_cross_entropy, fit_bigram, split_rows
+    from pipeline.evaluation.bigram import bigram_cross_entropy, fit_bigram, split_rows_and_mask
     from pipeline.softlabels.reader import SoftLabelDataset
 
     ds = SoftLabelDataset(cfg.labels)
-    model = fit_bigram(split_rows(ds, "train", cfg.max_rows), ds.vocab_size)
-    ce = bigram_cross_entropy(model, split_rows(ds, "validation"))
-    out.print(f"bigram validation cross-entropy: {ce:.4f} nats (perplexity {2.718281828**ce:.1f})")
+    rows, mask = split_rows_and_mask(ds, "train", cfg.max_rows)
+    model = fit_bigram(rows, ds.vocab_size, mask=mask)
+    rows, mask = split_rows_and_mask(ds, "validation")
+    ce = bigram_cross_entropy(model, rows, mask)
+    if ce != ce:  # NaN: a masked validation split with no trained position
+        raise PipelineError(f"{cfg.labels}: the validation split has no trained position "
+                            "(loss_mask false everywhere); relabel with a validation fraction")
+    where = " on trained (loss_mask) positions" if mask is not None else ""
+    out.print(f"bigram validation cross-entropy{where}: {ce:.4f} nats (perplexity "
+              f"{2.718281828**ce:.1f})")
 
 
 @app.command()
@@ -207,6 +222,9 @@ def run_job(
     from pipeline.cli.run import RunConfig, run
 
     run(RunConfig(job=str(job), dry_run=dry_run, quiet=quiet), out)
+
+
+datasets.register(app, out)  # `pipeline gc`
 
 
 @tokenizer_app.command("train")

@@ -25,7 +25,8 @@ from pipeline.training.students import load_student, parse_student
 EXAMPLE = "data/jobs/example.toml"
 STAGES = {"label": LabelConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
 # Keys of a stage section that are not fields of its config (and the flag that does the same).
-EXTRA = {"evaluate": {"teacher_row": (bool, "--teacher (leave it out for no teacher row)")}}
+EXTRA = {"evaluate": {"teacher_row": (bool, "--teacher (leave it out for no teacher row)")},
+         "train": {"continue": (bool, "--continue-from (the previous version's runs folder)")}}
 _REQUIRED = {"job": {"out": '"outputs/my-job"'}, "corpus": {"source": '"path/or/glob"'},
              "teacher": {"dir": '"path/to/teacher_dir"'}}
 REQUIRED_SECTIONS = ("job", "corpus", "teacher", "students")

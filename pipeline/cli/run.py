@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pipeline.cli import history
 from pipeline.cli.jobs import Job, StudentEntry, load_job, wired
 from pipeline.cli.summary import dataset_lines, say
 from pipeline.config.stages import EvaluateConfig, LabelConfig, TrainConfig
@@ -28,6 +29,9 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluation.report import print_leaderboard
 from pipeline.interrupt import Interrupted
 from pipeline.io.locking import LOCK, DirLock
+from pipeline.io.storage import Store
+from pipeline.softlabels.layout import MANIFEST, read_json
+from pipeline.softlabels.manifest import committed_version
 from stages import label as label_stage
 from stages.evaluate import is_complete, load_results
 
@@ -78,9 +82,37 @@ def student_path(job: Job, s: StudentEntry) -> Path:
 
 
 def train_config(job: Job, students: list[Path], quiet: bool = False) -> TrainConfig:
+    runs = runs_dir(job)
     return TrainConfig(**{**_stage_values(TrainConfig, job, job.train),
                           "labels": str(job.labels_dir), "students": [str(p) for p in students],
-                          "out": str(job.runs_dir), "resume": True, "quiet": quiet})
+                          "out": str(runs), "resume": True, "quiet": quiet,
+                          **_continue(job, runs)})
+
+
+def _version(job: Job) -> int | None:
+    """The dataset version the labels folder commits (format 1.4), when the job labels
+    incrementally; None otherwise."""
+    if not label_config(job).incremental:
+        return None
+    manifest = read_json(Store(job.labels_dir), MANIFEST)
+    return committed_version(manifest) if isinstance(manifest, dict) else None
+
+
+def runs_dir(job: Job) -> Path:
+    """RUNS, or RUNS/vNNNNN for an incremental job: one runs folder per dataset version, so a
+    new version trains new folders and the older ones stay as they were."""
+    version = _version(job)
+    return job.runs_dir / f"v{version:05d}" if version else job.runs_dir
+
+
+def _continue(job: Job, runs: Path) -> dict:
+    """[train] continue = true: start each student from the newest earlier version's runs
+    folder that holds it (a runs folder: the student's name picks its run)."""
+    if not job.train.get("continue") or runs == job.runs_dir:
+        return {}
+    earlier = sorted(p for p in job.runs_dir.glob("v[0-9][0-9][0-9][0-9][0-9]")
+                     if p.name < runs.name)
+    return {"continue_from": str(earlier[-1])} if earlier else {}
 
 
 def evaluate_config(job: Job, quiet: bool = False) -> EvaluateConfig:
@@ -88,7 +120,7 @@ def evaluate_config(job: Job, quiet: bool = False) -> EvaluateConfig:
     return EvaluateConfig(**{**_stage_values(EvaluateConfig, job, job.evaluate),
                              "labels": str(job.labels_dir), "out": str(job.report_dir),
                              "teacher": teacher, "quiet": quiet,
-                             "runs": [str(job.runs_dir / s.name) for s in job.students]})
+                             "runs": [str(runs_dir(job) / s.name) for s in job.students]})
 
 
 def _label_state(job: Job) -> StageState:
@@ -115,7 +147,7 @@ def _train_state(job: Job) -> tuple[StageState, list[StudentEntry]]:
     tcfg = train_config(job, [])
     todo = [s for s in job.students if not _student_done(tcfg, s)]
     names = ", ".join(f"{s.name}{'' if s in todo else ' (complete)'}" for s in job.students)
-    return StageState("train", not todo, f"{len(job.students)} students → {job.runs_dir}: "
+    return StageState("train", not todo, f"{len(job.students)} students → {runs_dir(job)}: "
                       f"{names}"), todo
 
 
@@ -165,13 +197,16 @@ def print_plan(job: Job, states: list[StageState], console: Console) -> None:
         say(console, f"     {s.detail}")
 
 
-def _timed(console: Console, name: str, job: Job, fn):
+def _timed(console: Console, name: str, job: Job, fn, seconds: dict | None = None):
     console.print(f"{name}: running", highlight=False)
     start, cpu = time.perf_counter(), _cpu_seconds()
     with _stage(name, job):
         result = fn()
-    console.print(f"{name}: done in {time.perf_counter() - start:.1f} s "
-                  f"({_cpu_seconds() - cpu:.1f} CPU-s)", highlight=False)
+    took = time.perf_counter() - start
+    if seconds is not None:
+        seconds[name] = round(took, 3)
+    console.print(f"{name}: done in {took:.1f} s ({_cpu_seconds() - cpu:.1f} CPU-s)",
+                  highlight=False)
     return result
 
 
@@ -215,13 +250,13 @@ def _job_lock(job: Job):
 def _run_stages(job: Job, cfg: RunConfig, console: Console) -> dict:
     from stages import evaluate as evaluate_stage
 
-    ran = {}
+    ran, seconds = {}, {}
     label = _label_state(job)
     if label.done:
         console.print(f"label: complete, skipped ({job.labels_dir})", highlight=False)
     else:
         manifest = _timed(console, "label", job,
-                          lambda: label_stage.run(label_config(job, cfg.quiet)))
+                          lambda: label_stage.run(label_config(job, cfg.quiet)), seconds)
         for line in dataset_lines(manifest, str(job.labels_dir)):
             say(console, line)
     ran["label"] = "skipped" if label.done else "ran"
@@ -235,7 +270,8 @@ def _run_stages(job: Job, cfg: RunConfig, console: Console) -> dict:
 
         with _stage("train", job):
             paths = [student_path(job, s) for s in todo]
-        _timed(console, "train", job, lambda: train_stage.run(train_config(job, paths, cfg.quiet)))
+        _timed(console, "train", job, lambda: train_stage.run(train_config(job, paths, cfg.quiet)),
+               seconds)
     ran["train"] = "skipped" if train.done else "ran"
 
     ev_cfg = evaluate_config(job, cfg.quiet)
@@ -245,8 +281,9 @@ def _run_stages(job: Job, cfg: RunConfig, console: Console) -> dict:
         console.print(f"evaluate: report up to date, skipped ({job.report_dir})",
                       highlight=False)
     else:
-        _timed(console, "evaluate", job, lambda: evaluate_stage.run(ev_cfg))
+        _timed(console, "evaluate", job, lambda: evaluate_stage.run(ev_cfg), seconds)
     ran["evaluate"] = "skipped" if fresh else "ran"
     results = load_results(job.report_dir)
+    history.append(job.out, read_json(Store(job.labels_dir), MANIFEST), ran, seconds, results)
     print_leaderboard(results, job.report_dir, console)
     return {"stages": ran, "results": results, "report": str(job.report_dir)}

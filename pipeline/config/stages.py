@@ -16,6 +16,10 @@ LOGPROB_ENCODINGS = ("fp16", "fp32", "u8")
 ID_ENCODINGS = ("sorted_delta", "rank")
 U8_DEFAULT_MIN_LOGPROB = -16.0
 LABEL_MODES = ("topk", "topp", "sampled")
+# as in pipeline/labeling/chat.py and rows.py (a test keeps them equal)
+TRAIN_ON = ("all", "assistant", "last-turn")
+PACK_MODES = ("concat", "none", "packed")
+OVERLONG = ("truncate", "drop", "refuse")
 DEFAULT_SEQ_LEN = 256
 MAX_ENTRIES = 65535  # counts of top-p/sampled entries are stored as uint16
 QUIET = "pipeline run --quiet"
@@ -62,6 +66,12 @@ class LabelConfig:
                            job="[corpus] text_column")
     id_column: str | None = opt(None, help="Document id column (default: file:row).",
                                 job="[corpus] id_column")
+    # dataset versions (format 1.4, pipeline/labeling/incremental.py)
+    incremental: bool = opt(False, help="Label only added/changed documents into a new "
+                            "dataset version (needs stable ids: --id-column, --content-ids or "
+                            ".txt files).")
+    content_ids: bool = opt(False, help="Document ids derived from the text (a hash), for "
+                            "corpora without an id column.", job="[corpus] content_ids")
     quiet: bool = opt(False, help="No progress bar.", job=QUIET)
     workers: int | None = opt(None, help="Label on a local dask cluster of N worker processes "
                               "(one shard per task; one GPU each if any).", check=at_least(1))
@@ -91,6 +101,31 @@ class LabelConfig:
                            check=Choice(ID_ENCODINGS))
     trust_remote_code: bool = opt(False, help="Let an hf: teacher run the Python code its repo "
                                   "ships.", flag=("--trust-remote-code",))
+    # chat and packed data (format 1.3, pipeline/labeling/samples.py)
+    messages_column: str | None = opt(None, help="Conversation corpus: column holding a list "
+                                      "of {role, content} messages.",
+                                      job="[corpus] messages_column")
+    prompt_column: str | None = opt(None, help="Prompt/response corpus: the prompt column "
+                                    "(with --response-column).", job="[corpus] prompt_column")
+    response_column: str | None = opt(None, help="Prompt/response corpus: the response column.",
+                                      job="[corpus] response_column")
+    chat_template: str | None = opt(None, help="Jinja chat template file (default: the "
+                                    "teacher tokenizer's chat_template).", check=PATH,
+                                    cli_type=Path)
+    train_on: str | None = opt(None, help="Positions trained on (and labeled): all, assistant "
+                               "or last-turn.", check=Choice(TRAIN_ON),
+                               show_default="assistant for conversations, all for text")
+    pack: str | None = opt(None, help="Rows: concat (samples back to back, attention across "
+                           "them), none (one sample a row, padded) or packed (several, each "
+                           "attending only to itself).", check=Choice(PACK_MODES),
+                           show_default="packed for conversations, concat for text")
+    add_special_tokens: str = opt("auto", help="BOS/EOS of the tokenizer's post-processor: "
+                                  "auto (text: as the tokenizer does; conversations: as the "
+                                  "template writes), yes or no.",
+                                  check=Choice(("auto", "yes", "no")))
+    overlong: str = opt("truncate", help="A sample longer than --seq-len (pack none/packed): "
+                        "truncate, drop or refuse (counted in the manifest).",
+                        check=Choice(OVERLONG))
 
 
 @dataclass(kw_only=True)
@@ -101,6 +136,14 @@ class TrainConfig:
                               "from one read pass).", flag=("--student",), cli_type=list[Path],
                               check=PATH, job="students")
     out: str = opt(help="Runs directory (or URI): one folder per student.", check=PATH)
+    version: int | None = opt(None, help="Dataset version to train on (default: the latest; "
+                              "`pipeline inspect DS --versions`).", check=at_least(1))
+    continue_from: str | None = opt(None, help="Continue this finished run folder's weights "
+                                    "(a new run: its own optimizer and schedule), or a runs "
+                                    "folder holding one per student.", check=PATH,
+                                    job="[train] continue")
+    new_rows_only: bool = opt(False, help="With --continue-from: train only on shards added "
+                              "since the version it was trained on.")
     max_steps: int | None = opt(None, help="Override every student's length: stop after N "
                                 "optimizer steps.", check=at_least(1))
     epochs: int | None = opt(None, help="Override every student's length: E passes over the "
@@ -131,6 +174,8 @@ class EvaluateConfig:
     teacher: str | None = opt(None, help="The labeling teacher: adds a teacher row and "
                               "speed/size ratios.", check=PATH, job="[teacher] dir")
     out: str = opt(help="Report directory (or URI) to write.", check=PATH)
+    version: int | None = opt(None, help="Dataset version whose validation split is scored "
+                              "(default: the latest).", check=at_least(1))
     device: str = device()
     max_rows: int | None = opt(None, help="Score at most N validation rows.", check=at_least(1))
     batch_size: int = opt(8, help="Rows per forward (also the timed batch).", check=at_least(1))

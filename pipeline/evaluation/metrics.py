@@ -122,18 +122,18 @@ class MetricSums:
         For the teacher that labeled the dataset, fidelity holds by definition (KL 0, agreement
         1, mass on its own top-k = Σ p_i), so it is taken from the labels, not re-measured.
         """
-        ids = batch["input_ids"]
-        rows, length = ids.shape
         flat = _flat_positions(batch, fidelity="topk_ids" in batch and not is_teacher)
         for lo, hi, logits in chunks:
             self._add_chunk(logits.float(), {k: v[lo:hi] for k, v in flat.items()})
-        self.positions += rows * (length - 1)
+        self.positions += int(flat["has_target"].sum())
+        # 1.3: only trained positions hold labels and count; else every position does
+        trained = batch.get("loss_mask", torch.ones_like(batch["input_ids"], dtype=torch.bool))
         if "topk_ids" in batch and is_teacher:
-            self.agree += batch["tail_mass"].numel()
-            self.mass += float(batch["topk_logprobs"].double().exp().sum())
-            self.fid_positions += batch["tail_mass"].numel()
+            self.agree += int(trained.sum())
+            self.mass += float(batch["topk_logprobs"][trained].double().exp().sum())
+            self.fid_positions += int(trained.sum())
         elif "topk_ids" in batch:
-            self.fid_positions += rows * length
+            self.fid_positions += int(trained.sum())
 
     def _add_chunk(self, logits: torch.Tensor, part: dict[str, torch.Tensor]) -> None:
         """Sums over one chunk of positions: logits [n, V], `part` the same positions' labels."""
@@ -147,6 +147,10 @@ class MetricSums:
         self.bins += calibration_bins(conf, correct).cpu()
         if "topk_ids" not in part:
             return
+        if "trained" in part:  # 1.3: fidelity at the trained (labeled) positions only
+            sel = part["trained"]
+            logits, lse, pred = logits[sel], lse[sel], pred[sel]
+            part = {k: v[sel] for k, v in part.items()}
         on_topk = logits.gather(-1, part["topk_ids"]) - lse.unsqueeze(-1)
         if "label_mask" in part:  # topp/sampled padding: p = 0 for teacher and student
             on_topk = on_topk.masked_fill(~part["label_mask"], PAD_LOGPROB)
@@ -170,13 +174,18 @@ class MetricSums:
 
 
 def _flat_positions(batch: dict[str, torch.Tensor], fidelity: bool) -> dict[str, torch.Tensor]:
-    """Per position (row-major, R·L): the next token and whether there is one (not at a row's
-    last position), and with `fidelity` the stored labels."""
+    """Per position (row-major, R·L): the next token and whether it is scored (not at a row's
+    last position; with a 1.3 loss mask, only trained positions), and with `fidelity` the
+    stored labels (and `trained`, where they are)."""
     ids = batch["input_ids"]
     target = torch.nn.functional.pad(ids[:, 1:], (0, 1))
     has = torch.ones_like(ids, dtype=torch.bool)
     has[:, -1] = False
+    if "loss_mask" in batch:
+        has &= batch["loss_mask"]
     out = {"target": target.reshape(-1), "has_target": has.reshape(-1)}
+    if fidelity and "loss_mask" in batch:
+        out["trained"] = batch["loss_mask"].reshape(-1)
     if fidelity:
         for key in ("topk_ids", "topk_logprobs", "tail_mass", "label_mask"):
             if key in batch:

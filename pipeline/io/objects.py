@@ -261,6 +261,13 @@ class ObjectFile:
     def read_bytes(self) -> bytes:
         return self.folder.read_bytes(self.rel)
 
+    def stamp(self) -> list:
+        """[size, ETag (or last-modified)]: what tells a changed object without reading it
+        (incremental labeling, pipeline/labeling/changes.py)."""
+        info = self.folder._call("info", self.rel)
+        tag = next((info[k] for k in ("ETag", "etag", "LastModified", "mtime") if info.get(k)), "")
+        return [int(info.get("size") or 0), str(tag)]
+
     def is_relative_to(self, other) -> bool:
         return other is self.folder
 

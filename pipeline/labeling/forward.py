@@ -55,7 +55,8 @@ def topk_selector(k: int):
 def label_tokens(model: torch.nn.Module, tokens: np.ndarray, k: int, batch_size: int,
                  device: torch.device, shard_name: str = "shard",
                  on_batch=None, select=None,
-                 chunk: int | None = None) -> tuple[np.ndarray, ...]:
+                 chunk: int | None = None,
+                 segments: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Run the teacher over [rows, seq] tokens in batches; return numpy ids, logprobs, tail.
 
     The teacher's head runs `chunk` positions at a time (default: `chunk_positions()`,
@@ -63,17 +64,33 @@ def label_tokens(model: torch.nn.Module, tokens: np.ndarray, k: int, batch_size:
     [batch, seq, vocab] tensor exists. `select(first_row, rows, seq_len)` → `pick(logits [n, V],
     lo, hi)` → a tuple of [n, ...] tensors for flat positions lo..hi of the batch replaces top-k
     (the other label modes, pipeline/labeling/modes.py); each element is reshaped to
-    [rows, seq, ...] and concatenated over batches (int64 → int32).
+    [rows, seq, ...] and concatenated over batches (int64 → int32). `segments` [rows, seq]:
+    packed samples that must not attend to each other (format 1.3, models/segments.py).
+
+    NaN/inf logits are refused. Top-k (the default) checks its own [n, k] log-probabilities and
+    tail: they are `values - logsumexp`, so a NaN or +inf anywhere in a position's logits (or
+    all of them -inf) makes them non-finite, at k values per position instead of a pass over
+    V (bench figure 1); a -inf logit outside the top k is a probability of exactly 0 and is
+    stored as such. The other modes sample from or threshold the distribution, so they check
+    the logits themselves (one fp32 sum per position) before picking.
     """
+    checked_by_outputs = select is None
     select = select or topk_selector(k)
     seq_len, parts = tokens.shape[1], []
     for lo in range(0, tokens.shape[0], batch_size):
         batch = torch.from_numpy(tokens[lo:lo + batch_size].astype(np.int64)).to(device)
         rows, pick, cols, bad = batch.shape[0], select(lo, batch.shape[0], seq_len), [], []
-        for a, b, logits in logit_chunks(model, batch, chunk):
-            bad.append(torch.nonzero(~_finite_positions(logits)).flatten() + a)
-            if not bad[-1].numel():
+        seg = None if segments is None else torch.from_numpy(
+            segments[lo:lo + batch_size].astype(np.int64)).to(device)
+        for a, b, logits in logit_chunks(model, batch, chunk, seg):
+            if checked_by_outputs:
                 cols.append(pick(logits, a, b))
+                finite = torch.isfinite(cols[-1][1]).all(dim=-1) & torch.isfinite(cols[-1][2])
+                bad.append(torch.nonzero(~finite).flatten() + a)
+            else:
+                bad.append(torch.nonzero(~_finite_positions(logits)).flatten() + a)
+                if not bad[-1].numel():
+                    cols.append(pick(logits, a, b))
         _refuse(torch.cat(bad) // seq_len + lo, shard_name)
         parts.append([_numpy(torch.cat(c).reshape(rows, seq_len, *c[0].shape[1:]))
                       for c in zip(*cols)])

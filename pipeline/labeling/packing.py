@@ -29,11 +29,16 @@ class ShardInput:
     index: int
     tokens: np.ndarray  # [rows, seq_len] int32
     doc_ids: list[list[str]]
+    mask: np.ndarray | None = None  # 1.3: [rows, seq_len] bool, positions trained on
+    segments: np.ndarray | None = None  # 1.3: [rows, seq_len] int32, sample number (0: pad)
 
     @property
     def input_sha256(self) -> str:
+        extra = {name: sha256_bytes(np.ascontiguousarray(value).tobytes())
+                 for name, value in (("mask", self.mask), ("segments", self.segments))
+                 if value is not None}  # absent for 1.0-1.2 inputs: their hashes stay
         return sha256_json({"tokens": sha256_bytes(self.tokens.tobytes()),
-                            "docs": self.doc_ids})
+                            "docs": self.doc_ids, **extra})
 
 
 class ShardSpill:
@@ -57,11 +62,19 @@ class ShardSpill:
         np.save(base.with_suffix(".npy"), shard.tokens.astype(np.uint16 if small else np.int32),
                 allow_pickle=False)
         base.with_suffix(".json").write_text(json.dumps(shard.doc_ids))
+        for name, value in (("mask", shard.mask), ("segments", shard.segments)):
+            if value is not None:
+                np.save(base.with_name(f"{base.name}-{name}.npy"), value, allow_pickle=False)
 
     def get(self, split: str, index: int) -> ShardInput:
         base = self._base(split, index)
         tokens = np.load(base.with_suffix(".npy"), allow_pickle=False).astype(np.int32)
-        return ShardInput(split, index, tokens, json.loads(base.with_suffix(".json").read_text()))
+        extra = {}
+        for name in ("mask", "segments"):
+            path = base.with_name(f"{base.name}-{name}.npy")
+            extra[name] = np.load(path, allow_pickle=False) if path.is_file() else None
+        return ShardInput(split, index, tokens, json.loads(base.with_suffix(".json").read_text()),
+                          **extra)
 
 
 @dataclass

@@ -51,11 +51,13 @@ class ShardWork:
         name = shard_name(shard_input.split, shard_input.index)
         select = selector(self.spec, shard_input.split, shard_input.index)  # None: top-k
         return ShardLabels(*label_tokens(model, shard_input.tokens, self.spec.k, self.batch_size,
-                                         device, name, on_batch, select))
+                                         device, name, on_batch, select,
+                                         segments=shard_input.segments))
 
     def write(self, shard_input: ShardInput, labels: ShardLabels | None) -> dict:
         """Atomic write named by (split, index); returns the completion record."""
-        table = build_table(self.spec, shard_input.tokens, shard_input.doc_ids, labels)
+        table = build_table(self.spec, shard_input.tokens, shard_input.doc_ids, labels,
+                            shard_input.mask, shard_input.segments)
         return write_shard(self.out, shard_input.split, shard_input.index, table, self.kv,
                            self.row_group_rows, shard_input.input_sha256)
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from pipeline.config.fields import Range, at_least, opt
 from pipeline.models.head import Head
+from pipeline.models.segments import block_causal_mask, segment_positions
 
 
 @dataclass
@@ -33,12 +34,14 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [B, 1, T, T] (segments.block_causal_mask) replaces the plain causal mask."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+            q, k, v, attn_mask=mask, is_causal=mask is None,
+            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
 
 
@@ -50,8 +53,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
                                  nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -77,21 +80,28 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids: torch.Tensor, *, hidden_only: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, *, hidden_only: bool = False,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, seq] token ids → [batch, seq, vocab] logits (`hidden_only`: the final hidden
-        states [batch, seq, d_model], so a DDP-wrapped model can hand them to a chunked loss)."""
-        h = self.hidden(input_ids)
+        states [batch, seq, d_model], so a DDP-wrapped model can hand them to a chunked loss;
+        `segment_ids`: samples packed in a row do not see each other, models/segments.py)."""
+        h = self.hidden(input_ids, segment_ids)
         return h if hidden_only else self.head(h)
 
-    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden(self, input_ids: torch.Tensor,
+               segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (after ln_f): what the tied head turns into logits."""
         t = input_ids.shape[1]
         if t > self.cfg.context:
             raise ValueError(f"sequence length {t} exceeds model context {self.cfg.context}")
-        pos = torch.arange(t, device=input_ids.device)
+        mask = None
+        if segment_ids is None:
+            pos = torch.arange(t, device=input_ids.device)
+        else:
+            pos, mask = segment_positions(segment_ids), block_causal_mask(segment_ids)
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.ln_f(x)
 
     def output_head(self) -> Head:

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from pipeline.config.fields import Range, at_least, opt
 from pipeline.models.head import Head
+from pipeline.models.segments import run_rnn_by_segment
 
 
 @dataclass
@@ -35,13 +36,20 @@ class GRULM(nn.Module):
         self.head.weight = self.tok_emb.weight
         nn.init.normal_(self.tok_emb.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor, *, hidden_only: bool = False) -> torch.Tensor:
-        """Logits [batch, seq, vocab], or with `hidden_only` the final hidden states."""
-        h = self.hidden(input_ids)
+    def forward(self, input_ids: torch.Tensor, *, hidden_only: bool = False,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, seq, vocab], or with `hidden_only` the final hidden states; with
+        `segment_ids` the state restarts at every packed sample (models/segments.py)."""
+        h = self.hidden(input_ids, segment_ids)
         return h if hidden_only else self.head(h)
 
-    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x, _ = self.rnn(self.tok_emb(input_ids))
+    def hidden(self, input_ids: torch.Tensor,
+               segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tok_emb(input_ids)
+        if segment_ids is None:
+            x, _ = self.rnn(x)
+        else:
+            x = run_rnn_by_segment(self.rnn, x, segment_ids)
         return self.ln_f(x)
 
     def output_head(self) -> Head:

@@ -82,17 +82,20 @@ def split_model(model: torch.nn.Module) -> Head | None:
     return model.output_head()
 
 
-def logit_chunks(model: torch.nn.Module, input_ids: torch.Tensor,
-                 chunk: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+def logit_chunks(model: torch.nn.Module, input_ids: torch.Tensor, chunk: int | None = None,
+                 segment_ids: torch.Tensor | None = None
+                 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(lo, hi, logits [hi − lo, V]) over the B·L positions of `input_ids` (row-major), `chunk`
     (default `chunk_positions()`; 0: all) at a time, under the device's autocast; a model
-    without a separable head runs whole."""
+    without a separable head runs whole. `segment_ids` [B, L] (format 1.3 packed rows) keep
+    each sample's attention inside it (pipeline/models/segments.py)."""
     chunk = chunk_positions() if chunk is None else chunk
     chunk = chunk or input_ids.numel()
     head, device = split_model(model), input_ids.device
+    kw = {} if segment_ids is None else {"segment_ids": segment_ids}
     with autocast(device):
-        flat = model(input_ids) if head is None else getattr(model, "module", model).hidden(
-            input_ids)
+        flat = model(input_ids, **kw) if head is None else getattr(model, "module", model).hidden(
+            input_ids, **kw)
     flat = flat.reshape(-1, flat.shape[-1])
     for lo in range(0, flat.shape[0], chunk):
         hi = min(lo + chunk, flat.shape[0])

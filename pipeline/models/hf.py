@@ -124,18 +124,21 @@ class HFCausalLM(nn.Module):
         self._head_checked: bool | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                hidden_only: bool = False) -> torch.Tensor:
+                hidden_only: bool = False,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [batch, seq, vocab] from the model's own forward, or with `hidden_only` its
-        final hidden states (so a DDP-wrapped student can hand them to the chunked loss)."""
+        final hidden states (so a DDP-wrapped student can hand them to the chunked loss).
+        `segment_ids`: packed samples, each attending only to itself (models/segments.py)."""
         if hidden_only:
-            return self.hidden(input_ids, attention_mask)
-        return self.hf(input_ids=input_ids, use_cache=False, **_mask_kw(attention_mask)).logits
+            return self.hidden(input_ids, attention_mask, segment_ids)
+        return self.hf(input_ids=input_ids, use_cache=False,
+                       **_mask_kw(attention_mask, segment_ids)).logits
 
-    def hidden(self, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The base model's last hidden state (after its final norm): the lm_head's input."""
         return self.hf.base_model(input_ids=input_ids, use_cache=False,
-                                  **_mask_kw(attention_mask)).last_hidden_state
+                                  **_mask_kw(attention_mask, segment_ids)).last_hidden_state
 
     def output_head(self) -> Head | None:
         """The lm_head plus the model type's output transform (models/head.py), or None when the
@@ -186,8 +189,16 @@ class HFCausalLM(nn.Module):
         return out
 
 
-def _mask_kw(attention_mask: torch.Tensor | None) -> dict:
-    """With a mask, positions count real tokens only (left padding gives the row's labels)."""
+def _mask_kw(attention_mask: torch.Tensor | None, segment_ids: torch.Tensor | None = None
+             ) -> dict:
+    """With a mask, positions count real tokens only (left padding gives the row's labels).
+    With segment ids: a 4-D block-diagonal causal mask and positions restarting per sample
+    (transformers takes a 4-D mask as given; position ids alone would not stop attention)."""
+    if segment_ids is not None:
+        from pipeline.models.segments import block_causal_mask, segment_positions
+
+        return {"attention_mask": block_causal_mask(segment_ids),
+                "position_ids": segment_positions(segment_ids)}
     if attention_mask is None:
         return {}
     return {"attention_mask": attention_mask,

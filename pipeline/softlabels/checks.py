@@ -90,6 +90,12 @@ def mode_fields(spec: S.LabelSpec) -> str | None:
             return f"labels.proposal_temperature {spec.proposal_temperature!r} must be > 0"
         if not (_is_int(spec.seed) and spec.seed >= 0):
             return f"labels.seed {spec.seed!r} must be an integer >= 0"
+    for name in ("loss_mask", "segments"):  # 1.3
+        value = getattr(spec, name)
+        if value is not None:
+            want.add(name)
+            if value is not True:
+                return f"labels.{name} {value!r} must be true (format 1.3) or absent"
     if extra := sorted(set(spec.extras()) - want):
         return f"labels.{extra[0]} does not belong to mode {spec.mode!r} / {spec.logprob_encoding}"
     return None
@@ -135,8 +141,9 @@ def row_lengths(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec, seq_len: in
     """Every row holds exactly seq_len positions (x k entries): rows cannot shift into each
     other even when the flat totals add up."""
     widths = {S.COL_INPUT_IDS: seq_len}
+    mask = _format13_columns(table, spec, seq_len, where)
     if spec.variable:
-        return _variable_lengths(table, spec, seq_len, where)
+        return _variable_lengths(table, spec, seq_len, where, mask)
     if spec.has_labels:
         widths.update({spec.ids_column: seq_len * spec.k, spec.logprobs_column: seq_len * spec.k,
                        S.COL_TAIL: seq_len})
@@ -162,9 +169,70 @@ def _lengths(table, name: str, where: str) -> tuple[pa.ListArray, np.ndarray]:
     return col, np.diff(np.asarray(col.offsets))
 
 
-def _variable_lengths(table, spec: S.LabelSpec, seq_len: int, where: str) -> None:
+def _format13_columns(table, spec: S.LabelSpec, seq_len: int, where: str) -> np.ndarray | None:
+    """1.3: loss_mask and segment_ids hold seq_len values a row; segment ids are >= 0 and
+    padding (0) is never trained on. Returns the flat loss mask (None without one)."""
+    mask = None
+    for name, present in ((S.COL_LOSS_MASK, spec.loss_mask), (S.COL_SEGMENTS, spec.segments)):
+        if not present:
+            continue
+        col, lengths = _lengths(table, name, where)
+        if (bad := lengths != seq_len).any():
+            row = int(np.flatnonzero(bad)[0])
+            raise PipelineError(f"{where} row {row}: column {name} has {lengths[row]} values, "
+                                f"expected seq_len {seq_len}")
+        values = col.flatten().to_numpy(zero_copy_only=False)
+        if name == S.COL_LOSS_MASK:
+            mask = values.astype(bool)
+        elif (bad := (values < 0) | ((values == 0) & (mask if mask is not None else False))).any():
+            raise PipelineError(f"{where} row {int(np.flatnonzero(bad)[0]) // seq_len}: "
+                                f"{name} negative, or padding (0) inside the loss mask")
+        else:
+            _segment_order(values.reshape(-1, seq_len), mask, where)
+    return mask
+
+
+def _segment_order(seg: np.ndarray, mask: np.ndarray | None, where: str) -> None:
+    """[rows, seq_len] segment ids number a row's samples 1, 2, ... in order, contiguous, with
+    padding (0) only after the last one; a sample's last position is never trained (its next
+    token is another sample's, or padding). Otherwise a sample could attend to, or be trained
+    on, another one's tokens, which is what the column exists to prevent."""
+    prev, nxt = seg[:, :-1], seg[:, 1:]
+    step = nxt - prev
+    problems = (
+        (seg[:, 0] != 1, "does not start at 1"),
+        (((prev == 0) & (nxt != 0)).any(axis=1), "has padding (0) before a sample"),
+        (((nxt != 0) & (step < 0)).any(axis=1), "decreases (a sample number goes back)"),
+        (((nxt != 0) & (step > 1)).any(axis=1), "skips a sample number"))
+    for bad, say in problems:
+        if bad.any():
+            raise PipelineError(f"{where} row {int(np.flatnonzero(bad)[0])}: {S.COL_SEGMENTS} "
+                                f"{say}; samples are numbered 1, 2, ... then padding (0)")
+    if mask is not None:
+        last = np.concatenate([step != 0, np.ones((seg.shape[0], 1), bool)], axis=1) & (seg != 0)
+        if (bad := last & mask.reshape(seg.shape)).any():
+            raise PipelineError(f"{where} row {int(np.flatnonzero(bad.any(axis=1))[0])}: "
+                                f"{S.COL_LOSS_MASK} is true on a sample's last position (its "
+                                "next token belongs to another sample or is padding)")
+
+
+def schema_difference(got: pa.Schema, want: pa.Schema) -> str:
+    """The columns a shard lacks, has in excess or types differently: names the 1.3 column a
+    manifest claims (or omits) instead of printing two schemas."""
+    names, wanted = set(got.names), set(want.names)
+    if missing := sorted(wanted - names):
+        return f"missing column {', '.join(missing)}"
+    if extra := sorted(names - wanted):
+        return f"column {', '.join(extra)} not in the manifest's labels"
+    typed = [n for n in want.names if got.field(n).type != want.field(n).type]
+    return f"column {typed[0]} has type {got.field(typed[0]).type}" if typed else "column order"
+
+
+def _variable_lengths(table, spec: S.LabelSpec, seq_len: int, where: str,
+                      mask: np.ndarray | None = None) -> None:
     """1.1 topp/sampled: seq_len per-position columns; label_counts in [1, k]; each entry
-    column holds, per row, exactly the sum of that row's counts."""
+    column holds, per row, exactly the sum of that row's counts. 1.3 masked: 0 outside the
+    loss mask, and exactly k inside it for top-k."""
     per_position = [S.COL_INPUT_IDS, S.COL_TAIL, S.COL_COUNTS]
     per_entry = [spec.ids_column, spec.logprobs_column]
     per_position += [S.COL_LOG_NORM] if spec.tempered else []
@@ -177,9 +245,15 @@ def _variable_lengths(table, spec: S.LabelSpec, seq_len: int, where: str) -> Non
                                 f"expected seq_len {seq_len}")
     col, _ = _lengths(table, S.COL_COUNTS, where)
     counts = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    if (bad := (counts < 1) | (counts > spec.k)).any():
+    lo = 1 if spec.mode in S.VARIABLE_MODES else spec.k
+    if mask is None:
+        bad, say = (counts < lo) | (counts > spec.k), f"outside [1, k = {spec.k}]"
+    else:
+        bad = np.where(mask, (counts < lo) | (counts > spec.k), counts != 0)
+        say = f"not 0 outside the loss mask and in [{lo}, k = {spec.k}] inside it"
+    if bad.any():
         raise PipelineError(f"{where} row {int(np.flatnonzero(bad)[0]) // seq_len}: "
-                            f"{S.COL_COUNTS} outside [1, k = {spec.k}]")
+                            f"{S.COL_COUNTS} {say}")
     want = counts.reshape(-1, seq_len).sum(axis=1)
     for name in per_entry:
         _, lengths = _lengths(table, name, where)

@@ -8,6 +8,9 @@ DATASET/
   tokenizer.json                 copy of the teacher's tokenizer
   README.md                      the dataset card
   manifest.json                  the index and commit point (written last)
+  versions/NNNNN.json            format 1.4: the manifest of each committed version
+  versions/NNNNN.index.json      its document index (content hashes, row spans, carried tokens)
+  versions/seen.json             the latest corpus listing found to hold no change
   .lock                          held while a labeler runs
 ```
 Any of these may also exist as `NAME.tmp` (a write in flight when a process died).
@@ -30,11 +33,14 @@ SHARDS_DIR = "shards"
 TOKENIZER = "tokenizer.json"
 CARD = "README.md"
 CARD_HEADING = "# Soft-label dataset\n"
+VERSIONS_DIR = "versions"
+SEEN = f"{VERSIONS_DIR}/seen.json"
 
 _SPLIT = r"[A-Za-z0-9_-]+"
 _SHARD = re.compile(rf"{SHARDS_DIR}/{_SPLIT}/part-\d{{5}}\.parquet(\.tmp)?")
 _RECORD = re.compile(rf"{PROGRESS_DIR}/{_SPLIT}/part-\d{{5}}\.json(\.tmp)?")
-_DIR = re.compile(rf"({SHARDS_DIR}|{PROGRESS_DIR})(/{_SPLIT})?/")  # an empty folder of ours
+_VERSION = re.compile(rf"{VERSIONS_DIR}/(\d{{5}}(\.index)?|seen)\.json(\.tmp)?")
+_DIR = re.compile(rf"({SHARDS_DIR}|{PROGRESS_DIR}|{VERSIONS_DIR})(/{_SPLIT})?/")  # ours, empty
 
 
 def shard_name(split: str, index: int) -> str:
@@ -48,6 +54,19 @@ def shard_relpath(split: str, index: int) -> str:
 
 def record_relpath(split: str, index: int) -> str:
     return f"{PROGRESS_DIR}/{shard_name(split, index)}.json"
+
+
+def version_relpath(number: int) -> str:
+    return f"{VERSIONS_DIR}/{number:05d}.json"
+
+
+def index_relpath(number: int) -> str:
+    return f"{VERSIONS_DIR}/{number:05d}.index.json"
+
+
+def is_shard_path(rel: str) -> bool:
+    """A shard file name the labeler writes (what `pipeline gc` may remove)."""
+    return bool(_SHARD.fullmatch(rel))
 
 
 def read_json(store, rel: str):
@@ -90,7 +109,7 @@ def foreign_files(store) -> list[str]:
 
 def _owned(store, rel: str, ours: bool, plan, manifest) -> bool:
     if rel in (LOCK, PLAN + TMP_SUFFIX, MANIFEST + TMP_SUFFIX) or _DIR.fullmatch(rel) \
-            or _SHARD.fullmatch(rel) or _RECORD.fullmatch(rel):
+            or _SHARD.fullmatch(rel) or _RECORD.fullmatch(rel) or _VERSION.fullmatch(rel):
         return True
     if rel == PLAN:
         return _is_plan(plan)

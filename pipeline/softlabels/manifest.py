@@ -11,7 +11,7 @@ import re
 
 from pipeline.errors import PipelineError
 from pipeline.io.storage import OutsideFolder, Store
-from pipeline.softlabels.layout import MANIFEST, PLAN, SHARDS_DIR
+from pipeline.softlabels.layout import MANIFEST, PLAN, SHARDS_DIR, version_relpath
 from pipeline.softlabels.schema import FORMAT_MAJOR
 
 
@@ -50,9 +50,45 @@ def listed_rel(store: Store, rel) -> str:
     return shard_rel(store, rel)
 
 
-def load_manifest(root) -> dict:
-    """The manifest of a dataset folder or URI (`root` may be a pipeline.io.storage.Store)."""
+def load_manifest(root, version: int | None = None) -> dict:
+    """The manifest of a dataset folder or URI (`root` may be a pipeline.io.storage.Store):
+    the latest version, or with `version` that committed version (format 1.4)."""
     store = Store.of(root)
+    manifest = _load_latest(store)
+    return manifest if version is None else _load_version(store, manifest, version)
+
+
+def committed_version(manifest: dict) -> int | None:
+    """The version number manifest.json commits (None: a dataset without versions)."""
+    number = (manifest.get("version") or {}).get("number")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def _load_version(store: Store, latest: dict, version: int) -> dict:
+    """Version N as committed: only numbers up to the one manifest.json commits are read (a
+    higher one is a run that did not finish)."""
+    current = committed_version(latest)
+    if current is None:
+        raise PipelineError(f"dataset {store.uri} has no versions (it was labeled without "
+                            "--incremental); leave --version out")
+    if not 1 <= version <= current:
+        raise PipelineError(f"dataset {store.uri} has versions 1 to {current}, not {version}; "
+                            "see `pipeline inspect DATASET --versions`")
+    rel = version_relpath(version)
+    if not store.isfile(rel):
+        raise PipelineError(f"version {version} of {store.uri} was removed (`pipeline gc`); "
+                            "see `pipeline inspect DATASET --versions`")
+    path = store.locate(rel)
+    try:
+        with paused_gc():
+            manifest = json.loads(store.read_bytes(rel))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc}); the dataset is corrupt") from exc
+    check_manifest_shape(manifest, path)
+    return manifest
+
+
+def _load_latest(store: Store) -> dict:
     path = store.locate(MANIFEST)
     if not store.isdir():  # a typo, not an unfinished dataset
         what = "is a file, not a folder" if store.exists() else "does not exist"

@@ -45,10 +45,10 @@ class SoftLabelDataset:
     few cheap checks per entry. `root` is a Path for a local dataset and the URI string for a
     remote one; `store` reads either."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, version: int | None = None):
         self.store = Store(root)
         self.root = self.store.root
-        self.manifest = load_manifest(self.store)
+        self.manifest = load_manifest(self.store, version)  # None: the latest
         where = self.store.locate(MANIFEST)
         # Untrusted input: every field used below is type- and range-checked first.
         self.spec, self.seq_len = checks.manifest_fields(self.manifest, where)
@@ -134,7 +134,8 @@ class SoftLabelDataset:
         if not pf.schema_arrow.remove_metadata().equals(expected):
             raise PipelineError(f"shard {shard.rel}: schema does not match format "
                                 f"{self.manifest['format_version']} for labels "
-                                f"{self.spec.as_dict()}")
+                                f"{self.spec.as_dict()} ("
+                                f"{checks.schema_difference(pf.schema_arrow, expected)})")
         checks.shard_metadata(pf.schema_arrow.metadata, shard.rel, shard.split, self.spec,
                               self.seq_len, self.tokenizer_sha256)
         return pf
@@ -183,10 +184,18 @@ def decode_batch(table: pa.Table | pa.RecordBatch, spec: S.LabelSpec,
 
     Variable modes (topp, sampled) are padded to K = spec.k and add `label_mask` [R, L, K] bool
     (padding: id 0, log-probability ragged.PAD_LOGPROB); sampled adds `sample_weights`
-    [R, L, K] float32 (importance weights, 0 at padding; encodings.importance_weights)."""
+    [R, L, K] float32 (importance weights, 0 at padding; encodings.importance_weights).
+    Format 1.3 adds `loss_mask` [R, L] bool (every labeled mode is then variable: 0 entries
+    outside the mask) and `segment_ids` [R, L] int64 for packed rows."""
     rows = table.num_rows
     out = {"input_ids": torch.from_numpy(
         _flat_values(table.column(S.COL_INPUT_IDS), np.int64).reshape(rows, seq_len))}
+    if spec.loss_mask:  # 1.3: only these positions are trained on (and hold labels)
+        out["loss_mask"] = torch.from_numpy(
+            _flat_values(table.column(S.COL_LOSS_MASK), bool).reshape(rows, seq_len))
+    if spec.segments:  # 1.3: packed samples, each attending only to itself
+        out["segment_ids"] = torch.from_numpy(
+            _flat_values(table.column(S.COL_SEGMENTS), np.int64).reshape(rows, seq_len))
     if spec.variable:
         return {**out, **_decode_variable(table, spec, seq_len)}
     if spec.has_labels:

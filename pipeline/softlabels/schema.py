@@ -13,6 +13,14 @@ Format 1.2 (`labels.id_encoding = "sorted_delta"`, the default for new labeled d
 each position's entries in ascending id order, ids delta-coded (pipeline/softlabels/sortedids.py),
 under new column names: a reader of 1.0/1.1 columns fails on a missing column instead of taking
 an id-ordered entry for the teacher's argmax. `--id-encoding rank` still writes 1.0/1.1.
+
+Format 1.3 (chat and packed data) adds two per-position columns under new names: `loss_mask`
+(bool: is the position trained on) and, for rows of separately-attending samples,
+`segment_ids` (int32: the sample a position belongs to, 1, 2, ...; 0 = padding). In a masked
+dataset every labeled mode stores a per-position `label_counts` (0 outside the mask, so
+untrained positions hold no entries and cost no entry bytes; top-k positions inside it hold k)
+and `tail_mass` is 1 where nothing is stored. A 1.0–1.2 reader refuses a 1.3 shard (its schema
+holds columns the reader does not know).
 """
 
 from dataclasses import asdict, dataclass
@@ -20,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-FORMAT_VERSION = "1.2"  # the newest version this code reads and writes
+FORMAT_VERSION = "1.3"  # the newest version this code reads and writes
 FORMAT_MAJOR = 1
 LOGPROB_ENCODINGS = {"fp32": pa.float32(), "fp16": pa.float16(), "u8": pa.uint8()}
 ID_TYPES = {"uint16": pa.uint16(), "int32": pa.int32()}
@@ -41,6 +49,8 @@ COL_LOG_NORM = "proposal_log_norm"  # 1.1, sampled with T != 1: log sum_v p_v^(1
 COL_ID_DELTAS = "label_id_deltas"  # per position: smallest id, then gaps to the next id (>= 1)
 COL_LABEL_LOGPROBS = "label_logprobs"  # aligned with the ascending ids (rank = their order)
 COL_LABEL_SAMPLE_COUNTS = "label_sample_counts"  # sampled: aligned with the ascending ids
+COL_LOSS_MASK = "loss_mask"  # 1.3: per position, trained on or not
+COL_SEGMENTS = "segment_ids"  # 1.3: per position, which packed sample (0: padding)
 SPLIT_COLUMNS = (COL_ID_DELTAS, COL_LABEL_LOGPROBS, COL_TAIL)  # 1.2: BYTE_STREAM_SPLIT on disk
 
 
@@ -52,7 +62,8 @@ def id_type_for_vocab(vocab_size: int) -> str:
 BASE_FIELDS = ("mode", "k", "vocab_size", "id_type", "logprob_encoding")
 # 1.1 fields, present in the manifest only when the mode/encoding uses them (None otherwise)
 OPTIONAL_FIELDS = ("top_p", "min_k", "samples", "proposal_temperature", "seed",
-                   "logprob_u8_min", "id_encoding")  # id_encoding: 1.2, only "sorted_delta"
+                   "logprob_u8_min", "id_encoding",  # id_encoding: 1.2, only "sorted_delta"
+                   "loss_mask", "segments")  # 1.3: true when the column exists
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class LabelSpec:
     seed: int | None = None  # sampled
     logprob_u8_min: float | None = None  # u8: the log-probability of code 255
     id_encoding: str | None = None  # 1.2: "sorted_delta"; None: rank order (1.0/1.1)
+    loss_mask: bool | None = None  # 1.3: a loss_mask column (None: every position trained)
+    segments: bool | None = None  # 1.3: a segment_ids column (None: one causal stream a row)
 
     @property
     def has_labels(self) -> bool:
@@ -79,8 +92,9 @@ class LabelSpec:
 
     @property
     def variable(self) -> bool:
-        """Entries per position vary (a label_counts column says how many)."""
-        return self.mode in VARIABLE_MODES
+        """Entries per position vary (a label_counts column says how many): topp/sampled, and
+        any labeled mode with a loss mask (1.3: 0 entries outside it)."""
+        return self.mode in VARIABLE_MODES or bool(self.loss_mask and self.has_labels)
 
     @property
     def tempered(self) -> bool:
@@ -94,6 +108,8 @@ class LabelSpec:
     @property
     def format_version(self) -> str:
         """The lowest format version that has every feature this dataset uses."""
+        if self.loss_mask or self.segments:
+            return "1.3"
         if self.sorted_ids:
             return "1.2"
         new = self.mode not in ("topk", "none") or self.logprob_encoding not in ("fp16", "fp32")
@@ -145,6 +161,10 @@ def arrow_schema(spec: LabelSpec) -> pa.Schema:
                                pa.list_(count_type(spec.samples or 0))))
     if spec.tempered:
         fields.append(pa.field(COL_LOG_NORM, pa.list_(pa.float32())))
+    if spec.loss_mask:
+        fields.append(pa.field(COL_LOSS_MASK, pa.list_(pa.bool_())))
+    if spec.segments:
+        fields.append(pa.field(COL_SEGMENTS, pa.list_(pa.int32())))
     return pa.schema(fields)
 
 

@@ -74,6 +74,9 @@ def check_table(ds: SoftLabelDataset, shard: ShardInfo, table: pa.Table) -> list
             problems.append(f"{name} row {entry_row(bad)}: log-probabilities not descending")
     if (bad := ~((tail >= 0) & (tail <= 1))).any():
         problems.append(f"{name} row {_first_row(bad, L)}: tail mass outside [0, 1]")
+    elif spec.loss_mask and (bad := (counts == 0) & (tail != 1)).any():  # 1.3
+        problems.append(f"{name} row {_first_row(bad, L)}: tail mass not 1 at a position "
+                        "without stored entries (all of the mass is outside the empty set)")
     return problems + _mode_problems(ds, table, name, counts, tail, pos)
 
 
@@ -102,9 +105,10 @@ def _mode_problems(ds: SoftLabelDataset, table: pa.Table, name: str, counts: np.
     draws are >= 1 per stored id and sum to N per position; log-norms are finite."""
     spec, L = ds.spec, ds.seq_len
     problems = []
+    labeled = counts > 0 if spec.loss_mask else np.ones(counts.shape, dtype=bool)  # 1.3
     if spec.mode == "topp":
         short = (1.0 - tail.astype(np.float64) < spec.top_p - TOPP_SLACK) & (counts < spec.k)
-        if (bad := short | (counts < spec.min_k)).any():
+        if (bad := (short | (counts < spec.min_k)) & labeled).any():
             problems.append(f"{name} row {_first_row(bad, L)}: top-p set holds less than "
                             f"top_p {spec.top_p} of the mass (or fewer than min_k entries)")
     if spec.mode == "sampled":
@@ -113,7 +117,7 @@ def _mode_problems(ds: SoftLabelDataset, table: pa.Table, name: str, counts: np.
         if (bad := draws < 1).any():
             problems.append(f"{name} row {int(pos[np.flatnonzero(bad)[0]] // L)}: a stored "
                             "sampled id has 0 draws")
-        elif (bad := total != spec.samples).any():
+        elif (bad := (total != spec.samples) & labeled).any():
             problems.append(f"{name} row {_first_row(bad, L)}: sample_counts do not sum to "
                             f"samples = {spec.samples}")
     if spec.tempered:
@@ -141,9 +145,10 @@ def index_problems(ds: SoftLabelDataset, shard: ShardInfo) -> list[str]:
     return []
 
 
-def validate_dataset(root: str | Path) -> tuple[list[str], dict]:
-    """Return (problems, summary). Manifest-level problems raise PipelineError."""
-    ds = SoftLabelDataset(root)
+def validate_dataset(root: str | Path, version: int | None = None) -> tuple[list[str], dict]:
+    """Return (problems, summary) of the latest version or `version`. Manifest-level problems
+    raise PipelineError."""
+    ds = SoftLabelDataset(root, version)
     problems, shards_checked, rows = [], 0, 0
     for split in ds.shards:
         for shard in ds.split_shards(split):

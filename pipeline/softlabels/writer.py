@@ -9,7 +9,7 @@ are named by (split, index) from the plan (softlabels/layout.py), never by worke
 task rewrites the same file.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +50,23 @@ def _list_column(values: np.ndarray, rows: int, arrow_type: pa.DataType) -> pa.L
     return pa.ListArray.from_arrays(offsets, pa.array(flat, type=arrow_type))
 
 
+def masked(labels: ShardLabels, mask: np.ndarray, k: int) -> ShardLabels:
+    """1.3: positions outside the loss mask keep no entries (count 0, tail 1: all of the mass
+    is outside the stored set), so they cost no entry bytes."""
+    counts = labels.counts if labels.counts is not None else np.full(mask.shape, k, np.int32)
+    log_norm = None if labels.log_norm is None else np.where(mask, labels.log_norm, 0.0)
+    return replace(labels, counts=np.where(mask, counts, 0), log_norm=log_norm,
+                   tail=np.where(mask, labels.tail, 1.0).astype(np.float32))
+
+
 def build_table(spec: S.LabelSpec, tokens: np.ndarray, doc_ids: list[list[str]],
-                labels: ShardLabels | None) -> pa.Table:
+                labels: ShardLabels | None, mask: np.ndarray | None = None,
+                segments: np.ndarray | None = None) -> pa.Table:
+    """One shard's table; `mask`/`segments` [rows, seq_len] are the 1.3 columns (required
+    exactly when the spec has them)."""
     rows = tokens.shape[0]
+    if spec.loss_mask and labels is not None:
+        labels = masked(labels, mask, spec.k)
     id_type = S.ID_TYPES[spec.id_type]
     cols = {S.COL_INPUT_IDS: _list_column(tokens.astype(S.numpy_dtype(id_type)), rows, id_type),
             S.COL_DOC_IDS: pa.array(doc_ids, type=pa.list_(pa.string()))}
@@ -81,6 +95,10 @@ def build_table(spec: S.LabelSpec, tokens: np.ndarray, doc_ids: list[list[str]],
     if spec.tempered:
         cols[S.COL_LOG_NORM] = _list_column(labels.log_norm.astype(np.float32), rows,
                                             pa.float32())
+    if spec.loss_mask:
+        cols[S.COL_LOSS_MASK] = _list_column(mask.astype(bool), rows, pa.bool_())
+    if spec.segments:
+        cols[S.COL_SEGMENTS] = _list_column(segments.astype(np.int32), rows, pa.int32())
     return pa.table(cols, schema=S.arrow_schema(spec))
 
 
@@ -152,4 +170,7 @@ def shard_record(table: pa.Table, rel: str, path: Path, input_sha256: str) -> di
     if S.COL_COUNTS in table.column_names:  # 1.1 variable modes: how many entries were stored
         ids = S.COL_TOPK_IDS if S.COL_TOPK_IDS in table.column_names else S.COL_ID_DELTAS
         record["entries"] = len(table.column(ids).combine_chunks().values)
+    if S.COL_LOSS_MASK in table.column_names:  # 1.3: positions trained on
+        mask = table.column(S.COL_LOSS_MASK).combine_chunks().values
+        record["trained_positions"] = int(np.count_nonzero(mask.to_numpy(zero_copy_only=False)))
     return record

@@ -20,7 +20,15 @@ import torch.nn.functional as F
 
 from pipeline.device import autocast
 from pipeline.models.head import CHUNK_POSITIONS, Head, chunk_positions, split_model
-from pipeline.training.losses import KD_KINDS, LossSpec, compute_loss, loss_from_gathered
+from pipeline.training.losses import (
+    KD_KINDS,
+    LABEL_KEYS,
+    LossSpec,
+    compute_loss,
+    has_target,
+    loss_from_gathered,
+    masked_loss,
+)
 
 SOFTCAP_ROWS = 128  # rows per temporary in the soft-capped backward (one [rows, V] buffer)
 
@@ -118,6 +126,12 @@ def chunked_loss(h: torch.Tensor, head: Head, batch: dict[str, torch.Tensor], sp
     targets = F.pad(ids[:, 1:], (0, 1)).unsqueeze(-1)  # the last position has no target
     kd = spec.kind in KD_KINDS
     cols = torch.cat([batch["topk_ids"].long(), targets], -1) if kd else targets
+    if "loss_mask" in batch:  # 1.3: the head runs at trained positions only
+        mask = batch["loss_mask"]
+        s = gathered_logprobs(h[mask], head, cols[mask], chunk)
+        labels = {k: v[mask] for k, v in batch.items() if k in LABEL_KEYS}
+        return masked_loss(s[:, :-1] if kd else None, s[:, -1], labels, has_target(mask)[mask],
+                           spec)
     s = gathered_logprobs(h.reshape(b * length, -1), head, cols.reshape(b * length, -1), chunk)
     s = s.view(b, length, -1)
     return loss_from_gathered(s[..., :-1] if kd else None, s[..., -1], batch, spec)
@@ -130,10 +144,11 @@ def model_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], spec: Los
     0, or a model without a separable head: full logits and `compute_loss` (the reference)."""
     chunk = chunk_positions() if chunk is None else chunk
     head = split_model(model) if chunk else None
+    kw = {"segment_ids": batch["segment_ids"]} if "segment_ids" in batch else {}  # 1.3 packed
     if head is None:
         with autocast(device):
-            logits = model(batch["input_ids"])
+            logits = model(batch["input_ids"], **kw)
         return compute_loss(logits, batch, spec)
     with autocast(device):
-        h = model(batch["input_ids"], hidden_only=True)
+        h = model(batch["input_ids"], hidden_only=True, **kw)
     return chunked_loss(h, head, batch, spec, chunk)

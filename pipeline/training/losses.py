@@ -147,23 +147,66 @@ def compute_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
 def loss_from_gathered(s: torch.Tensor | None, s_target: torch.Tensor,
                        batch: dict[str, torch.Tensor], spec: LossSpec) -> dict[str, torch.Tensor]:
     """The loss parts from the student's log-probabilities at the stored ids, s [B, L, k] (None
-    for `ce`), and at the next token, s_target [B, L-1] (or [B, L]: the last is ignored)."""
-    ce = (-s_target[:, :batch["input_ids"].shape[1] - 1]).mean()
+    for `ce`), and at the next token, s_target [B, L-1] (or [B, L]: the last is ignored).
+    With a 1.3 `loss_mask` only its positions count (`masked_loss`)."""
+    length = batch["input_ids"].shape[1]
+    if "loss_mask" in batch:
+        mask = batch["loss_mask"]
+        if s_target.shape[1] < length:
+            s_target = torch.nn.functional.pad(s_target, (0, length - s_target.shape[1]))
+        labels = {k: v[mask] for k, v in batch.items() if k in LABEL_KEYS}
+        return masked_loss(None if s is None else s[mask], s_target[mask], labels,
+                           has_target(mask)[mask], spec)
+    ce = (-s_target[:, :length - 1]).mean()
     out = {"ce": ce}
     if spec.kind == "ce":
         out["loss"] = ce
         return out
+    out["kd"] = _kd_per_position(s, batch, spec).mean()
+    out["loss"] = spec.alpha * out["kd"] + (1.0 - spec.alpha) * ce
+    return out
+
+
+LABEL_KEYS = ("topk_ids", "topk_logprobs", "tail_mass", "label_mask", "sample_weights")
+
+
+def has_target(mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] positions whose next token is in the row (all but the last): where CE applies."""
+    out = torch.ones_like(mask, dtype=torch.bool)
+    out[:, -1] = False
+    return out
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean that is 0 (with a gradient) over no positions: a batch may hold no trained one."""
+    return x.sum() / max(x.numel(), 1)
+
+
+def masked_loss(s: torch.Tensor | None, s_target: torch.Tensor, labels: dict[str, torch.Tensor],
+                ce_ok: torch.Tensor, spec: LossSpec) -> dict[str, torch.Tensor]:
+    """The loss parts over the trained positions only, flat: s [N, k], s_target [N], labels
+    [N, ...], ce_ok [N] (the next token is in the row). Positions outside the mask store no
+    labels (format 1.3), so they take no part in either term."""
+    ce = _mean(-s_target[ce_ok])
+    out = {"ce": ce}
+    if spec.kind == "ce":
+        out["loss"] = ce
+        return out
+    out["kd"] = _mean(_kd_per_position(s, labels, spec))
+    out["loss"] = spec.alpha * out["kd"] + (1.0 - spec.alpha) * ce
+    return out
+
+
+def _kd_per_position(s: torch.Tensor, batch: dict[str, torch.Tensor],
+                     spec: LossSpec) -> torch.Tensor:
+    """The KD term at every position of s [..., k] (its labels in `batch`, same leading shape)."""
     if spec.kind not in KD_KINDS:
         raise ValueError(f"unknown loss kind {spec.kind!r}: valid are {KINDS}")
     if "label_mask" in batch:  # variable-length labels (topp, sampled): padding counts as p = 0
         s = s.masked_fill(~batch["label_mask"], PAD_LOGPROB)
     if spec.kind == "sampled":
-        kd = -(batch["sample_weights"] * s).sum(-1).mean()
-    elif spec.kind == "kl_tail":
-        kd = kl_tail_from_gathered(s, batch["topk_logprobs"], batch["tail_mass"],
-                                   spec.temperature).mean()
-    else:
-        kd = kl_renorm_from_gathered(s, batch["topk_logprobs"], spec.temperature).mean()
-    out["kd"] = kd
-    out["loss"] = spec.alpha * kd + (1.0 - spec.alpha) * ce
-    return out
+        return -(batch["sample_weights"] * s).sum(-1)
+    if spec.kind == "kl_tail":
+        return kl_tail_from_gathered(s, batch["topk_logprobs"], batch["tail_mass"],
+                                     spec.temperature)
+    return kl_renorm_from_gathered(s, batch["topk_logprobs"], spec.temperature)

@@ -17,10 +17,11 @@ from benchmarks.report import END, MODES_START, START, write_section
 from benchmarks.timing import Stat, interleaved, per_round, ratio
 from tests.conftest import REPO
 
-FIGURES = ["1", "2 (k=8)", "2 (k=32)", "2 (k=128)", "2 wide (k=8)", "2 wide (k=32)",
+FIGURES = ["1", "1 (wide)", "2 (k=8)", "2 (k=32)", "2 (k=128)", "2 wide (k=8)", "2 wide (k=32)",
            "2 wide (k=128)", "2 random (k=32)", "3 (1p)", "3 (2w)", "4", "5", "6 (label)",
            "6 (train)", "7", "8 (ce off/on)", "8 (kl off/on)", "8 (ce hard/KD)", "8 (kl hard/KD)",
-           "9 (train)", "9 (train, full logits)", "9 (label)", "10"]
+           "9 (train)", "9 (train, full logits)", "9 (label)", "10",
+           "11 (bytes)", "11 (label)", "11 (stream)", "12", "12 (rerun)"]
 
 
 def verdict(figure: dict) -> bool | None:

@@ -47,6 +47,50 @@ def test_every_kind_of_non_finite_logit_refused_and_large_finite_ones_kept(dtype
         check_finite(logits, 0, "train/part-00000")
 
 
+class _FixedLogits(torch.nn.Module):
+    """A 'teacher' whose logits for token t are row t of a given table."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = table
+
+    def forward(self, ids):
+        return self.table[ids]
+
+
+def test_label_tokens_refuses_each_non_finite_position_and_stores_a_lone_minus_inf_as_zero():
+    """The top-k path checks its own outputs: NaN, +inf, +inf with -inf, and an all -inf
+    position are refused by row; a -inf outside the top k is a probability of exactly 0."""
+    table = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]] * 6))  # token 0: a -inf at id 3
+    table[1, 2] = float("nan")
+    table[2, 0] = float("inf")
+    table[3, 0], table[3, 1] = float("inf"), float("-inf")
+    table[4] = float("-inf")
+    teacher = _FixedLogits(table)
+    ids, lp, tail = label_tokens(teacher, np.array([[0, 5, 0]], np.int32), 2, 1,
+                                 torch.device("cpu"), "train/part-00001")
+    assert ids[0, 0].tolist() == [0, 1]
+    assert np.allclose(np.exp(lp[0, 0]), [0.5, 0.3]) and np.isclose(tail[0, 0], 0.2)
+    for bad in (1, 2, 3, 4):
+        tokens = np.array([[0, 0], [0, 0], [5, bad]], np.int32)
+        with pytest.raises(PipelineError, match=r"train/part-00001 rows \[2\]"):
+            label_tokens(teacher, tokens, 2, 2, torch.device("cpu"), "train/part-00001")
+
+
+def test_label_tokens_other_modes_check_the_logits_before_picking():
+    table = torch.zeros(3, 5)
+    table[2, 4] = float("-inf")  # finite outputs would not reveal it: the modes refuse it
+    picked = []
+
+    def select(first_row, rows, seq_len):
+        return lambda logits, lo, hi: picked.append(lo) or (logits[:, :1],)
+
+    with pytest.raises(PipelineError, match=r"shard rows \[1\]"):
+        label_tokens(_FixedLogits(table), np.array([[0, 1], [2, 0]], np.int32), 1, 2,
+                     torch.device("cpu"), select=select)
+    assert picked == []
+
+
 def test_label_tokens_batches_match_single_pass():
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Embedding(30, 8), torch.nn.Linear(8, 30))

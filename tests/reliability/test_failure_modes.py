@@ -189,6 +189,13 @@ def job(env: Env, extra: str = "", corpus=None) -> Path:
                  f'[label]\ntop_k = 4\nseq_len = 16\n{extra}')
 
 
+def chat_args(env: Env, messages: str, **opts) -> list:
+    """A one-conversation corpus labeled with the example's chat template."""
+    corpus = write(env, "c.jsonl", '{"messages": [' + messages + ']}\n')
+    return label_args(env, corpus=corpus, messages_column="messages",
+                      chat_template=REPO / "data/chat/headline.jinja", **opts)
+
+
 def validate_copy(env: Env, tamper) -> list:
     ds = copy_dataset(env.dataset, env.tmp)
     tamper(ds)
@@ -262,6 +269,33 @@ CASES = [
          "string: fix the data or pass --text-column naming a text column", 1, "nothing written",
          lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"text": "a b"}\n{"text": 42}\n')),
          nothing_written),
+    Case("label", "a conversation with an unknown role",
+         "error: <file>:1: message 0 has unknown role 'wizard' (known: system, user, assistant, "
+         "tool); fix the data or map the role", 1, "nothing written",
+         lambda e: chat_args(e, '{"role": "wizard", "content": "x"}'), nothing_written),
+    Case("label", "an empty assistant turn",
+         "error: <file>:1: message 1 is an empty assistant turn; drop the conversation or fill "
+         "the turn", 1, "nothing written",
+         lambda e: chat_args(e, '{"role": "user", "content": "q"}, '
+                                '{"role": "assistant", "content": ""}'), nothing_written),
+    Case("label", "a chat template that fails to render (its own `raise_exception`)",
+         "error: <file>:1: chat template <path> failed to render (unsupported role tool); fix "
+         "the template or the conversation", 1, "nothing written",
+         lambda e: chat_args(e, '{"role": "tool", "content": "q"}, '
+                                '{"role": "assistant", "content": "a"}'), nothing_written),
+    Case("label", "a sample longer than `--seq-len` with `--overlong refuse`",
+         "error: <file>:1: sample <name> has <n> tokens, more than --seq-len 16; raise "
+         "--seq-len, or pass --overlong truncate (keep the first tokens) or drop", 1,
+         "nothing written",
+         lambda e: chat_args(e, '{"role": "user", "content": "' + "the market rose " * 20 +
+                             '"}, {"role": "assistant", "content": "a"}', overlong="refuse"),
+         nothing_written),
+    Case("label", "conversations for a tokenizer without a chat template, no `--chat-template`",
+         "error: the teacher's tokenizer (<dir>) has no chat template (no chat_template in "
+         "tokenizer_config.json, no chat_template.jinja); pass one with --chat-template FILE", 1,
+         "nothing written",
+         lambda e: label_args(e, corpus=write(e, "c.jsonl", '{"messages": []}\n'),
+                              messages_column="messages"), nothing_written),
     Case("label", "an `--id-column` value that is null (or empty, or not a string/integer)",
          "error: <file>:1: id 'id' is null; every document needs its own id with --id-column "
          "(or leave --id-column out: ids are then file:row)", 1, "nothing written",
