@@ -25,6 +25,7 @@ _CPU = ("on the CPU, where every test runs, the device argument changes nothing;
         "mutant fails loudly (tensors on two devices), never silently")
 _READ_TOML = ("an argument that only words read_toml's ConfigError, which match_loss catches "
               "(a student not read from a file keeps its kind)")
+_RESHAPE = "numpy's reshape takes any negative size as the one unknown dimension (-2 is -1)"
 _PADDING = ("only padding entries change, and sortedids.rank_order replaces them through the "
             "mask before anything reads them")
 
@@ -84,6 +85,10 @@ MODES = {
 }
 
 LOSSES = {
+    "x_has_target__mutmut_3": "the loss mask is boolean already, and ones_like keeps its dtype",
+    "x_has_target__mutmut_5": "as mutant 3",
+    "x_loss_from_gathered__mutmut_12":
+        "when s_target already has a column per position, padding it by 0 columns is a no-op",
     "x__log1mexp__mutmut_7":
         "at x = −ln 2 itself both formulas give log(1/2) to float32 rounding",
     "x__log1mexp__mutmut_9":
@@ -116,8 +121,14 @@ CHECKS = {
         "integers) were refused above",
     "x__variable_lengths__mutmut_36": "as mutant 35: a null-free integer array converts without "
                                       "a copy",
-    "x__variable_lengths__mutmut_48":
-        "numpy's reshape takes any negative size as the one unknown dimension (-2 works as -1)",
+    "x__variable_lengths__mutmut_67": _RESHAPE,
+    "x__format13_columns__mutmut_17":
+        "zero_copy_only=None is falsy like False: the values are copied when they must be "
+        "(booleans are bit-packed)",
+    "x__format13_columns__mutmut_43": _RESHAPE,
+    "x__segment_order__mutmut_34":
+        "step > 1 means the next sample number exceeds the previous one (>= 0) by 2 or more, "
+        "so it is neither 0 nor 1: both conditions hold alike",
 }
 
 VALIDATE = {
@@ -154,14 +165,14 @@ VALIDATE = {
         "a float array of 0s and 1s instead of booleans: .any() and np.flatnonzero read it "
         "the same",
     "x__duplicates__mutmut_15": "as mutant 13",
-    "x__mode_problems__mutmut_10": _FLOAT64,
-    "x__mode_problems__mutmut_21": _SCHEMA,
-    "x__mode_problems__mutmut_23": _SCHEMA,
-    "x__mode_problems__mutmut_31":
-        "every position holds at least one entry (label_counts in [1, k], checked by "
-        "row_lengths), so bincount already returns one total per position",
-    "x__mode_problems__mutmut_37": "the stored log-norm is float32; isfinite of it is the same",
-    "x__mode_problems__mutmut_39": "as mutant 37",
+    "x__mode_problems__mutmut_19": _FLOAT64,
+    "x__mode_problems__mutmut_5":
+        "without a loss mask every position holds >= 1 entry (label_counts in [1, k] checked by "
+        "row_lengths, k >= 1 for top-k), so counts > 0 is all true, as the ones are",
+    "x__mode_problems__mutmut_31": _SCHEMA,
+    "x__mode_problems__mutmut_33": _SCHEMA,
+    "x__mode_problems__mutmut_48": "the stored log-norm is float32; isfinite of it is the same",
+    "x__mode_problems__mutmut_50": "as mutant 48",
     "x__rank_ordered__mutmut_6":
         "without the mask, padding ids hold the running sum of deltas instead of 0: " + _PADDING,
     "x__rank_ordered__mutmut_8": "as mutant 6",
@@ -170,7 +181,7 @@ VALIDATE = {
         "and " + _PADDING,
     "x__rank_ordered__mutmut_34": "the fill of padding log-probabilities: " + _PADDING,
     "x__rank_ordered__mutmut_41": "as mutant 34",
-    "x_validate_dataset__mutmut_14": _DEFAULT + " (verify=True)",
+    "x_validate_dataset__mutmut_17": _DEFAULT + " (verify=True)",
 }
 
 EQUIVALENT: dict[str, str] = {

@@ -306,6 +306,17 @@ def test_segment_ids_number_samples_in_order_and_never_train_across_them(segment
     assert str(info.value).startswith("w row 1: ") and words in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize("column", [S.COL_LOSS_MASK, S.COL_SEGMENTS])
+def test_nulls_in_a_format_13_column_are_refused_naming_where(column):
+    value = lists([[True] * 4, [True, None, True, True]], pa.bool_()) \
+        if column == S.COL_LOSS_MASK else lists([[1] * 4, None], pa.int32())
+    table = masked_table(PACKED, [[True, False, False, False]] * 2, [[1] * 4] * 2,
+                         **{column: value})
+    with pytest.raises(PipelineError, match=f"^w: column {column} holds nulls; the shard is "
+                                            "corrupt$"):
+        check4(table, PACKED)
+
+
 def test_padding_segments_are_fine_without_a_loss_mask():
     s = spec(k=2, segments=True)
     check4(masked_table(s, [[True] * 4], [[1, 2, 2, 0]], counts=[[2] * 4]), s)
@@ -317,6 +328,8 @@ def test_padding_segments_are_fine_without_a_loss_mask():
     (["input_ids", "doc_ids"], "missing column loss_mask, segment_ids"),
     (["input_ids", "doc_ids", "loss_mask", "segment_ids", "extra"],
      "column extra not in the manifest's labels"),
+    (["input_ids", "doc_ids", "loss_mask", "segment_ids", "x2", "x1"],
+     "column x1, x2 not in the manifest's labels"),
     (["input_ids", "doc_ids", "loss_mask", "segment_ids:int64"],
      "column segment_ids has type list<item: int64>"),
     (["doc_ids", "input_ids", "loss_mask", "segment_ids"], "column order"),

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.errors import PipelineError
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.reader import ShardInfo, SoftLabelDataset
 from pipeline.softlabels.validate import check_table, validate_dataset
@@ -375,6 +376,10 @@ def test_untrained_positions_are_not_short_top_p_sets(tmp_path):
     assert problems_of(masked_dataset(tmp_path, s, labels)) == []
     labels.tail[2, 0] = 0.6  # a trained position short of p
     one_problem(masked_dataset(tmp_path / "b", s, labels), SHORT.format(0.5), row=2)
+    s = spec("topp", 3, top_p=0.5, min_k=1, loss_mask=True)  # one entry, short of p
+    labels = variable_labels(np.array([[2, 2], [2, 2], [1, 2]]), 3)
+    labels.tail[2, 0] = 0.6
+    one_problem(masked_dataset(tmp_path / "c", s, labels), SHORT.format(0.5), row=2)
 
 
 def test_untrained_positions_need_no_draws(tmp_path):
@@ -431,6 +436,11 @@ def test_a_shard_listed_without_an_index_is_hashed_whole(tmp_path):
         del m["splits"]["train"][0][key]
     (root / "manifest.json").write_text(json.dumps(m))
     assert validate_dataset(root) == ([], {"shards": 1, "rows": 3})
+
+
+def test_a_version_of_a_dataset_without_versions_is_refused(tmp_path):
+    with pytest.raises(PipelineError, match="has no versions .* leave --version out"):
+        validate_dataset(topk_dataset(tmp_path), version=1)
 
 
 def test_a_swapped_tokenizer_is_refused_and_a_missing_one_is_not_a_problem(tmp_path):

@@ -95,6 +95,16 @@ def test_a_ce_only_student_uses_the_mask_too():
     assert set(out) == {"ce", "loss"} and float(out["loss"]) == pytest.approx(ce, rel=1e-5)
 
 
+def test_a_single_trained_position_is_the_whole_mean():
+    teacher, student, batch = masked_batch(3)
+    batch["loss_mask"] = torch.zeros(B, L, dtype=torch.bool)
+    batch["loss_mask"][1, 1] = True  # trained in masked_batch too: its labels are real
+    ce, kd = dense_parts(teacher, student, batch)
+    out = compute_loss(student, batch, LossSpec("kl_tail", alpha=0.5))
+    assert float(out["kd"]) == pytest.approx(kd, rel=1e-5)
+    assert float(out["ce"]) == pytest.approx(ce, rel=1e-5)
+
+
 def test_a_batch_without_trained_positions_has_a_zero_loss_with_a_gradient():
     _, student, batch = masked_batch(2)
     batch["loss_mask"] = torch.zeros(B, L, dtype=torch.bool)
