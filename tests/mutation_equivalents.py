@@ -26,6 +26,10 @@ _CPU = ("on the CPU, where every test runs, the device argument changes nothing;
 _READ_TOML = ("an argument that only words read_toml's ConfigError, which match_loss catches "
               "(a student not read from a file keeps its kind)")
 _RESHAPE = "numpy's reshape takes any negative size as the one unknown dimension (-2 is -1)"
+_LOCAL_GUARD = ("the guard turns failures of object storage into one line naming the shard; on "
+                "a local folder, where every mutation test runs, it does nothing")
+_BUFFER = ("rows are cut after every document, so each document in the buffer starts before "
+           "the first row still to cut ends")
 _PADDING = ("only padding entries change, and sortedids.rank_order replaces them through the "
             "mask before anything reads them")
 
@@ -184,11 +188,153 @@ VALIDATE = {
     "x_validate_dataset__mutmut_17": _DEFAULT + " (verify=True)",
 }
 
+_ARROW_TYPE = ("pa.array infers the same Arrow type from the numpy dtype the values were just "
+               "cast to (or the schema's), so naming it again changes nothing")
+_CAST = ("the values are converted to the column's Arrow type anyway (pa.array casts them; "
+         "integers and float32 values survive the round trip unchanged)")
+_PICKLE = ("these arrays are numeric, never objects: allow_pickle only matters for object "
+           "arrays")
+_COPY = "a copy instead of a view holds the same values"
+_UNSTABLE_PADDING = ("ids within a position are distinct, so only padding keys tie, and "
+                     "padding is dropped (ragged.pack) before anything is written")
+
+WRITER = {
+    "x__list_column__mutmut_5": _RESHAPE,
+    "x__list_column__mutmut_9": "an integral float width gives the same int32 offsets",
+    "x__list_column__mutmut_10": "with 0 rows the offsets are [0] whatever the width",
+    "x__list_column__mutmut_13": _ARROW_TYPE,
+    "x__list_column__mutmut_15": _ARROW_TYPE,
+    "x__list_column__mutmut_18": _CAST,
+    "x__list_column__mutmut_20": _CAST,
+    "x__list_column__mutmut_28": _ARROW_TYPE,
+    "x__list_column__mutmut_30": _ARROW_TYPE,
+    "x__ragged_column__mutmut_3": _ARROW_TYPE + " (ragged.row_offsets returns int32)",
+    "x__ragged_column__mutmut_5": _ARROW_TYPE + " (ragged.row_offsets returns int32)",
+    "x__ragged_column__mutmut_12": _ARROW_TYPE,
+    "x__ragged_column__mutmut_14": _ARROW_TYPE,
+    "x__variable_columns__mutmut_2": _ARROW_TYPE,
+    "x__variable_columns__mutmut_4": _CAST,
+    "x__variable_columns__mutmut_21": _ARROW_TYPE,
+    "x__variable_columns__mutmut_27": _ARROW_TYPE,
+    "x__id_ordered__mutmut_33":
+        "without the mask, padding deltas are not zeroed, but ragged.pack drops padding "
+        "before it is written",
+    "x__id_ordered__mutmut_35": "as mutant 33",
+    "x__write_parquet__mutmut_9": "pyarrow reads the codec name case-insensitively",
+    "x_build_table__mutmut_16": _ARROW_TYPE,
+    "x_build_table__mutmut_20": _CAST,
+    "x_build_table__mutmut_23": "pa.array infers list<string> from lists of str",
+    "x_build_table__mutmut_25": "as mutant 23",
+    "x_build_table__mutmut_33": "_variable_columns does not use its rows argument",
+    "x_build_table__mutmut_37": _ARROW_TYPE,
+    "x_build_table__mutmut_41": _ARROW_TYPE,
+    "x_build_table__mutmut_45": _CAST,
+    "x_build_table__mutmut_50": _ARROW_TYPE,
+    "x_build_table__mutmut_61": _ARROW_TYPE,
+    "x_build_table__mutmut_65": _CAST,
+    "x_build_table__mutmut_69": _ARROW_TYPE,
+    "x_build_table__mutmut_73": _CAST,
+    "x_build_table__mutmut_85": _ARROW_TYPE,
+    "x_build_table__mutmut_89": _CAST,
+    "x_build_table__mutmut_98": _ARROW_TYPE,
+    "x_build_table__mutmut_102": _CAST,
+    "x_build_table__mutmut_106": _ARROW_TYPE,
+    "x_build_table__mutmut_110": _CAST + " (0.0/1.0 become false/true)",
+    "x_build_table__mutmut_114": _ARROW_TYPE,
+    "x_build_table__mutmut_118": _CAST,
+    "x_build_table__mutmut_120":
+        "the columns are built in the schema's order and types, so the inferred schema is "
+        "S.arrow_schema(spec)",
+    "x_build_table__mutmut_122": "as mutant 120",
+    "x_masked__mutmut_7": "np.full with an int fill is int64; counts are cast to their Arrow "
+                          "type when written",
+    "x_masked__mutmut_10": "as mutant 7",
+    "x_masked__mutmut_12":
+        "log_norm is only written for tempered sampled labels, which always carry one; "
+        "otherwise the (now object) array is never read",
+    "x_masked__mutmut_37": "the tail is cast to float32 when its column is built",
+    "x_shard_record__mutmut_18": _FLOAT64,
+    "x_shard_record__mutmut_35": "zero_copy_only=None is falsy like False",
+}
+
+READER = {
+    "x__flat_values__mutmut_3": "zero_copy_only=None is falsy like False",
+    "x__flat_values__mutmut_8": _COPY,
+    "x__flat_values__mutmut_10": _COPY,
+    "x__flat_values__mutmut_11": _COPY,
+    "x__flat_values__mutmut_12": _COPY,
+    "x_decode_batch__mutmut_24": "the loss_mask column converts to numpy booleans already",
+    "x_decode_batch__mutmut_26": "as mutant 24",
+    "x_decode_batch__mutmut_99": _SCHEMA,
+    "x_decode_batch__mutmut_101": _SCHEMA,
+    "x__decode_variable__mutmut_4": _SCHEMA,
+    "x__decode_variable__mutmut_6": _SCHEMA,
+    "x__decode_variable__mutmut_69": _SCHEMA + " (importance_weights converts draws to float64)",
+    "x__decode_variable__mutmut_71": "as mutant 69",
+    "x__decode_variable__mutmut_117": _SCHEMA,
+    "x__decode_variable__mutmut_119": _SCHEMA,
+    "x__decode_variable__mutmut_90":
+        "without the mask, padding ids hold the running sum of deltas instead of 0: " + _PADDING,
+    "x__decode_variable__mutmut_92": "as mutant 90",
+    "xǁSoftLabelDatasetǁ_shard__mutmut_18":
+        "rowgroups.check_entry has refused an entry holding some but not all of the three "
+        "index fields, so any one of them tells whether there is an index",
+    "xǁSoftLabelDatasetǁopen_verified__mutmut_22": _LOCAL_GUARD,
+    "xǁSoftLabelDatasetǁopen_verified__mutmut_30": _LOCAL_GUARD,
+    "xǁSoftLabelDatasetǁopen_verified__mutmut_26": _DEFAULT + " (mode 'rb')",
+}
+
+SORTEDIDS = {
+    "x_sort_by_id__mutmut_2":
+        "float64 keys order ids below 2^53 exactly as int64 keys do, and the padding key "
+        "still sorts last",
+    "x_sort_by_id__mutmut_14": _UNSTABLE_PADDING,
+    "x_sort_by_id__mutmut_16": _DEFAULT + " (axis=-1)",
+    "x_sort_by_id__mutmut_17": _UNSTABLE_PADDING,
+    "x_sort_by_id__mutmut_21": "numpy reads the sort kind case-insensitively",
+    "x_sort_by_id__mutmut_28": _DEFAULT + " (axis=-1 since NumPy 2.3)",
+    "x_deltas__mutmut_6": _DEFAULT + " (axis=-1)",
+    "x_ids_from_deltas__mutmut_14": "an id of exactly 2^31 − 1 is replaced by itself",
+    "x_rank_order__mutmut_5": "the log-probabilities it is given are float32 already",
+    "x_rank_order__mutmut_7": "as mutant 5",
+    "x_rank_order__mutmut_23": _DEFAULT + " (axis=-1)",
+    "x_rank_order__mutmut_32": _DEFAULT + " (axis=-1 since NumPy 2.3)",
+    "x_rank_order__mutmut_42": _DEFAULT + " (axis=-1 since NumPy 2.3)",
+}
+
+PACKING = {
+    "x__cut_rows__mutmut_24": _BUFFER + ": s < lo + seq_len holds with or without equality",
+    "x__cut_rows__mutmut_26":
+        "a document in the buffer ends after the first uncut row starts, and the document "
+        "just added ends at or after the cut, so e == lo never happens for a row",
+    "x__cut_rows__mutmut_33":
+        "a start of 1 instead of 0 still satisfies s < lo + seq_len (seq_len >= 2, "
+        "pipeline/config/stages.py)",
+    "x__cut_rows__mutmut_35":
+        "a document that ends exactly at the cut stays in the buffer with end 0, which no "
+        "later row (lo >= 0, e > lo) ever names",
+    "x_iter_shard_inputs__mutmut_58": "buf.rows[:None] is every row, as [:len(buf.rows)]",
+    "xǁShardSpillǁput__mutmut_17": _PICKLE,
+    "xǁShardSpillǁput__mutmut_20": _PICKLE,
+    "xǁShardSpillǁput__mutmut_27": _PICKLE,
+    "xǁShardSpillǁput__mutmut_40": _PICKLE,
+    "xǁShardSpillǁput__mutmut_43": _PICKLE,
+    "xǁShardSpillǁput__mutmut_45": _PICKLE,
+    "xǁShardSpillǁget__mutmut_9": _PICKLE,
+    "xǁShardSpillǁget__mutmut_11": _PICKLE,
+    "xǁShardSpillǁget__mutmut_15": _PICKLE,
+    "xǁShardSpillǁget__mutmut_27": _PICKLE,
+    "xǁShardSpillǁget__mutmut_29": _PICKLE,
+    "xǁShardSpillǁget__mutmut_30": _PICKLE,
+}
+
 EQUIVALENT: dict[str, str] = {
     f"pipeline.{module}.{name}": f"Equivalent: {reason}."
     for module, table in (("labeling.forward", FORWARD), ("labeling.modes", MODES),
                           ("training.losses", LOSSES),
                           ("labeling.split", SPLIT), ("softlabels.encodings", ENCODINGS),
-                          ("softlabels.checks", CHECKS), ("softlabels.validate", VALIDATE))
+                          ("softlabels.checks", CHECKS), ("softlabels.validate", VALIDATE),
+                          ("softlabels.writer", WRITER), ("softlabels.reader", READER),
+                          ("softlabels.sortedids", SORTEDIDS), ("labeling.packing", PACKING))
     for name, reason in table.items()
 }

@@ -82,9 +82,10 @@ def _run_time(wall_seconds: float | None) -> list[str]:
     if wall_seconds is None:
         return []
     minutes, seconds = divmod(round(wall_seconds), 60)
+    load = os.getloadavg()[2]  # read right after the run: its last 15 minutes
     return [f"The whole run (`make mutation`: mutants, mutmut's test-coverage pass, every mutant) "
             f"took **{minutes} min {seconds:02d} s** with 2 workers on a machine with "
-            f"{os.cpu_count()} cores.", ""]
+            f"{os.cpu_count()} cores (load average over its last 15 minutes: {load:.1f}).", ""]
 
 
 def render(status: dict[str, str], wall_seconds: float | None = None) -> str:

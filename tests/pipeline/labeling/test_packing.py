@@ -61,6 +61,28 @@ def test_a_row_can_hold_the_end_of_one_document_and_a_whole_other_one(tmp_path):
     assert shards[0].doc_ids == [["d0"], ["d0"]] and stats.tokens_dropped == 2
 
 
+def test_a_row_names_only_the_documents_it_holds(tmp_path):
+    """Stream 2 0 | 1 1 1 1 1 0 (cut at once into rows [2 0 1] [1 1 1]) | 1 1 1 1 0 (d1's
+    leftover 1 0 and d2: rows [1 0 1] [1 1 1], d2's last 0 dropped)."""
+    shards, stats = pack(tmp_path, ["aa", "a b c d e", "a b c d"], seq_len=3, shard_rows=4)
+    assert shards[0].tokens.tolist() == [[2, 0, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1]]
+    assert shards[0].doc_ids == [["d0", "d1"], ["d1"], ["d1", "d2"], ["d2"]]
+    assert stats.tokens_dropped == 1
+
+
+def test_a_shard_is_yielded_as_soon_as_its_split_fills_it(tmp_path):
+    """Documents of one row each, one row a shard: the shards come in the documents' order,
+    whichever split each document falls in."""
+    from pipeline.labeling.split import split_of
+
+    texts = ["a b"] * 12
+    shards, stats = pack(tmp_path, texts, seq_len=3, shard_rows=1, fraction=0.5)
+    splits = [split_of(f"d{i}", 0.5) for i in range(12)]
+    assert len(set(splits)) == 2
+    assert [s.split for s in shards] == splits
+    assert [s.doc_ids for s in shards] == [[[f"d{i}"]] for i in range(12)]
+
+
 def test_every_split_fills_its_own_shards(tmp_path):
     """Nearly all documents go to validation at a fraction of 0.9999999; each split numbers
     its shards from 0 and ends with a partial one."""
@@ -104,6 +126,7 @@ def test_the_spill_stores_tokens_in_two_bytes_when_they_fit(tmp_path, top, dtype
     ShardSpill(tmp_path).put(shard)
     assert np.load(tmp_path / "validation-00012.npy").dtype == dtype
     back = ShardSpill(tmp_path).get("validation", 12)
+    assert (back.split, back.index) == ("validation", 12)
     assert back.tokens.dtype == np.int32 and back.tokens.tolist() == [[0, top]]
     assert back.mask is None and back.segments is None
 

@@ -64,6 +64,25 @@ def test_an_unknown_split_is_named_with_the_ones_there_are(tmp_path):
         SoftLabelDataset(dataset(tmp_path)).split_shards("test")
 
 
+def test_a_malformed_manifest_is_refused_naming_its_file(tmp_path):
+    root = dataset(tmp_path)
+    edit_manifest(root, lambda m: m["labels"].update(k=0))
+    with pytest.raises(PipelineError, match=rf"^{root}/manifest.json: labels.k 0 is not a "
+                                            "valid k"):
+        SoftLabelDataset(root)
+    edit_manifest(root, lambda m: m["labels"].update(k=2) or entry0(m).update(rows=-1))
+    with pytest.raises(PipelineError, match=rf"^{root}/manifest.json: shard entry '{PART}' of "
+                                            "split 'train' has a malformed"):
+        SoftLabelDataset(root)
+
+
+def test_a_shard_path_of_another_spelling_inside_the_dataset_is_read(tmp_path):
+    root = dataset(tmp_path)
+    edit_manifest(root, lambda m: entry0(m).update(path="./shards/train/part-00000.parquet"))
+    ds = SoftLabelDataset(root)
+    assert ds.read_table(ds.split_shards("train")[0]).num_rows == 3
+
+
 def test_a_malformed_row_group_index_is_refused_naming_the_entry(tmp_path):
     root = dataset(tmp_path)
     edit_manifest(root, lambda m: entry0(m).update(row_group_rows=[2, "1"]))
@@ -131,8 +150,8 @@ def test_metadata_of_another_dataset_is_refused(tmp_path):
     root = dataset(tmp_path)
     edit_manifest(root, lambda m: m.update(seq_len=3))
     ds = SoftLabelDataset(root)
-    with pytest.raises(PipelineError, match="its metadata says seq_len = '2' but manifest.json "
-                                            "says '3'"):
+    with pytest.raises(PipelineError, match=rf"^shard {PART}: its metadata says seq_len = '2' "
+                                            "but manifest.json says '3'"):
         ds.open_shard(ds.split_shards("train")[0])
 
 
@@ -224,6 +243,7 @@ def test_tokens_only_decode_to_input_ids(tmp_path):
 def test_top_p_pads_each_position_to_k_behind_a_mask(tmp_path, id_encoding):
     counts = np.array([[1, 3], [2, 1], [3, 3]])
     labels = variable_labels(counts, 3)
+    labels.logprobs[2, 1] = [-1.0, -2e4, -3e4]  # below the padding's -1e4: still real entries
     s = spec("topp", 3, encoding="fp32", top_p=0.5, min_k=1, id_encoding=id_encoding)
     b = decoded(dataset(tmp_path, s, labels=labels))
     mask = np.arange(3) < counts[..., None]
@@ -232,12 +252,15 @@ def test_top_p_pads_each_position_to_k_behind_a_mask(tmp_path, id_encoding):
     assert b["topk_logprobs"].tolist() == np.where(mask, labels.logprobs, -1e4).tolist()
 
 
-@pytest.mark.parametrize("temperature, log_norm", [(1.0, None), (2.0, 0.25)])
-def test_sampled_labels_decode_to_their_importance_weights(tmp_path, temperature, log_norm):
+@pytest.mark.parametrize("temperature, log_norm, id_encoding", [
+    (1.0, None, "sorted_delta"), (2.0, 0.25, "sorted_delta"), (1.0, None, None),
+    (2.0, 0.25, None)])
+def test_sampled_labels_decode_to_their_importance_weights(tmp_path, temperature, log_norm,
+                                                           id_encoding):
     counts = np.array([[2, 1], [1, 2], [2, 2]])
     labels = variable_labels(counts, 2, draws=2, log_norm=log_norm)
     s = spec("sampled", 2, encoding="fp32", samples=2, proposal_temperature=temperature,
-             seed=0, id_encoding="sorted_delta")
+             seed=0, id_encoding=id_encoding)
     b = decoded(dataset(tmp_path, s, labels=labels))
     w = labels.sample_counts / 2.0
     if log_norm is not None:
@@ -284,6 +307,19 @@ def test_decoding_a_variable_table_whose_entries_miss_their_counts_is_a_value_er
     with pytest.raises(ValueError, match="^topk_ids holds 12 entries, label_counts sum to 11$"):
         decode_batch(table.set_column(table.schema.get_field_index(S.COL_COUNTS),
                                       S.COL_COUNTS, counts), s, L)
+    fewer = pa.array([[-1.0] * 4, [-1.0] * 4, [-1.0] * 3], type=pa.list_(pa.float32()))
+    with pytest.raises(ValueError, match="^topk_logprobs holds 11 entries, label_counts sum to "
+                                         "12$"):
+        decode_batch(table.set_column(table.schema.get_field_index(S.COL_TOPK_LOGPROBS),
+                                      S.COL_TOPK_LOGPROBS, fewer), s, L)
+    s = spec("sampled", 2, encoding="fp32", samples=2, proposal_temperature=1.0, seed=0)
+    root = dataset(tmp_path / "b", s, labels=variable_labels(np.full((3, L), 2), 2, draws=2))
+    table = SoftLabelDataset(root).read_table(SoftLabelDataset(root).split_shards("train")[0])
+    fewer = pa.array([[1] * 4, [1] * 4, [1] * 3], type=pa.list_(pa.uint8()))
+    with pytest.raises(ValueError, match="^sample_counts holds 11 entries, label_counts sum to "
+                                         "12$"):
+        decode_batch(table.set_column(table.schema.get_field_index(S.COL_SAMPLE_COUNTS),
+                                      S.COL_SAMPLE_COUNTS, fewer), s, L)
 
 
 def test_flat_values_honour_slices_and_are_writable():

@@ -33,9 +33,10 @@ def test_padding_sorts_after_every_real_entry():
 
 
 def test_deltas_are_the_first_id_then_the_gaps():
-    assert D.deltas(np.array([[2, 5, 7], [0, 1, 70000]])).tolist() == [[2, 3, 2], [0, 1, 69999]]
+    d = D.deltas(np.array([[2, 5, 7], [0, 1, 70000]], dtype=np.int32))
+    assert d.dtype == np.int64 and d.tolist() == [[2, 3, 2], [0, 1, 69999]]
     mask = np.array([[True, True, False]])
-    assert D.deltas(np.array([[4, 6, 6]]), mask).tolist() == [[4, 2, 0]]
+    assert D.deltas(np.array([[4, 6, 9]]), mask).tolist() == [[4, 2, 0]]  # 0 at padding
 
 
 def test_ids_from_deltas_undo_deltas_and_zero_the_padding():

@@ -110,6 +110,24 @@ def test_a_masked_tempered_sampled_table_zeroes_the_log_norm_outside_the_mask():
     assert flat(t, "label_counts") == [2, 0, 0, 0, 2, 0]
 
 
+def test_a_table_of_no_rows_is_empty_not_an_error():
+    t = build_table(spec(k=2), np.zeros((0, 3), dtype=np.int64), [], ShardLabels(
+        np.zeros((0, 3, 2), int), np.zeros((0, 3, 2), np.float32), np.zeros((0, 3))))
+    assert t.num_rows == 0 and offsets(t, "topk_ids") == [0]
+
+
+def test_a_format_1_2_shard_is_byte_stream_split_and_zstd(tmp_path):
+    s = spec(k=2, encoding="fp32", id_encoding="sorted_delta")
+    table = build_table(s, TOKENS, DOCS, topk_labels())
+    write_shard(tmp_path, "train", 0, table, KV, 2, "0" * 64)
+    meta = pq.read_metadata(tmp_path / "shards/train/part-00000.parquet").row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    for name in ("label_id_deltas", "label_logprobs", "tail_mass"):
+        assert "BYTE_STREAM_SPLIT" in columns[f"{name}.list.element"].encodings, name
+    assert "BYTE_STREAM_SPLIT" not in columns["input_ids.list.element"].encodings
+    assert {c.compression for c in columns.values()} == {"ZSTD"}
+
+
 def test_a_labeled_dataset_needs_labels():
     with pytest.raises(ValueError, match="needs labels for every shard"):
         build_table(spec(), TOKENS, DOCS, None)
@@ -159,11 +177,12 @@ def test_records_count_entries_and_trained_positions(tmp_path):
     assert rec["topk_mass_sum"] == pytest.approx((1 - 0.5) + (1 - 0.0))
 
 
-def test_a_failed_write_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fails", ["write_table", "__init__"])  # after or before the file exists
+def test_a_failed_write_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, fails):
     def full(*a, **kw):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    monkeypatch.setattr(pq.ParquetWriter, fails, full)
     with pytest.raises(PipelineError, match=r"^writing shard shards/train/part-00003.parquet "
                                             r"failed: .*No space left on device \(disk full"):
         write(tmp_path)
@@ -229,3 +248,8 @@ def test_the_run_is_complete_with_exactly_one_record_per_planned_shard():
         check_complete(planned, records[:2])
     with pytest.raises(PipelineError, match="with 4 shard records for 3 planned shards"):
         check_complete(planned, records + records[:1])
+    seven = [{"split": "train", "index": i} for i in range(7)]
+    with pytest.raises(PipelineError, match=r"\(missing \['shards/train/part-00000.parquet', "
+                                            r"('shards/train/part-0000[1-4].parquet', ){3}"
+                                            r"'shards/train/part-00004.parquet'\]\)"):
+        check_complete(seven, [])
