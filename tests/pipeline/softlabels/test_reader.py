@@ -243,7 +243,8 @@ def test_tokens_only_decode_to_input_ids(tmp_path):
 def test_top_p_pads_each_position_to_k_behind_a_mask(tmp_path, id_encoding):
     counts = np.array([[1, 3], [2, 1], [3, 3]])
     labels = variable_labels(counts, 3)
-    labels.logprobs[2, 1] = [-1.0, -2e4, -3e4]  # below the padding's -1e4: still real entries
+    labels.logprobs[1, 0] = [-1.0, -2e4, -3e4]  # below the padding's -1e4: still real entries
+    labels.logprobs[2, 1] = [-1.0, -2e4, -3e4]
     s = spec("topp", 3, encoding="fp32", top_p=0.5, min_k=1, id_encoding=id_encoding)
     b = decoded(dataset(tmp_path, s, labels=labels))
     mask = np.arange(3) < counts[..., None]
