@@ -106,7 +106,8 @@ def _note(ctx: Context, cfg, model, tokenizer, batches, measured: float, docs: i
         f"time of one label run minus the bare loop's (main thread): {extra}. By design the "
         f"labeler also reads, tokenizes and packs the corpus once before labeling (to plan and "
         f"fingerprint the run; {plan_s:.2f} s here; the packed shards are parked on disk and "
-        "not tokenized again), loads the teacher and hashes it, and its writer thread's zstd encoding and sha256 compete with "
-        "the torch threads for 2 cores. What would close it: on CPU, leave the writer thread a "
+        "not tokenized again), loads the teacher and hashes it, and its writer thread's zstd "
+        "encoding and sha256 compete with the torch threads for 2 cores. What would close "
+        "it: on CPU, leave the writer thread a "
         "core (torch threads = cores - 1) or overlap planning with labeling; on a GPU the "
         "teacher dominates and the rest hides behind it.")

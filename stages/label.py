@@ -47,7 +47,8 @@ from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels import layout, rowgroups
 from pipeline.softlabels.card import write_card
-from pipeline.softlabels.layout import MANIFEST, PLAN, record_relpath, shard_relpath
+from pipeline.softlabels.layout import MANIFEST, PLAN
+from pipeline.softlabels.writer import check_complete, completed_record
 
 
 def _check_args(cfg: LabelConfig) -> None:
@@ -238,20 +239,6 @@ def _prepare_out(store: Store, plan: dict, overwrite: bool) -> None:
     store.write_json(PLAN, plan)
 
 
-def _completed(store: Store, shard: dict) -> dict | None:
-    """The shard's completion record if the file on disk still matches it, else None."""
-    rel = shard_relpath(shard["split"], shard["index"])
-    try:
-        rec = json.loads(store.read_bytes(record_relpath(shard["split"], shard["index"])))
-    except (OSError, PipelineError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(rec, dict) or rec.get("path") != rel:
-        return None
-    ok = (rec.get("input_sha256") == shard["input_sha256"] and store.isfile(rel)
-          and store.size(rel) == rec.get("bytes") and store.sha256(rel) == rec.get("sha256"))
-    return rec if ok else None
-
-
 def _manifest(cfg, plan, spec, tokenizer, teacher, records, settings) -> dict:
     splits: dict[str, list] = {}
     for rec in sorted(records, key=lambda r: r["path"]):
@@ -313,7 +300,7 @@ def run(cfg: LabelConfig) -> dict:
         _prepare_out(store, plan, cfg.overwrite)
         records = {}
         for shard in plan["shards"]:
-            if rec := _completed(store, shard):
+            if rec := completed_record(store, shard):
                 records[(shard["split"], shard["index"])] = rec
         if store.isfile(MANIFEST) and len(records) == len(plan["shards"]):
             return json.loads(store.read_bytes(MANIFEST))
@@ -324,7 +311,7 @@ def run(cfg: LabelConfig) -> dict:
         except interrupt.Interrupted as exc:
             raise interrupt.Interrupted(exc.signum, _stopped(store, plan)) from None
         all_records = list(records.values()) + new
-        _check_complete(plan, all_records)
+        check_complete(plan["shards"], all_records)
         store.put_file(tokenizer.path, layout.TOKENIZER)
         manifest = _manifest(cfg, plan, spec, tokenizer, teacher, all_records, settings)
         write_card(store, manifest)
@@ -344,13 +331,15 @@ def _run_version(cfg, store, loaded, device, spill, client) -> dict:
     if step.manifest is not None:
         return step.manifest
     plan = step.plan
-    done = {(s["split"], s["index"]): r for s in plan["shards"] if (r := _completed(store, s))}
+    done = {(s["split"], s["index"]): r for s in plan["shards"]
+            if (r := completed_record(store, s))}
     work = _shard_work(cfg, plan, spec, tokenizer, teacher)
     try:
         new = _label_missing(cfg, plan, work, teacher, device, spill, set(done), client)
     except interrupt.Interrupted as exc:
         raise interrupt.Interrupted(exc.signum, _stopped(store, plan)) from None
-    copies = incremental.copy_shards(store, step, work.kv, cfg.row_group_rows, _completed)
+    copies = incremental.copy_shards(store, step, work.kv, cfg.row_group_rows,
+                                      completed_record)
     records = incremental.live_records(store, step) + list(done.values()) + new + copies
     manifest = _manifest(cfg, plan, spec, tokenizer, teacher, records, settings)
 
@@ -389,17 +378,6 @@ def _shard_work(cfg, plan, spec, tokenizer, teacher) -> ShardWork:
                      cfg.teacher if teacher else None,
                      teacher.weights_sha256 if teacher else None, cfg.device,
                      cfg.trust_remote_code)
-
-
-def _check_complete(plan: dict, records: list[dict]) -> None:
-    """Exactly one record per planned shard, whichever path (or retries) produced them."""
-    got = sorted(r["path"] for r in records)
-    want = sorted(shard_relpath(s["split"], s["index"]) for s in plan["shards"])
-    if got != want:
-        missing = sorted(set(want) - set(got))[:5]
-        raise PipelineError(f"labeling finished with {len(got)} shard records for {len(want)} "
-                            f"planned shards (missing {missing}); rerun `pipeline label` to "
-                            "complete the dataset")
 
 
 @contextlib.contextmanager

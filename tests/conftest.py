@@ -24,6 +24,30 @@ def pytest_configure(config):
     """The suite runs as the tool does (pipeline/threads.py): one fixed thread count in this
     process, exported to the processes it starts, so in-process and CLI results compare."""
     pin_threads()
+    if "MUTANT_UNDER_TEST" in os.environ:  # under mutmut (tests/mutation_order.py)
+        from tests.mutation_order import warm_up
+
+        warm_up()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Tests that run a teacher are marked `teacher` (`-m "not teacher"`: the suite of unit
+    tests and hand-built datasets, what `make mutation` runs). Under `make mutation`, each
+    mutant's tests run cheapest first (tests/mutation_order.py)."""
+    from tests.mutation_order import fastest_first, mutant_under_test
+
+    for item in items:
+        if "tiny_teacher" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.teacher)
+    if mutant_under_test():
+        fastest_first(items, config.rootpath)
+
+
+def pytest_collection_finish(session):
+    from tests.mutation_order import freeze_fork_server
+
+    freeze_fork_server(session.config)
 
 
 def tool_default_env(**extra) -> dict:

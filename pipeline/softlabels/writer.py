@@ -9,6 +9,7 @@ are named by (split, index) from the plan (softlabels/layout.py), never by worke
 task rewrites the same file.
 """
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,3 +175,32 @@ def shard_record(table: pa.Table, rel: str, path: Path, input_sha256: str) -> di
         mask = table.column(S.COL_LOSS_MASK).combine_chunks().values
         record["trained_positions"] = int(np.count_nonzero(mask.to_numpy(zero_copy_only=False)))
     return record
+
+
+def completed_record(store: Store, shard: dict) -> dict | None:
+    """The completion record of planned `shard` ({"split", "index", "input_sha256"}) if the
+    file is still the one it describes, else None. A rerun trusts only such a shard: a record
+    for this path and these inputs, and a file of the recorded size *and* sha256 (a corrupted
+    shard of the same size is relabeled)."""
+    rel = shard_relpath(shard["split"], shard["index"])
+    try:
+        rec = json.loads(store.read_bytes(record_relpath(shard["split"], shard["index"])))
+    except (OSError, PipelineError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(rec, dict) or rec.get("path") != rel:
+        return None
+    ok = (rec.get("input_sha256") == shard["input_sha256"] and store.isfile(rel)
+          and store.size(rel) == rec.get("bytes") and store.sha256(rel) == rec.get("sha256"))
+    return rec if ok else None
+
+
+def check_complete(planned: list[dict], records: list[dict]) -> None:
+    """Exactly one record per planned shard, whichever path (or retries) produced them."""
+    got = sorted(r["path"] for r in records)
+    want = sorted(shard_relpath(s["split"], s["index"]) for s in planned)
+    if got != want:
+        missing = sorted(set(want) - set(got))[:5]
+        raise PipelineError(f"labeling finished with {len(got)} shard records for {len(want)} "
+                            f"planned shards (missing {missing}); rerun `pipeline label` to "
+                            "complete the dataset")
+

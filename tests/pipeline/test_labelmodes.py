@@ -52,6 +52,7 @@ def label(corpus, teacher, out, **kw):
 
 @pytest.fixture(scope="module")
 def sharp(tmp_path_factory, tiny_tokenizer):
+    """A teacher: tests using it are marked `teacher` (left out of `make mutation`)."""
     return sharp_teacher(tiny_tokenizer, tmp_path_factory.mktemp("sharp"))
 
 
@@ -201,6 +202,7 @@ def test_topk_rank_ids_stay_format_1_0(topk_dataset):
                                      "tail_mass"]
 
 
+@pytest.mark.teacher
 def test_topp_round_trip_matches_teacher(tmp_path, tiny_corpus, sharp):
     m = label(tiny_corpus, sharp, tmp_path / "ds", mode="topp", top_p=0.8, min_k=2, max_k=12,
               logprob_encoding="fp32", id_encoding="rank")
@@ -217,6 +219,7 @@ def test_topp_round_trip_matches_teacher(tmp_path, tiny_corpus, sharp):
     assert 2 < m["summary"]["mean_entries_per_position"] < 12  # sets really vary
 
 
+@pytest.mark.teacher
 def test_sampled_round_trip_reproducible(tmp_path, tiny_corpus, sharp):
     kw = dict(mode="sampled", samples=8, proposal_temperature=0.7, seed=4, logprob_encoding="u8")
     label(tiny_corpus, sharp, tmp_path / "a", **kw)
@@ -252,6 +255,7 @@ def _rewrite(path, column, fn):
     (root / "manifest.json").write_text(json.dumps(m))
 
 
+@pytest.mark.teacher
 def test_validate_catches_broken_sampled_draws_and_short_topp_sets(tmp_path, tiny_corpus, sharp):
     label(tiny_corpus, sharp, tmp_path / "s", mode="sampled", samples=8)
     part = tmp_path / "s/shards/train/part-00000.parquet"
@@ -265,6 +269,7 @@ def test_validate_catches_broken_sampled_draws_and_short_topp_sets(tmp_path, tin
     assert any("part-00000" in p and "less than top_p 0.9" in p for p in problems)
 
 
+@pytest.mark.teacher
 def test_reader_refuses_counts_beyond_k(tmp_path, tiny_corpus, sharp):
     label(tiny_corpus, sharp, tmp_path / "p", mode="topp", top_p=0.9, max_k=16)
     part = tmp_path / "p/shards/train/part-00000.parquet"
@@ -304,6 +309,7 @@ def test_bad_mode_options_refused(tmp_path, tiny_corpus, tiny_teacher, kw, messa
         label(tiny_corpus, tiny_teacher, tmp_path / "ds", **kw)
 
 
+@pytest.mark.teacher
 def test_cli_label_topp_u8_validates_and_inspects(tmp_path, tiny_corpus, sharp):
     out = tmp_path / "ds"
     run_cli("label", "--corpus", tiny_corpus, "--teacher", sharp, "--out", out, "--mode", "topp",
