@@ -63,10 +63,26 @@ def measure(ctx: Context) -> list[Figure]:
     rerun = Stat([timed(lambda: label(cfg(runs["incremental"]))) for _ in range(p.reps)])
     details = {"documents": docs, "added": added, "incremental_s": series["incremental"],
                "full_s": series["full"], "changes": changes}
-    return [Figure("12", f"Incremental labeling: +10 % documents on a {docs:,}-document corpus, "
+    figs = [Figure("12", f"Incremental labeling: +10 % documents on a {docs:,}-document corpus, "
                    "incremental ÷ full relabel wall time", f"≤ {GOAL:.2f}", stat,
                    stat.median <= GOAL, details=details),
             Figure("12 (rerun)", "Incremental labeling, corpus unchanged: label stage wall "
                    "time (no corpus read, no teacher load)", f"≤ {RERUN_GOAL:.0f} s", rerun,
                    rerun.median <= RERUN_GOAL, unit=" s",
                    details={"seconds": rerun.values})]
+    for fig in figs:
+        if not fig.passed:
+            fig.note = _note(series, rerun)
+    return figs
+
+
+def _note(series: dict, rerun: Stat) -> str:
+    """Why a miss happens: the fixed costs every label run pays, whatever it labels."""
+    return (f"Incremental runs took {min(series['incremental']):.2f}–"
+            f"{max(series['incremental']):.2f} s against {min(series['full']):.2f}–"
+            f"{max(series['full']):.2f} s for a full relabel; an unchanged rerun "
+            f"{rerun.median:.2f} s. An incremental run pays fixed costs a full one amortises: "
+            "loading and hashing the teacher, listing and hashing every document to find what "
+            "changed, reading the last version's document index and writing a new version. On a "
+            "small corpus (the quick sizes) they dominate; at 1,000 documents the teacher's "
+            "share of the new documents does.")
