@@ -78,18 +78,10 @@ def _load_version(store: Store, latest: dict, version: int) -> dict:
     if not store.isfile(rel):
         raise PipelineError(f"version {version} of {store.uri} was removed (`pipeline gc`); "
                             "see `pipeline inspect DATASET --versions`")
-    path = store.locate(rel)
-    try:
-        with paused_gc():
-            manifest = json.loads(store.read_bytes(rel))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"{path} is not valid JSON ({exc}); the dataset is corrupt") from exc
-    check_manifest_shape(manifest, path)
-    return manifest
+    return _read_manifest(store, rel)
 
 
 def _load_latest(store: Store) -> dict:
-    path = store.locate(MANIFEST)
     if not store.isdir():  # a typo, not an unfinished dataset
         what = "is a file, not a folder" if store.exists() else "does not exist"
         raise PipelineError(f"dataset {store.uri} {what}: pass the --out folder of a "
@@ -98,9 +90,15 @@ def _load_latest(store: Store) -> dict:
         hint = (" (a labeling run did not finish: rerun `pipeline label` to complete it)"
                 if store.exists(PLAN) else "")
         raise PipelineError(f"{store.uri} is not a soft-label dataset: no {MANIFEST}{hint}")
+    return _read_manifest(store, MANIFEST)
+
+
+def _read_manifest(store: Store, rel: str) -> dict:
+    """One manifest file (the latest or a version's), parsed and shape-checked."""
+    path = store.locate(rel)
     try:
         with paused_gc():
-            manifest = json.loads(store.read_bytes(MANIFEST))
+            manifest = json.loads(store.read_bytes(rel))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{path} is not valid JSON ({exc}); the dataset is corrupt") from exc
     check_manifest_shape(manifest, path)
