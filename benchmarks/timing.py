@@ -6,10 +6,13 @@ round* from values measured seconds apart, then summarised as the median with mi
 rounds. Absolute times are kept for the details table, never for the claim.
 """
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass
@@ -69,3 +72,14 @@ def ratio(num: list[float], den: list[float]) -> Stat:
 def per_round(fn: Callable[..., float], *series: list[float]) -> Stat:
     """Any per-round combination of several series, e.g. (a + b) / c."""
     return Stat([fn(*vals) for vals in zip(*series)])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a measured pair at n torch threads (pipeline/threads.py: what a CLI run uses)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)

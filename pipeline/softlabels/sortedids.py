@@ -28,12 +28,27 @@ def sort_by_id(ids: np.ndarray, mask: np.ndarray | None, *aligned: np.ndarray) -
     """Writer side: [..., k] entries → (ids ascending per position, *aligned permuted alike).
 
     Padding (mask false, variable modes) sorts last, so `ragged.pack` still keeps the first
-    counts entries. np.argsort with kind="stable" on distinct ids is deterministic."""
+    counts entries. np.argsort with kind="stable" on distinct ids is deterministic. Top-k (no
+    padding, float32 log-probabilities only) takes the packed-key path instead: the labeler's
+    writer thread shares the cores with the teacher (bench figure 1)."""
+    if mask is None and len(aligned) == 1 and aligned[0].dtype == np.float32:
+        return _sort_packed(ids, aligned[0])
     key = ids.astype(np.int64)
     if mask is not None:
         key = np.where(mask, key, _PAD_KEY)
     order = np.argsort(key, axis=-1, kind="stable")
     return tuple(np.take_along_axis(a, order, -1) for a in (ids, *aligned))
+
+
+def _sort_packed(ids: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`id << 32 | bits(lp)` per entry, one in-place sort: ids ascending with their float32
+    values carried along, no argsort and no gathers (≈ 3× faster). Ids of a position are
+    distinct, so the low half never decides the order and the result is deterministic."""
+    key = ids.astype(np.int64) << 32
+    key |= np.ascontiguousarray(logprobs).view(np.uint32).astype(np.int64)
+    key.sort(axis=-1)
+    out_lp = (key & _LOW32).astype(np.uint32).view(np.float32)
+    return (key >> 32).astype(ids.dtype, copy=False), out_lp
 
 
 def deltas(sorted_ids: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

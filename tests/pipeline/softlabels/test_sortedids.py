@@ -102,3 +102,17 @@ def test_older_layouts_keep_the_default_writer_options():
     schema = S.arrow_schema(S.LabelSpec("topk", 4, 10, "uint16"))
     assert D.writer_options(schema) == {}
     assert D.writer_options(pa.schema([("label_logprobs", pa.list_(pa.float32()))])) == {}
+
+
+def test_the_packed_key_path_equals_the_argsort_path():
+    """Top-k shards (no padding, float32 log-probabilities) take the packed-key sort; it must
+    give the argsort path's ids and values bit for bit, negative zero and ids ≥ 2^16 included."""
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.choice(151_936, 8, replace=False) for _ in range(50)]).astype(np.int64)
+    lp = -rng.exponential(3.0, (50, 8)).astype(np.float32)
+    lp[0, 0], lp[1, 3] = np.float32(-0.0), np.float32(0.0)
+    fast_ids, fast_lp = D.sort_by_id(ids, None, lp)
+    slow_ids, slow_lp, slow_f64 = D.sort_by_id(ids, None, lp, lp.astype(np.float64))
+    assert fast_ids.dtype == ids.dtype and np.array_equal(fast_ids, slow_ids)
+    assert fast_lp.dtype == np.float32
+    assert np.array_equal(fast_lp.view(np.uint32), slow_lp.view(np.uint32))
