@@ -14,10 +14,15 @@ signal. So the process under test stops at a named point and stays there until i
 """
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHIM_HEAD = '''
 import importlib, json, os, sys, threading, time
@@ -77,6 +82,22 @@ def wait_for_marker(proc: subprocess.Popen, marker: Path, timeout: float = 300) 
         assert proc.poll() is None, f"exited ({proc.returncode}) before reaching its hold point"
         assert time.monotonic() < deadline, f"no hold at {marker} within {timeout:g}s"
         time.sleep(0.02)
+
+
+def kill_in_hold(args: list[str], hold: dict, marker: Path, env: dict | None = None,
+                 program: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI (`cli_shim()`, or `program` for `python -c`) with `args` and the holds
+    of `hold` (hold_env), wait until it holds at `marker`, SIGKILL it there; returns how it
+    ended (returncode, stderr text)."""
+    proc = subprocess.Popen([sys.executable, "-c", program or cli_shim(), *map(str, args)],
+                            cwd=REPO, env={**(os.environ if env is None else env), **hold},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_marker(proc, marker)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, None, err.decode())
 
 
 class WorkerGate:

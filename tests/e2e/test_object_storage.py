@@ -15,7 +15,7 @@ from pipeline.io.storage import Store
 from stages.label import LabelConfig
 from stages.label import run as label
 from tests.conftest import REPO, run_cli, tool_default_env
-from tests.holds import cli_shim, hold_env, wait_for_marker
+from tests.holds import hold_env, kill_in_hold
 from tests.interop import moto_s3
 
 # Byte-for-byte comparisons need one thread count in every process (pipeline/threads.py): with
@@ -113,15 +113,8 @@ def test_sigkilled_labeler_resumes_to_identical_dataset_on_s3(s3, tmp_path, tiny
     # held before its 5th train shard write (4 complete) until killed: tests/holds.py
     hold = hold_env("pipeline.labeling.shards:write_shard", tmp_path / "held", nth=5,
                     where="args[1] == 'train'")
-    proc = subprocess.Popen([argv[0], "-c", cli_shim(), *argv[3:], "--out", out.uri], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**env, **hold})
-    try:
-        wait_for_marker(proc, tmp_path / "held")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    ended = kill_in_hold([*argv[3:], "--out", out.uri], hold, tmp_path / "held", env=env)
+    assert ended.returncode == -signal.SIGKILL, ended.stderr
     done = len(out.listdir("_progress/train"))
     assert not out.exists("manifest.json") and done >= 4  # killed mid-run: no dataset yet
     assert out.exists(".lock")  # a dead labeler's lock, taken over by the rerun (same host)
@@ -168,14 +161,10 @@ def test_training_to_s3_resumes_after_sigkill_elsewhere(s3, tmp_path, tiny_corpu
     run_cli(*args, "--out", tmp_path / "unbroken", env=tool_default_env())
     env = tool_default_env(PAUSED=str(tmp_path / "paused"),
                            SOFTLABELS_CACHE=str(tmp_path / "cache-a"))
-    proc = subprocess.Popen([sys.executable, "-c", SHIM, *args, "--out", "s3://bucket/k"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for_marker(proc, tmp_path / "paused")  # a state: held after an upload
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    # held after an upload (a state), then killed
+    ended = kill_in_hold([*args, "--out", "s3://bucket/k"], {}, tmp_path / "paused", env=env,
+                         program=SHIM)
+    assert ended.returncode == -signal.SIGKILL, ended.stderr
     remote = Store("s3://bucket/k/s")
     assert not remote.exists("complete.json")
     step = json.loads(remote.read_bytes("state/latest.json"))["step"]

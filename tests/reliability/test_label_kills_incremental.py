@@ -8,18 +8,14 @@ After each kill the previous version must be committed and read exactly as befor
 must give the same version as an unbroken run (manifest but its timestamps, and every shard).
 """
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import pytest
 
 import stages.label as L
 from pipeline.softlabels.reader import SoftLabelDataset
-from tests.conftest import REPO, make_docs
-from tests.holds import cli_shim, hold_env, wait_for_marker
+from tests.conftest import make_docs
+from tests.holds import hold_env, kill_in_hold
 from tests.stages.test_label_incremental import cfg, decoded, shard_bytes, write_corpus
 
 MOMENTS = {"new shard": ("pipeline.labeling.shards:write_shard", "after"),
@@ -56,14 +52,7 @@ def test_kill_during_incremental_run_then_rerun_equals_unbroken(tmp_path, tiny_t
             "--top-k", "4", "--seq-len", "32", "--shard-rows", "8", "--batch-size", "8",
             "--quiet", "--device", "cpu", "--incremental", "--id-column", "id",
             "--validation-fraction", "0.1"]
-    proc = subprocess.Popen([sys.executable, "-c", cli_shim(), *args], cwd=REPO,
-                            env={**os.environ, **hold_env(target, tmp_path / "held", when=when)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(proc, tmp_path / "held")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_in_hold(args, hold_env(target, tmp_path / "held", when=when), tmp_path / "held")
     assert SoftLabelDataset(out).manifest["version"]["number"] == 1  # v1 still committed
     assert decoded(out) == v1
     got = L.run(cfg(corpus, tiny_teacher, out))

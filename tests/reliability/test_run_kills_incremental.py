@@ -10,13 +10,10 @@ unbroken run of the same job made (manifest but its timestamps, and every live s
 
 import json
 import os
-import signal
-import subprocess
-import sys
 
 from pipeline.softlabels.reader import SoftLabelDataset
-from tests.conftest import REPO, make_docs
-from tests.holds import cli_shim, hold_env, wait_for_marker
+from tests.conftest import make_docs
+from tests.holds import hold_env, kill_in_hold
 from tests.reliability.test_label_kills_incremental import grown, without_times
 from tests.stages.test_label_incremental import shard_bytes, write_corpus
 from tests.stages.test_run import STUDENT, run_job
@@ -45,17 +42,10 @@ def test_sigkill_while_labeling_version_2_then_rerun_equals_unbroken(tmp_path, t
     run_job(ref_job)  # the unbroken run of version 2
     out = tmp_path / "out"
     v1 = SoftLabelDataset(out / "labels").manifest
-    proc = subprocess.Popen(
-        [sys.executable, "-c", cli_shim(), "run", str(job), "--quiet"], cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1",
-             **hold_env("pipeline.labeling.shards:write_shard", tmp_path / "held",
-                        when="after")},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(proc, tmp_path / "held")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_in_hold(["run", job, "--quiet"],
+                 hold_env("pipeline.labeling.shards:write_shard", tmp_path / "held",
+                          when="after"), tmp_path / "held",
+                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert SoftLabelDataset(out / "labels").manifest == v1  # version 1 still the committed one
     assert [x["version"] for x in history(out)] == [1]
 

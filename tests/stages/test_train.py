@@ -2,9 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,8 +12,8 @@ from pipeline.models.checkpoint import load_model_dir
 from stages.label import LabelConfig
 from stages.label import run as label
 from stages.train import TrainConfig, run
-from tests.conftest import REPO, run_cli
-from tests.holds import cli_shim, hold_env, wait_for_marker
+from tests.conftest import run_cli
+from tests.holds import hold_env, kill_in_hold
 
 GPT = '[model]\nfamily = "gpt"\nn_layer = 1\nn_head = 2\nd_model = 32\n'
 GRU = '[model]\nfamily = "gru"\nd_model = 32\n'
@@ -174,14 +171,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, labeled):
     hold = hold_env("pipeline.training.trainer:write_json_atomic", tmp_path / "held",
                     when="after", where="Path(args[0]).name == 'latest.json' and "
                                         "args[1]['step'] >= 6")
-    proc = subprocess.Popen([sys.executable, "-c", cli_shim(), *args], cwd=REPO,
-                            env={**env, **hold}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(proc, tmp_path / "held")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_in_hold(args, hold, tmp_path / "held", env=env)
     run_dir = tmp_path / "killed" / "k"
     assert not (run_dir / "complete.json").exists(), "training finished before the kill"
     cfg = TrainConfig(labels=str(labeled), students=[a], out=str(tmp_path / "killed"),

@@ -1,9 +1,6 @@
 """`pipeline train --continue-from RUN` on a new dataset version: records, rows, kill + resume."""
 
 import os
-import signal
-import subprocess
-import sys
 import tomllib
 
 import pytest
@@ -12,8 +9,8 @@ import torch
 import stages.label as L
 from pipeline.errors import PipelineError
 from stages.train import TrainConfig, open_dataset, run
-from tests.conftest import REPO, make_docs
-from tests.holds import cli_shim, hold_env, wait_for_marker
+from tests.conftest import make_docs
+from tests.holds import hold_env, kill_in_hold
 from tests.stages.test_label_incremental import cfg, write_corpus
 from tests.stages.test_train import _weights, student
 
@@ -50,14 +47,7 @@ def test_continue_on_new_rows_records_versions_and_resumes_after_sigkill(tmp_pat
     hold = hold_env("pipeline.training.trainer:write_json_atomic", tmp_path / "held",
                     when="after", where="Path(args[0]).name == 'latest.json' and "
                                         "args[1]['step'] >= 4")
-    proc = subprocess.Popen([sys.executable, "-c", cli_shim(), *args], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **hold},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(proc, tmp_path / "held")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_in_hold(args, hold, tmp_path / "held", env={**os.environ, "OMP_NUM_THREADS": "1"})
     got = run(TrainConfig(**base, out=str(tmp_path / "k"), resume=True))["s"]
     want, have = _weights(ref), _weights(got)
     assert all(torch.equal(want[k], have[k]) for k in want)
