@@ -6,6 +6,7 @@ tests check the timing helpers and that regenerating BENCHMARKS.md leaves other 
 """
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -15,9 +16,12 @@ import pytest
 
 from benchmarks.report import END, MODES_START, START, write_section
 from benchmarks.timing import Stat, interleaved, per_round, ratio
+from pipeline.threads import requested_threads
 from tests.conftest import REPO
 
-FIGURES = ["1", "1 (wide)", "2 (k=8)", "2 (k=32)", "2 (k=128)", "2 wide (k=8)", "2 wide (k=32)",
+# "1 (all cores)": figure 1 again with every core, on a machine with more than the CLI's one
+ALL_CORES = ["1 (all cores)"] if (os.cpu_count() or 1) > requested_threads() else []
+FIGURES = ["1", *ALL_CORES, "1 (wide)", "2 (k=8)", "2 (k=32)", "2 (k=128)", "2 wide (k=8)", "2 wide (k=32)",
            "2 wide (k=128)", "2 random (k=32)", "3 (1p)", "3 (2w)", "4", "5", "6 (label)",
            "6 (train)", "7", "8 (ce off/on)", "8 (kl off/on)", "8 (ce hard/KD)", "8 (kl hard/KD)",
            "9 (train)", "9 (train, full logits)", "9 (label)", "10",
