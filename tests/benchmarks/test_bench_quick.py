@@ -21,8 +21,9 @@ from tests.conftest import REPO
 
 # "1 (all cores)": figure 1 again with every core, on a machine with more than the CLI's one
 ALL_CORES = ["1 (all cores)"] if (os.cpu_count() or 1) > requested_threads() else []
-FIGURES = ["1", *ALL_CORES, "1 (wide)", "2 (k=8)", "2 (k=32)", "2 (k=128)", "2 wide (k=8)", "2 wide (k=32)",
-           "2 wide (k=128)", "2 random (k=32)", "3 (1p)", "3 (2w)", "4", "5", "6 (label)",
+FIGURES = ["1", *ALL_CORES, "1 (wide)", "2 (k=8)", "2 (k=32)", "2 (k=128)", "2 wide (k=8)",
+           "2 wide (k=32)", "2 wide (k=128)", "2 random (k=32)", "3 (1p)", "3 (2w)", "4", "5",
+           "6 (label)",
            "6 (train)", "7", "8 (ce off/on)", "8 (kl off/on)", "8 (ce hard/KD)", "8 (kl hard/KD)",
            "9 (train)", "9 (train, full logits)", "9 (label)", "10",
            "11 (bytes)", "11 (label)", "11 (stream)", "12", "12 (rerun)"]
