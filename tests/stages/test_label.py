@@ -44,11 +44,12 @@ def test_corpus_read_once_and_plan_spill_removed(tmp_path, tiny_corpus, tiny_tea
                                                   monkeypatch):
     import tempfile
 
+    import pipeline.labeling.planning as P
     import stages.label as L
     from stages.label import LabelConfig
 
-    calls, real = [], L.iter_shard_inputs
-    monkeypatch.setattr(L, "iter_shard_inputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, real = [], P.iter_shard_inputs
+    monkeypatch.setattr(P, "iter_shard_inputs", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     L.run(LabelConfig(corpus=str(tiny_corpus), out=str(tmp_path / "ds"), teacher=str(tiny_teacher),
