@@ -29,7 +29,8 @@ h1{font-size:22px;margin:4px 0}h2{font-size:17px;margin:22px 0 8px;border-bottom
 .row-head{font-size:12px;color:#6b7280;background:#f9fafb;padding:3px 10px}
 .text{font-family:ui-monospace,monospace;font-size:13px;white-space:pre-wrap;
  word-break:break-word;padding:8px 10px;line-height:1.9}
-.tok{border-radius:3px;cursor:pointer;padding:1px 0;box-shadow:inset -1px 0 0 #fff}.tok:hover,.tok.pinned{outline:2px solid #f59e0b}
+.tok{border-radius:3px;cursor:pointer;padding:1px 0;box-shadow:inset -1px 0 0 #fff}
+.tok:hover,.tok.pinned{outline:2px solid #f59e0b}
 .tok.dark{color:#fff}.s-tail{background:#fee2e2;text-decoration:underline dotted #dc2626}
 .s-untrained,.pad{color:#9ca3af}.s-first{color:#6b7280}
 .k-special,.k-bytes,.k-id{font-style:italic;color:#7c3aed}.tok.dark.k-special{color:#fff}

@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.sharing.viewtokens import (
+    TokenText,
+    coarse_entropy,
+    position_entries,
+    probability_text,
+)
 from pipeline.softlabels.reader import ShardInfo, SoftLabelDataset
-from pipeline.sharing.viewtokens import TokenText, coarse_entropy, position_entries, \
-    probability_text
 
 MAX_ROW_GROUPS = 16  # row groups read at most
 STATS_POSITIONS = 1 << 18  # labeled positions the histograms show at most
