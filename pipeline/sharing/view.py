@@ -32,8 +32,8 @@ MARK_WITHIN = 4096  # bytes of an existing file searched for the mark
 def view(dataset: str, out: str, rows: int = 20, split: str | None = None,
          seed: int = 0) -> tuple[Sample, int]:
     """Write the page for DATASET to OUT; returns the sample shown and the page's bytes."""
-    parent, name = _out_location(dataset, out)
     ds = SoftLabelDataset(dataset)
+    parent, name = _out_location(dataset, out)  # refused before any shard is read
     split = choose_split(ds, split)
     sample = read_sample(ds, split, rows, seed, TokenText(dataset_tokenizer(ds)))
     page = render_page(name=redact(str(dataset)).rstrip("/").rsplit("/", 1)[-1],
