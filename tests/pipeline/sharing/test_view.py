@@ -123,6 +123,27 @@ def test_chat_rows_show_the_loss_mask(chat):
                                    for s in ds.split_shards("train") for r in range(s.rows))
 
 
+
+def test_a_tokens_only_dataset_shows_its_text(tmp_path, cli):
+    """`label --top-k 0` stores no labels: the page shows the text, unshaded, and no figure of
+    the teacher (there is none)."""
+    ds = tmp_path / "tokens"
+    code, _, err = cli("label", "--corpus", "builtin:bbc-news", "--top-k", "0", "--tokenizer",
+                       viewdata.TEACHER / "tokenizer.json", "--out", ds, "--limit-docs", "3",
+                       "--seq-len", "64", "--quiet")
+    assert code == 0, err
+    code, _, err = cli("view", ds, "--out", tmp_path / "v.html", "--rows", "2")
+    assert code == 0, err
+    page = (tmp_path / "v.html").read_text()
+    spans = Spans(page).spans
+    assert {a["class"] for a, _ in spans.values()} <= {"tok s-none k-text", "tok s-none k-special"}
+    assert page.count("<svg") == 2 and "none (tokens only)" in page  # bytes and split sizes
+    tok = Tokenizer.from_file(str(ds / "tokenizer.json"))
+    first = dataset_row(ds, *[(r["data-shard"], int(r["data-shard-row"]))
+                              for r in Spans(page).rows][0])
+    assert "".join(spans[f"r0-t{t}"][1] for t in range(64)) == \
+        tok.decode(first["input_ids"].tolist(), skip_special_tokens=False).replace("\n", "↵\n")
+
 def test_coarse_entropy():
     p = np.array([[0.5, 0.25], [0.25, 0.25]])
     tail = np.array([0.25, 0.5])
