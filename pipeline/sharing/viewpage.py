@@ -4,8 +4,12 @@ security policy that forbids every load from elsewhere, so the page works offlin
 and a hostile manifest or token cannot make it fetch anything.
 
 Stable hooks for tests and scripts: each token is `<span class="tok" id="r{R}-t{T}"
-data-row=R data-pos=T data-token-id=ID [data-p=P]>`; the popup is `#popup`, its probability
-`#popup .p`, its alternatives `#popup tr.alt` (one per stored entry, rank order).
+data-token-id=ID [data-p=P]>` (row R of the page, position T); the popup is `#popup`, its
+probability `#popup .p`, its alternatives `#popup tr.alt` (one per stored entry, rank order).
+
+Size: a page holds every shown token's stored alternatives, so the popup's data is compact (each
+distinct token's text once, entries as [id, p]) and shades are classes, not inline styles: about
+300 bytes a token at k = 8 (20 rows of 2,048 tokens: 12 MB).
 """
 
 import jinja2
@@ -31,9 +35,9 @@ h1{font-size:22px;margin:4px 0}h2{font-size:17px;margin:22px 0 8px;border-bottom
  word-break:break-word;padding:8px 10px;line-height:1.9}
 .tok{border-radius:3px;cursor:pointer;padding:1px 0;box-shadow:inset -1px 0 0 #fff}
 .tok:hover,.tok.pinned{outline:2px solid #f59e0b}
-.tok.dark{color:#fff}.s-tail{background:#fee2e2;text-decoration:underline dotted #dc2626}
+.s-tail{background:#fee2e2;text-decoration:underline dotted #dc2626}
 .s-untrained,.pad{color:#9ca3af}.s-first{color:#6b7280}
-.k-special,.k-bytes,.k-id{font-style:italic;color:#7c3aed}.tok.dark.k-special{color:#fff}
+.k-special,.k-bytes,.k-id{font-style:italic;color:#7c3aed}
 .tok.pad{color:#d1d5db;font-style:normal}
 .seg-start{border-left:2px solid #10b981;margin-left:2px}
 #popup{position:absolute;z-index:10;background:#fff;border:1px solid #9ca3af;border-radius:6px;
@@ -60,7 +64,8 @@ function el(tag, cls, text){const e=document.createElement(tag); if(cls) e.class
 function fill(tok){
   pop.replaceChildren();
   const head = el('div','head'); head.append(el('span','tt',spaced(tok.text)), ' ');
-  head.append(el('span','p', tok.p_text !== undefined ? tok.p_text : ''));
+  head.append(el('span','p', tok.state === 'tail' ? 'p \u2264 tail (' + tok.tail_text + ')'
+                                                   : tok.p_text));
   pop.append(head);
   if(NOTES[tok.state]){pop.append(el('div','note',NOTES[tok.state])); return;}
   pop.append(el('div','note', tok.state === 'tail'
@@ -77,8 +82,15 @@ function fill(tok){
   pop.append(table);
   pop.append(el('div','note','tail (every other id): ' + tok.tail_text));
 }
+// the compact entry of a span (render_page: [id, state, p_text, tail_text, [[id, p_text]...]])
+function token(span){
+  const m = /^r(\d+)-t(\d+)$/.exec(span.id), e = data.rows[+m[1]][+m[2]];
+  return {id: e[0], text: data.texts[e[0]], state: e[1], p_text: e[2], tail_text: e[3],
+    alts: e[4].map(function(a){
+      return {id: a[0], text: data.texts[a[0]], p_text: a[1], p: parseFloat(a[1])};})};
+}
 function show(span){
-  const tok = data.rows[+span.dataset.row].tokens[+span.dataset.pos];
+  const tok = token(span);
   fill(tok); pop.hidden = false;
   const r = span.getBoundingClientRect();
   pop.style.left = Math.max(4, Math.min(window.scrollX + r.left,
@@ -108,7 +120,8 @@ TEMPLATE = """<!DOCTYPE html>
 <meta http-equiv="Content-Security-Policy" content="{{ csp }}">
 <meta name="generator" content="{{ generator }}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ name }} · soft-label dataset</title><style>{{ css|safe }}</style></head>
+<title>{{ name }} · soft-label dataset</title><style>{{ css|safe }}{{ shades|safe }}</style>
+</head>
 <body>
 <h1>Soft-label dataset <code>{{ name }}</code></h1>
 <div class="sub">format {{ format }} · labels {{ labels }} · {{ rows|length }} rows of
@@ -119,8 +132,8 @@ split <b>{{ split }}</b> shown, figures from {{ "{:,}".format(positions) }} posi
 </section>
 <h2>Text</h2>
 <div class="legend"><span>teacher's probability of each token:</span>
-{% for p in (0.05, 0.25, 0.5, 0.75, 1.0) %}<span><span class="sw" style="background:{{ shade(p) }}">
-</span> {{ p }}</span>{% endfor %}
+{% for q in (0, 3, 5, 8, 10) %}<span><span class="sw q{{ q }}"></span> {{ q / 10 }}</span>\
+{% endfor %}
 <span><span class="sw s-tail"></span> p ≤ tail (not stored)</span>
 {% if masked %}<span class="s-untrained">grey: outside the loss mask</span>{% endif %}
 {% if segmented %}<span class="seg-start">&nbsp;a new packed sample</span>{% endif %}
@@ -129,9 +142,8 @@ split <b>{{ split }}</b> shown, figures from {{ "{:,}".format(positions) }} posi
 <div class="row" id="row-{{ r }}" data-shard="{{ row.shard }}" data-shard-row="{{ row.row }}">
 <div class="row-head">{{ row.shard }} · row {{ row.row }}</div>
 <div class="text">{% for tok in row.tokens %}<span class="{{ classes(tok, loop.index0, row) }}" \
-id="r{{ r }}-t{{ loop.index0 }}" data-row="{{ r }}" data-pos="{{ loop.index0 }}" \
-data-token-id="{{ tok.id }}"{% if tok.p is not none and tok.state == 'p' %} \
-data-p="{{ tok.p }}" style="background:{{ shade(tok.p) }}"{% endif %} tabindex="0">\
+id="r{{ r }}-t{{ loop.index0 }}" data-token-id="{{ tok.id }}"\
+{% if tok.state == 'p' %} data-p="{{ '%.6g'|format(tok.p) }}"{% endif %} tabindex="0">\
 {{ tok.text }}</span>{% endfor %}</div></div>{% endfor %}
 <div id="popup" role="tooltip" hidden></div>
 <script type="application/json" id="view-data">{{ data|tojson }}</script>
@@ -145,10 +157,15 @@ def shade(p: float) -> str:
     return f"rgba(37,99,235,{0.06 + 0.8 * p:.3f})"
 
 
+# Eleven shades, q0 (p < 0.05) to q10 (p ≥ 0.95); white text on the darker ones.
+SHADES = "".join(f".q{q}{{background:{shade(q / 10)}}}" for q in range(11)) + \
+    ",".join(f".q{q}" for q in range(6, 11)) + "{color:#fff}"
+
+
 def classes(tok: dict, t: int, row: dict) -> str:
     names = ["tok", f"s-{tok['state']}", f"k-{tok['kind']}"]
-    if tok["state"] == "p" and tok["p"] > 0.55:
-        names.append("dark")
+    if tok["state"] == "p":
+        names.append(f"q{round(tok['p'] * 10)}")
     if "seg" in tok:
         previous = row["tokens"][t - 1].get("seg") if t else tok["seg"]
         names += ["pad"] if tok["seg"] == 0 else ["seg-start"] if tok["seg"] != previous else []
@@ -163,12 +180,30 @@ def card_html(markdown: str) -> str:
 
 
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+_ENV.policies["json.dumps_kwargs"] = {"separators": (",", ":")}  # `tojson`, compact
 _PAGE = _ENV.from_string(TEMPLATE)
 
 
 def render_page(**fields) -> str:
     """The page; `fields` are the template's names (see view.py `write_view`)."""
-    rows = fields["rows"]
-    data = {"rows": [{"tokens": row["tokens"]} for row in rows]}
-    return _PAGE.render(csp=CSP, generator=GENERATOR, css=CSS, js=JS, shade=shade,
-                        classes=classes, data=data, **fields)
+    return _PAGE.render(csp=CSP, generator=GENERATOR, css=CSS, shades=SHADES, js=JS,
+                        classes=classes, data=popup_data(fields["rows"]), **fields)
+
+
+def popup_data(rows: list[dict]) -> dict:
+    """What the popup reads: each distinct token's text once, and per token
+    [id, state, p_text, tail_text, [[id, p_text], ...]] (viewsample.token_view's fields)."""
+    texts = {}
+    out = []
+    for row in rows:
+        entries = []
+        for tok in row["tokens"]:
+            texts[tok["id"]] = tok["text"]
+            for a in tok.get("alts", ()):
+                texts[a["id"]] = a["text"]
+            p_text = tok["p_text"] if tok["state"] == "p" else ""  # the tail's: from tail_text
+            entries.append([tok["id"], tok["state"], p_text,
+                            tok.get("tail_text", ""),
+                            [[a["id"], a["p_text"]] for a in tok.get("alts", ())]])
+        out.append(entries)
+    return {"texts": texts, "rows": out}
