@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo teacher bench bench-quick bench-gpu mutation clean
+.PHONY: install browser test test-fast lint demo teacher bench bench-quick bench-gpu mutation clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -16,10 +16,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The viewer's browser test (tests/pipeline/sharing/test_view_browser.py) drives Debian's
+# chromium through its chromedriver: installed here when missing (sudo when not root), so a
+# fresh CI machine runs it; nothing is downloaded at test time.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; }
+
+test: $(STAMP) browser
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(BIN)/pytest -q -m "not slow"
 
 # ruff, then the layer contracts (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md):

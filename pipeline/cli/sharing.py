@@ -1,4 +1,4 @@
-"""The sharing verbs (issue #20): publish, ls, pull, export, import. Thin shells over
+"""The sharing verbs (issue #20): publish, ls, pull, export, import, view. Thin shells over
 pipeline/sharing; commands.py registers them on its app (`register`), so this module never
 imports it."""
 
@@ -105,3 +105,24 @@ def register(app: typer.Typer, out, err) -> None:
 
         rows = run(dataset, to, dest, split)
         say(out, f"exported {rows:,} rows of {split} to {redact(dest)} ({to})")
+
+    @app.command()
+    def view(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
+             out_path: str = typer.Option(..., "--out", help="The HTML file to write (local "
+                                          "path or URI)."),
+             rows: int = typer.Option(20, "--rows", min=1, max=1000,
+                                      help="Rows shown in the text browser."),
+             split: str | None = typer.Option(None, "--split", help="The split to sample "
+                                              "(default: validation, else the first)."),
+             seed: int = typer.Option(0, "--seed", help="Which row groups and rows are "
+                                      "sampled."),
+             ) -> None:
+        """Write one static, self-contained HTML page to look inside a dataset: the card,
+        plots, and sample rows with every token shaded by the teacher's probability of it."""
+        from pipeline.io.uris import redact
+        from pipeline.sharing.view import view as run
+
+        sample, size = run(dataset, out_path, rows, split, seed)
+        say(out, f"wrote {redact(out_path)} ({size / 1024:,.0f} KiB): {len(sample.rows)} rows "
+                 f"of {sample.split}, figures from {sample.positions:,} positions in "
+                 f"{sample.row_groups} row groups")

@@ -251,6 +251,28 @@ def grown_without_index(env: Env) -> list:
     return args
 
 
+# pipeline view's set-ups
+
+def _page(env: Env) -> Path:
+    return env.tmp / "view.html"
+
+
+def _no_page(env: Env) -> None:
+    assert not _page(env).exists() and not list(env.tmp.glob("*.tmp"))
+
+
+def _foreign_page(env: Env) -> Path:
+    page = write(env, "view.html", "<p>notes of mine</p>")
+    remember(env, env.tmp)
+    return page
+
+
+def _dataset_copy(env: Env) -> Path:
+    ds = copy_dataset(env.dataset, env.tmp)
+    remember(env, ds)
+    return ds
+
+
 # ---- the table --------------------------------------------------------------------------------
 
 @dataclass
@@ -719,7 +741,29 @@ CASES = [
          "--quiet (exit 75)", 75,
          "earlier stages' outputs and what the stage kept; the rerun skips what is complete",
          checked_by=f"{INTERRUPTS}test_run_names_the_stage_it_interrupted_and_a_rerun_finishes"),
+    # ---- pipeline view (pipeline/sharing/view.py) ----
+    Case("view", "a dataset path that does not exist",
+         "error: dataset <path> does not exist: pass the --out folder of a `pipeline label` run",
+         1, "nothing written", lambda e: ["view", e.tmp / "nope", "--out", _page(e)], _no_page),
+    Case("view", "`--split` the dataset does not have",
+         "error: --split test: the dataset has splits ['train', 'validation']", 1,
+         "nothing written",
+         lambda e: ["view", e.dataset, "--out", _page(e), "--split", "test"], _no_page),
+    Case("view", "`--out` in a folder that does not exist",
+         "error: --out <path>: the folder <path> does not exist; create the folder or pick "
+         "another path", 1, "nothing written",
+         lambda e: ["view", e.dataset, "--out", e.tmp / "no" / "view.html"],
+         lambda e: not (e.tmp / "no").exists() or pytest.fail("folder made")),
+    Case("view", "`--out` an existing file that `pipeline view` did not write",
+         "error: --out <path> exists and is not a page `pipeline view` wrote; refusing to "
+         "replace it: choose another path or move it", 1, "the file, unchanged",
+         lambda e: ["view", e.dataset, "--out", _foreign_page(e)], unchanged),
+    Case("view", "`--out` inside the dataset folder",
+         "error: --out <path> lies inside the dataset <path>: a dataset holds only what the "
+         "labeler wrote; write the page elsewhere", 1, "the dataset, unchanged",
+         lambda e: ["view", _dataset_copy(e), "--out", e.tmp / "ds" / "view.html"], unchanged),
 ]
+
 
 
 def _bad_logprob(value):
