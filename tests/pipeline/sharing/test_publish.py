@@ -150,3 +150,25 @@ def test_publish_to_unreachable_object_storage_is_one_line(dataset, tmp_path):
     proc = run_cli("publish", dataset, "s3://bucket/pub", check=False, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "unreachable" in proc.stderr
+
+
+def test_label_overwrite_takes_a_published_card_for_its_own(dataset, tmp_path, tiny_corpus,
+                                                            tiny_teacher):
+    """A published folder (README.md opens with Hugging Face front matter) relabeled with
+    --overwrite: the card is the tool's own file, so the folder is replaced; a file the tool
+    did not write still stops it, and is kept."""
+    dest = tmp_path / "pub"
+    run_cli("publish", dataset, dest)
+    assert (dest / "README.md").read_text().startswith("---\n")
+    label = ["label", "--corpus", tiny_corpus, "--teacher", tiny_teacher, "--out", dest,
+             "--top-k", "2", "--seq-len", "16", "--shard-rows", "16", "--limit-docs", "12",
+             "--quiet", "--device", "cpu", "--overwrite"]
+    (dest / "notes.txt").write_text("mine")
+    proc = run_cli(*label, check=False)
+    assert proc.returncode == 1 and "notes.txt" in proc.stderr
+    assert (dest / "notes.txt").read_text() == "mine" and (dest / "manifest.json").is_file()
+    (dest / "notes.txt").unlink()
+    run_cli(*label)
+    m = json.loads((dest / "manifest.json").read_text())
+    assert m["labels"]["k"] == 2 and "published" not in m
+    assert (dest / "README.md").read_text().startswith("# Soft-label dataset\n")
