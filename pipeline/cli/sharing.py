@@ -94,12 +94,13 @@ def register(app: typer.Typer, out, err) -> None:
 
     @app.command()
     def export(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
-               to: str = typer.Option(..., "--to", help="Format: jsonl."),
+               to: str = typer.Option(..., "--to", help="Format: jsonl, or axolotl-kd (a "
+                                      "Parquet file for axolotl 0.19's KD trainer)."),
                dest: str = typer.Argument(..., help="Output file (local path or URI)."),
                split: str = typer.Option("train", "--split", help="The split to export.")
                ) -> None:
-        """Write a split as JSON lines (input_ids, topk_ids, topk_logprobs, tail_mass per row,
-        entries in rank order) for trainers that do not read the Parquet format."""
+        """Write a split for other trainers: JSON lines (input_ids, topk_ids, topk_logprobs,
+        tail_mass per row, entries in rank order), or axolotl's pre-tokenized KD columns."""
         from pipeline.io.uris import redact
         from pipeline.sharing.export import export as run
 
