@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch 2.13.0 is on disk here; an open range would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch<=2.14.1"
 	$(BIN)/pip install -q -e ".[test]"
+	# The peer trainer the axolotl-kd export is checked with: pinned, without its dependencies
+	# (it pins older transformers/datasets and a GPU torch its KD collator and loss do not need).
+	$(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))\
+	['project']['optional-dependencies']['peers'])" | xargs $(BIN)/pip install -q --no-deps
 	touch $(STAMP)
 
 install: $(STAMP)

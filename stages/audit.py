@@ -24,6 +24,7 @@ from pipeline.config.check import check_config
 from pipeline.config.stages import AuditConfig
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
+from pipeline.io.uris import redact
 from pipeline.models.head import logit_chunks
 from pipeline.models.loader import check_model_exists, load_model_spec
 from pipeline.softlabels.reader import SoftLabelDataset
@@ -140,7 +141,8 @@ def run(cfg: AuditConfig) -> dict:
         raise PipelineError(f"{ds.root}: split {cfg.split!r} has no rows to audit; try "
                             "--split train")
     summary = ds.manifest.get("summary", {})
-    return {"labels": str(ds.root), "teacher": cfg.teacher, "split": cfg.split,
+    # redacted: `publish --audit` puts this report in a card (pipeline/io/uris.py)
+    return {"labels": redact(ds.root), "teacher": redact(cfg.teacher), "split": cfg.split,
             "rows": min(cfg.rows, _split_rows(ds, cfg.split)), "positions": positions,
             **ds.spec.as_dict(),
             "kl_mean": sums["kl"] / positions, "kl_max": kl_max,

@@ -38,6 +38,7 @@ from pipeline.io.atomic import write_json as write_json_atomic
 from pipeline.io.cache import cache_dir
 from pipeline.io.hashing import sha256_file
 from pipeline.io.storage import Store, absolute
+from pipeline.io.uris import redact
 from pipeline.labeling.chat import check_model_template, write_template
 from pipeline.labeling.modes import match_loss
 from pipeline.models.tokenizer import load_tokenizer
@@ -138,8 +139,9 @@ def is_complete(cfg: TrainConfig) -> bool:
 
 
 def resolved_config(spec: StudentSpec, ds: SoftLabelDataset, cfg: TrainConfig) -> dict:
-    """What config.toml records: the student with defaults filled, plus what data it saw."""
-    data = {"labels": absolute(cfg.labels),
+    """What config.toml records: the student with defaults filled, plus what data it saw (the
+    dataset's location without the credentials a typed URI may carry: pipeline/io/uris.py)."""
+    data = {"labels": redact(absolute(cfg.labels)),
             "dataset_fingerprint": ds.manifest.get("plan_fingerprint", ""),
             "tokenizer_sha256": ds.tokenizer_sha256, "seed": cfg.data_seed,
             "shuffle_rows": cfg.shuffle_rows, "num_workers": cfg.num_workers}

@@ -156,7 +156,7 @@ def inspect(dataset: str = typer.Argument(..., help="Dataset directory or URI.")
     for split, shards in m["splits"].items():
         rows.append((f"split {split}", f"{len(shards)} shards, "
                      f"{sum(s['rows'] for s in shards):,} rows"))
-    rows += corpus_counts(m)
+    rows += corpus_counts(m) + datasets.imported_rows(m)
     mass = m["summary"].get("mean_topk_mass")
     rows.append(("mean top-k mass", "-" if mass is None else f"{mass:.4f}"))
     rows.append(("bytes/position", f"{m['summary']['bytes_per_position']:.2f}"))

@@ -35,6 +35,22 @@ def print_versions(dataset: str, as_json: bool, console) -> None:
     console.print(t)
 
 
+def imported_rows(m: dict) -> list[tuple[str, str]]:
+    """`inspect`'s lines for a dataset `pipeline import` made: its sources, and whether its
+    tail mass is the source's or derived (1 − Σ stored), which no column shows."""
+    imported = m.get("imported")
+    if not isinstance(imported, dict):
+        return []
+    from pipeline.io.uris import redact
+
+    sources = ", ".join(f"{split}: {redact(src)}"
+                        for split, src in (imported.get("sources") or {}).items())
+    derived = (m.get("labels") or {}).get("tail_mass_source") == "derived"
+    return [("imported", f"from {imported.get('format', '-')} ({sources})"),
+            ("tail mass", "derived: 1 − Σ stored (the source gave none)" if derived
+             else "as stored in the source")]
+
+
 def register(app: typer.Typer, console) -> None:
     @app.command()
     def gc(dataset: str = typer.Argument(..., help="Dataset directory or URI."),

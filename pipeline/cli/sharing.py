@@ -94,12 +94,13 @@ def register(app: typer.Typer, out, err) -> None:
 
     @app.command()
     def export(dataset: str = typer.Argument(..., help="Dataset directory or URI."),
-               to: str = typer.Option(..., "--to", help="Format: jsonl."),
+               to: str = typer.Option(..., "--to", help="Format: jsonl, or axolotl-kd (a "
+                                      "Parquet file for axolotl 0.19's KD trainer)."),
                dest: str = typer.Argument(..., help="Output file (local path or URI)."),
                split: str = typer.Option("train", "--split", help="The split to export.")
                ) -> None:
-        """Write a split as JSON lines (input_ids, topk_ids, topk_logprobs, tail_mass per row,
-        entries in rank order) for trainers that do not read the Parquet format."""
+        """Write a split for other trainers: JSON lines (input_ids, topk_ids, topk_logprobs,
+        tail_mass per row, entries in rank order), or axolotl's pre-tokenized KD columns."""
         from pipeline.io.uris import redact
         from pipeline.sharing.export import export as run
 
@@ -126,3 +127,43 @@ def register(app: typer.Typer, out, err) -> None:
         say(out, f"wrote {redact(out_path)} ({size / 1024:,.0f} KiB): {len(sample.rows)} rows "
                  f"of {sample.split}, figures from {sample.positions:,} positions in "
                  f"{sample.row_groups} row groups")
+    @app.command("import")
+    def import_(
+        source: str = typer.Argument(..., help="JSONL file (local path or URI): the train split."),
+        dest: str = typer.Argument(..., help="The new dataset folder (or URI)."),
+        fmt: str = typer.Option(..., "--from", help="Input format: jsonl (what `pipeline "
+                                "export --to jsonl` writes)."),
+        tokenizer: str = typer.Option(..., "--tokenizer", help="The tokenizer.json the ids "
+                                      "belong to (checked, hashed and copied in)."),
+        teacher: str = typer.Option(..., "--teacher", help="The teacher's name, recorded as "
+                                    "provenance (no model is loaded)."),
+        teacher_sha256: str | None = typer.Option(None, "--teacher-sha256", help="The teacher's "
+                                                  "weights sha256, if known (lets `evaluate "
+                                                  "--teacher` check it)."),
+        corpus: str | None = typer.Option(None, "--corpus", help="The corpus's name, recorded "
+                                          "as provenance."),
+        validation: str | None = typer.Option(None, "--validation", help="A second JSONL file: "
+                                              "the validation split."),
+        vocab_size: int | None = typer.Option(None, "--vocab-size", min=1, help="The teacher's "
+                                              "logit width when it exceeds the tokenizer's."),
+        logprob_encoding: str = typer.Option("fp16", "--logprob-encoding",
+                                             help="fp16 or fp32 log-probabilities on disk."),
+        shard_rows: int = typer.Option(512, "--shard-rows", min=1, help="Rows per shard."),
+    ) -> None:
+        """Import teacher labels (JSON lines: input_ids, topk_ids, topk_logprobs, optional
+        tail_mass) into a validated dataset; every row is checked before anything is written."""
+        from pipeline.errors import PipelineError
+        from pipeline.io.uris import redact
+        from pipeline.sharing.importing import FORMATS, Provenance, import_jsonl
+
+        if fmt not in FORMATS:
+            raise PipelineError(f"--from {fmt}: supported formats are {', '.join(FORMATS)}")
+        if logprob_encoding not in ("fp16", "fp32"):
+            raise PipelineError(f"--logprob-encoding {logprob_encoding}: use fp16 or fp32")
+        sources = {"train": source, **({"validation": validation} if validation else {})}
+        m = import_jsonl(sources, dest, tokenizer, Provenance(teacher, teacher_sha256, corpus),
+                         vocab_size, logprob_encoding, shard_rows)
+        tail = ("derived (1 − Σ stored)" if m["imported"]["tail_mass"] == "derived"
+                else "as stored")
+        say(out, f"imported {m['summary']['rows']:,} rows (seq_len {m['seq_len']}, k "
+                 f"{m['labels']['k']}, tail mass {tail}) into {redact(dest)}")

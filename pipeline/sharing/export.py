@@ -1,5 +1,5 @@
-"""`pipeline export DS --to jsonl OUT`: the labels as plain JSON lines, for trainers that do not
-read Parquet or format 1.2.
+"""`pipeline export DS --to jsonl|axolotl-kd OUT`: the labels for trainers that do not read
+this format. `axolotl-kd` is pipeline/sharing/axolotl.py; `jsonl` is below.
 
 One line per packed row: `{"input_ids": [L], "topk_ids": [L][n_t], "topk_logprobs": [L][n_t],
 "tail_mass": [L]}`, entries in **rank order** (most probable first) as the reference reader
@@ -12,9 +12,10 @@ import json
 
 from pipeline.errors import PipelineError
 from pipeline.io.storage import Store
+from pipeline.sharing.axolotl import write_axolotl
 from pipeline.softlabels.reader import SoftLabelDataset
 
-FORMATS = ("jsonl",)
+FORMATS = ("jsonl", "axolotl-kd")
 
 
 def row_records(decoded: dict):
@@ -42,6 +43,9 @@ def export(dataset: str, fmt: str, out: str, split: str = "train") -> int:
     if split not in ds.shards:
         raise PipelineError(f"--split {split}: the dataset has splits {sorted(ds.shards)}")
     parent, _, name = str(out).rstrip("/").rpartition("/")
+    if fmt == "axolotl-kd":
+        with Store(parent or ".").writing(name) as tmp:
+            return write_axolotl(ds, split, tmp)
     rows = 0
     with Store(parent or ".").writing(name) as tmp, open(tmp, "w") as f:
         for shard in ds.split_shards(split):

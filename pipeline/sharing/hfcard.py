@@ -11,7 +11,7 @@ tool: the columns, how to decode them, provenance and the licence terms.
 import json
 
 from pipeline.io.uris import redact
-from pipeline.softlabels.card import render_card
+from pipeline.softlabels.card import imported_note, render_card
 
 TAGS = ["knowledge-distillation", "soft-labels", "teacher-logprobs", "softlabel-pipeline"]
 SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
@@ -129,8 +129,8 @@ def provenance(m: dict) -> str:
     if subset:
         lines.append(f"- **a subset** of dataset `{subset.get('of_plan_fingerprint')}` "
                      f"({subset.get('description', '')})")
-    if imported := m.get("imported"):
-        lines.append(f"- imported from {imported.get('format')} (`{imported.get('source')}`)")
+    if note := imported_note(m):
+        lines.append(f"- {note}")
     return "## Provenance\n\n" + "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ from pipeline.io.storage import Store, absolute
 from pipeline.sharing.copying import copy_verified, writable
 from pipeline.sharing.hfcard import render_published_card
 from pipeline.sharing.scrub import scrub
-from pipeline.softlabels.layout import CARD, CARD_HEADING, MANIFEST, TOKENIZER, read_json
+from pipeline.softlabels.layout import CARD, MANIFEST, TOKENIZER, is_our_card, read_json
 from pipeline.softlabels.manifest import committed_version, listed_rel, load_manifest
 
 LICENSE_KEYS = ("dataset", "corpus", "teacher")
@@ -40,15 +40,9 @@ def check_destination(dest: Store, m: dict) -> None:
                                       == m["tokenizer"]["sha256"]):
         raise PipelineError(f"{dest.root} already holds a different dataset (its manifest lists "
                             "other shards); publish to a new folder, nothing was written")
-    if dest.isfile(CARD) and not our_card(dest.read_bytes(CARD)):
+    if dest.isfile(CARD) and not is_our_card(dest.read_bytes(CARD)):
         raise PipelineError(f"{dest.locate(CARD)} exists and was not written by this tool; "
                             "publish to a new folder, nothing was written")
-
-
-def our_card(data: bytes) -> bool:
-    """A card the labeler or publish wrote: the heading first, or right after front matter."""
-    return data.startswith(CARD_HEADING.encode()) or (
-        data.startswith(b"---\n") and b"\n---\n" + CARD_HEADING.encode() in data)
 
 
 def read_audit(path: str | None) -> dict | None:

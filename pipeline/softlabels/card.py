@@ -27,7 +27,7 @@ Made by softlabel-pipeline {m['tool']['version']} on {m['created_at']}
 - **Labels**: mode `{labels['mode']}` · k = {labels['k']} · ids `{labels['id_type']}` ·
   log-probs `{labels['logprob_encoding']}` · seq_len {m['seq_len']}{_extras(labels)}
 - **Mean top-k mass**: {'-' if mass is None else f'{mass:.4f}'} ·
-  **bytes/position**: {summary['bytes_per_position']:.2f}
+  **bytes/position**: {summary['bytes_per_position']:.2f}{_imported(m)}
 
 | split | shards | rows | positions | bytes |
 |---|---|---|---|---|
@@ -46,6 +46,28 @@ table = pads.dataset("{SHARDS_DIR}/validation", format="parquet").to_table()
 {_columns(labels)}
 Check integrity with `pipeline validate .`.
 """
+
+
+DERIVED = "derived"  # labels.tail_mass_source of an import that gave no tail mass
+
+
+def imported_note(m: dict) -> str | None:
+    """What `inspect` and the cards say of a dataset `pipeline import` made, else None: where
+    it came from, and whether its tail mass is the source's or derived (1 − Σ stored)."""
+    imported = m.get("imported")
+    if not isinstance(imported, dict):
+        return None
+    tail = ("derived as 1 − Σ stored probabilities (the source gave none)"
+            if (m.get("labels") or {}).get("tail_mass_source") == DERIVED
+            else "as the source stored it")
+    sources = imported.get("sources") or {}
+    files = ", ".join(f"{split}: {redact(src)}" for split, src in sources.items()) or "-"
+    return f"imported from {imported.get('format', '-')} ({files}); tail mass {tail}"
+
+
+def _imported(m: dict) -> str:
+    note = imported_note(m)
+    return f"\n- **Imported**: {note}" if note else ""
 
 
 def _columns(labels: dict) -> str:

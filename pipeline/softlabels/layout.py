@@ -120,8 +120,17 @@ def _owned(store, rel: str, ours: bool, plan, manifest) -> bool:
     if rel == TOKENIZER:
         return store.sha256(rel) in _tokenizer_hashes(plan, manifest)
     if rel in (CARD, CARD + TMP_SUFFIX):
-        return store.read_bytes(rel).startswith(CARD_HEADING.encode())
+        return is_our_card(store.read_bytes(rel))
     return False
+
+
+def is_our_card(data: bytes) -> bool:
+    """A README.md the labeler wrote (the heading first) or `publish`/`pull` wrote (the same
+    heading right after the Hugging Face front matter): a published folder relabeled with
+    --overwrite must not look foreign because of its own card."""
+    heading = CARD_HEADING.encode()
+    return data.startswith(heading) or (data.startswith(b"---\n")
+                                        and b"\n---\n" + heading in data)
 
 
 def owned_entries(store) -> list[str]:

@@ -762,7 +762,93 @@ CASES = [
          "error: --out <path> lies inside the dataset <path>: a dataset holds only what the "
          "labeler wrote; write the page elsewhere", 1, "the dataset, unchanged",
          lambda e: ["view", _dataset_copy(e), "--out", e.tmp / "ds" / "view.html"], unchanged),
+    # ---- sharing (issue #20): publish, pull, ls, import ----
+    Case("publish", "a destination that already holds a different dataset",
+         "error: <dir> already holds a different dataset (its manifest lists other shards); "
+         "publish to a new folder, nothing was written", 1, "every file at the destination",
+         lambda e: ["publish", e.dataset, _other_dataset(e)], unchanged),
+    Case("publish", "a destination that cannot be written (read-only, or a path through a file)",
+         "error: cannot write to <dir>: <reason>; choose a destination you can write to", 1,
+         "nothing written: the probe write comes first, no shard moves, no manifest",
+         lambda e: ["publish", e.dataset, write(e, "file", "x") / "pub"],
+         lambda e: nothing_written(e) or _no_manifest(e.tmp)),
+    Case("publish", "an unreachable object store (`DEST` s3://..., endpoint down)",
+         "error: s3://<bucket>/<key>: object storage unreachable (...); check that the server "
+         "is up and AWS_ENDPOINT_URL (--endpoint-url) points at it, then rerun: completed shards "
+         "and checkpoints are kept", 1, "nothing written: no shard, no manifest",
+         checked_by="tests/pipeline/sharing/test_publish.py::"
+                    "test_publish_to_unreachable_object_storage_is_one_line"),
+    Case("pull", "a source shard that fails its checksum",
+         "error: shards/train/part-00001.parquet: sha256 <a> (<n> bytes) differs from the "
+         "manifest's <b> (<n> bytes); the source shard is corrupt, nothing was written for it; "
+         "the 1 shards verified before it are kept in <dir> (no manifest: not a dataset yet)", 1,
+         "the shards verified before it; no manifest (a rerun resumes)",
+         lambda e: ["pull", _tampered(e, flip_byte, "shards/train/part-00001.parquet"), e.out],
+         lambda e: _verified_shards_kept(e)),
+    Case("ls", "a prefix that cannot be read, typed with credentials (`s3://KEY:SECRET@...`)",
+         "error: s3://nobucket/labels object storage request failed (...); check credentials "
+         "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile), AWS_DEFAULT_REGION and "
+         "AWS_ENDPOINT_URL (--endpoint-url)", 1, "nothing; no credential in the line (user info "
+         "and query tokens stripped, the secret masked wherever the client quotes it)",
+         runner=lambda e: _ls_with_credentials(e), check_kept=nothing_written),
+    Case("import", "a row whose ids exceed the vocabulary",
+         "error: <file> row 2 column topk_ids: id 999999 at position 0 is outside the vocabulary "
+         "[0, 320) of --tokenizer; import with the tokenizer the labels were made with; fix the "
+         "file (or its exporter) and import again, nothing was written", 1,
+         "nothing written (every row is checked before the first shard)",
+         lambda e: _import_args(e, lambda r: r["topk_ids"][0].__setitem__(0, 999_999)),
+         nothing_written),
+    Case("import", "log-probabilities that are not a distribution (Σ p > 1, or log p > 0)",
+         "error: <file> row 2 column topk_logprobs: the probabilities at position 1 sum to "
+         "<x> > 1: not a distribution (natural log, temperature 1, one teacher distribution a "
+         "position); fix the file (or its exporter) and import again, nothing was written", 1,
+         "nothing written",
+         lambda e: _import_args(e, lambda r: r["topk_logprobs"].__setitem__(1, [-0.2] * 4)),
+         nothing_written),
 ]
+
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzSECRET"
+
+
+def _other_dataset(env: Env) -> Path:
+    """A copy of the dataset whose manifest lists fewer shards: another dataset."""
+    other = copy_dataset(env.dataset, env.tmp)
+    edit_manifest(other, lambda m: m["splits"].update(train=m["splits"]["train"][:1]))
+    remember(env, other)
+    return other
+
+
+def _no_manifest(tmp: Path) -> None:
+    assert not list(tmp.rglob("manifest.json"))
+
+
+def _verified_shards_kept(env: Env) -> None:
+    assert not (env.out / "manifest.json").exists()
+    assert sorted(files(env.out)) == ["shards/train/part-00000.parquet"]
+    assert files(env.out)["shards/train/part-00000.parquet"] == (
+        env.dataset / "shards/train/part-00000.parquet").read_bytes()
+
+
+def _ls_with_credentials(env: Env) -> tuple[int, str]:
+    from tests.interop import moto_s3
+
+    with moto_s3("bucket"):
+        code, out, err = env.cli("ls", f"s3://AKIA:{SECRET}@nobucket/labels?token={SECRET}")
+    assert SECRET not in out + err and "wJalr" not in err and "AKIA" not in err
+    return code, err
+
+
+def _import_args(env: Env, spoil) -> list:
+    """`import` of the dataset's own export with its second row spoiled."""
+    src = env.tmp / "rows.jsonl"
+    code, _, err = env.cli("export", env.dataset, "--to", "jsonl", src)
+    assert code == 0, err
+    lines = src.read_text().splitlines()
+    row = json.loads(lines[1])
+    spoil(row)
+    src.write_text("\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
+    return ["import", src, env.out, "--from", "jsonl", "--tokenizer",
+            env.dataset / "tokenizer.json", "--teacher", "t"]
 
 
 

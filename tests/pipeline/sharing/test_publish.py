@@ -150,3 +150,80 @@ def test_publish_to_unreachable_object_storage_is_one_line(dataset, tmp_path):
     proc = run_cli("publish", dataset, "s3://bucket/pub", check=False, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "unreachable" in proc.stderr
+
+
+def test_label_overwrite_takes_a_published_card_for_its_own(dataset, tmp_path, tiny_corpus,
+                                                            tiny_teacher):
+    """A published folder (README.md opens with Hugging Face front matter) relabeled with
+    --overwrite: the card is the tool's own file, so the folder is replaced; a file the tool
+    did not write still stops it, and is kept."""
+    dest = tmp_path / "pub"
+    run_cli("publish", dataset, dest)
+    assert (dest / "README.md").read_text().startswith("---\n")
+    label = ["label", "--corpus", tiny_corpus, "--teacher", tiny_teacher, "--out", dest,
+             "--top-k", "2", "--seq-len", "16", "--shard-rows", "16", "--limit-docs", "12",
+             "--quiet", "--device", "cpu", "--overwrite"]
+    (dest / "notes.txt").write_text("mine")
+    proc = run_cli(*label, check=False)
+    assert proc.returncode == 1 and "notes.txt" in proc.stderr
+    assert (dest / "notes.txt").read_text() == "mine" and (dest / "manifest.json").is_file()
+    (dest / "notes.txt").unlink()
+    run_cli(*label)
+    m = json.loads((dest / "manifest.json").read_text())
+    assert m["labels"]["k"] == 2 and "published" not in m
+    assert (dest / "README.md").read_text().startswith("# Soft-label dataset\n")
+
+
+def test_publish_one_version_of_a_versioned_dataset(tmp_path, tiny_teacher, monkeypatch):
+    """Format 1.4 with two versions: `--version 1` publishes exactly version 1's shards, the
+    card's configs list only those, and datasets.load_dataset(DEST) loads them."""
+    from stages.label import LabelConfig, run
+    from tests.conftest import make_docs
+
+    corpus, out = tmp_path / "c.jsonl", tmp_path / "ds"
+    docs = make_docs(30)
+    for n in (16, 30):  # version 1: 16 documents; version 2: 14 more
+        corpus.write_text("".join(json.dumps(d) + "\n" for d in docs[:n]))
+        run(LabelConfig(corpus=str(corpus), out=str(out), teacher=str(tiny_teacher), top_k=4,
+                        seq_len=16, shard_rows=8, batch_size=8, id_column="id",
+                        validation_fraction=0.2, incremental=True, quiet=True, device="cpu"))
+    v1 = json.loads((out / "versions/00001.json").read_text())
+    assert shard_paths(v1) != shard_paths(json.loads((out / "manifest.json").read_text()))
+    dest = tmp_path / "pub"
+    run_cli("publish", out, dest, "--version", "1")
+    m = json.loads((dest / "manifest.json").read_text())
+    assert shard_paths(m) == shard_paths(v1) and m["published"]["version"] == 1
+    assert "version" not in m and not (dest / "versions").exists()
+    front = (dest / "README.md").read_text().split("---\n")[1]
+    listed = [line.strip()[2:].strip('"') for line in front.splitlines()
+              if line.strip().startswith('- "')]
+    assert sorted(listed) == sorted(shard_paths(v1))
+    assert "valid: " in run_cli("validate", dest).stdout
+    datasets = pytest.importorskip("datasets")
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    hf = datasets.load_dataset(str(dest))
+    assert {s: hf[s].num_rows for s in hf} == {
+        s: sum(e["rows"] for e in sh) for s, sh in v1["splits"].items() if sh}
+
+
+def test_publish_with_an_audit_shows_its_figures(dataset, tiny_teacher, tmp_path):
+    """`publish --audit` takes what `pipeline audit --json` printed; the card shows it, and a
+    file that is not an audit is refused in one line."""
+    audit = run_cli("audit", "--labels", dataset, "--teacher", tiny_teacher, "--rows", "2",
+                    "--device", "cpu", "--json").stdout
+    (tmp_path / "audit.json").write_text(audit)
+    figures = json.loads(audit)
+    run_cli("publish", dataset, tmp_path / "pub", "--audit", tmp_path / "audit.json")
+    card = (tmp_path / "pub" / "README.md").read_text()
+    assert "## Audit" in card and f"| kl_mean | {figures['kl_mean']:.6g} |" in card
+    assert f"| positions | {figures['positions']} |" in card
+    m = json.loads((tmp_path / "pub" / "manifest.json").read_text())
+    assert m["audit"]["kl_mean"] == figures["kl_mean"]
+    assert str(tmp_path.parents[1]) not in json.dumps(m["audit"])  # scrubbed: no local path
+    (tmp_path / "notes.json").write_text('{"x": 1}')
+    proc = run_cli("publish", dataset, tmp_path / "pub2", "--audit", tmp_path / "notes.json",
+                   check=False)
+    assert proc.returncode == 1 and "not the output of `pipeline audit --json`" in proc.stderr
+    assert not (tmp_path / "pub2").exists()

@@ -98,3 +98,35 @@ def test_secrets_in_finds_the_pieces_a_client_library_may_quote():
     assert SECRET in found and "AKIAEXAMPLE" in found and "abcdef" in found and "1" not in found
     assert redact_text(f'Invalid bucket name "AKIAEXAMPLE:{SECRET}@bucket"', found) \
         == 'Invalid bucket name "***@bucket"'
+
+
+STUDENT = ('[model]\nfamily = "gpt"\nn_layer = 1\nn_head = 2\nd_model = 32\n'
+           '[train]\nbatch_size = 8\nmax_steps = 2\n')
+
+
+def test_a_run_folder_records_the_dataset_without_credentials(dataset, tmp_path):
+    """config.toml of a run names its dataset: typed with user info or a query token, it is
+    stored without them (and a rerun still compares the rest of the config)."""
+    from pipeline.softlabels.reader import SoftLabelDataset
+    from pipeline.training.students import load_student
+    from stages.train import TrainConfig, resolved_config
+
+    (tmp_path / "s.toml").write_text(STUDENT)
+    spec, ds = load_student(tmp_path / "s.toml"), SoftLabelDataset(dataset)
+    for typed, clean in ((f"s3://AKIA:{SECRET}@bucket/ds", "s3://bucket/ds"),
+                         (f"https://h/ds?X-Amz-Signature={SECRET}&v=2", "https://h/ds?v=2")):
+        cfg = TrainConfig(labels=typed, students=[str(tmp_path / "s.toml")], out="runs")
+        data = resolved_config(spec, ds, cfg)["data"]
+        assert data["labels"] == clean and SECRET not in str(data)
+
+
+def test_train_on_a_credential_uri_never_echoes_it(dataset, tmp_path, s3):
+    """`train --labels s3://KEY:SECRET@...`: one line without the secret, no run folder."""
+    (tmp_path / "s.toml").write_text(STUDENT)
+    proc = run_cli("train", "--labels", f"s3://AKIA:{SECRET}@bucket/ds?token={SECRET}",
+                   "--student", tmp_path / "s.toml", "--out", tmp_path / "runs", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert SECRET not in proc.stderr + proc.stdout and "wJalr" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    for f in (tmp_path / "runs").rglob("*") if (tmp_path / "runs").exists() else []:
+        assert not f.is_file() or SECRET.encode() not in f.read_bytes()

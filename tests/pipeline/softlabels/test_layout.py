@@ -87,6 +87,10 @@ def test_a_whole_dataset_of_ours_has_nothing_foreign(tmp_path):
     ({"tokenizer.json": "{}", "README.md": "# Soft-label dataset\n"},
      ["README.md", "tokenizer.json"]),  # ours only beside our plan or manifest
     ({"plan.json": PLAN, "README.md": "# My notes\n"}, ["README.md"]),
+    ({"manifest.json": MANIFEST, "README.md": "---\nlicense: mit\n---\n# My notes\n"},
+     ["README.md"]),  # front matter, but not our card after it
+    ({"manifest.json": MANIFEST, "README.md": "---\nlicense: mit\n---\n# Soft-label dataset\n"},
+     []),  # the card `publish` writes (Hugging Face front matter, then our heading)
     ({"manifest.json": MANIFEST, "tokenizer.json": "{}"}, ["tokenizer.json"]),
     ({"plan.json": PLAN, "shards/train/notes.txt": "x", "other/": None},
      ["other/", "shards/train/notes.txt"]),
