@@ -63,7 +63,7 @@ def family_problem(tok: Tokenizer) -> str | None:
 def token_bytes(tok: Tokenizer, where: str) -> list[bytes | None]:
     """bytes of every id (None for special tokens), refusing unsupported families."""
     if problem := family_problem(tok):
-        raise PipelineError(f"{where}: cross-tokenizer training needs a byte-level BPE "
+        raise PipelineError(f"{where}: aligning two tokenizers needs a byte-level BPE "
                             f"tokenizer and {problem}; train one with `pipeline tokenizer "
                             "train` or use a student with the dataset's tokenizer")
     special = {t.content for t in tok.get_added_tokens_decoder().values()}
