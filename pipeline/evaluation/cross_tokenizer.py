@@ -50,7 +50,8 @@ def check_cross_model(m: LoadedModel, ds, dataset_tokenizer: Tokenizer, what: st
         raise PipelineError(f"{where}: its tokenizer is not the dataset's, and fidelity across "
                             f"tokenizers needs fixed top-k labels; {ds.root} has mode "
                             f"{ds.spec.mode!r}: relabel with --mode topk")
-    token_bytes(dataset_tokenizer, f"dataset {ds.root} tokenizer")
+    token_bytes(dataset_tokenizer, f"{where}: dataset {ds.root} (tokenizer.json)",
+                "evaluate it on a dataset labeled with its tokenizer")
     tok = f"{where} (tokenizer {m.tokenizer.path})"
     token_bytes(m.tokenizer.tokenizer, tok)
     check_all_bytes(m.tokenizer.tokenizer, tok)

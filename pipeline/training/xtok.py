@@ -18,7 +18,13 @@ import torch
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.cache import cache_dir
 from pipeline.io.hashing import sha256_file
-from pipeline.models.tokenbytes import byte_lengths, check_all_bytes, token_bytes, vocab_map
+from pipeline.models.tokenbytes import (
+    DATASET_FIX,
+    byte_lengths,
+    check_all_bytes,
+    token_bytes,
+    vocab_map,
+)
 from pipeline.models.tokenizer import load_tokenizer
 from pipeline.softlabels.layout import TOKENIZER
 from pipeline.training.alignment import StudentRows
@@ -69,7 +75,8 @@ def check_student(spec: StudentSpec, ds, teacher_tokenizer: Path) -> None:
         raise ConfigError(f"{where}: cross-tokenizer training needs fixed top-k labels, dataset "
                           f"{ds.root} has mode {ds.spec.mode!r}; relabel with --mode topk")
     student = load_tokenizer(spec.tokenizer)
-    token_bytes(load_tokenizer(teacher_tokenizer).tokenizer, f"dataset {ds.root} tokenizer")
+    token_bytes(load_tokenizer(teacher_tokenizer).tokenizer,
+                f"{where}: dataset {ds.root} ({TOKENIZER})", DATASET_FIX)
     token_bytes(student.tokenizer, f"{where} (tokenizer {spec.tokenizer})")
     check_all_bytes(student.tokenizer, f"{where} (tokenizer {spec.tokenizer})")
 
