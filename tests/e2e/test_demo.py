@@ -79,7 +79,8 @@ def test_demo_job_on_a_tiny_slice(tmp_path):
     assert [r["bits_per_byte"] for r in students] == sorted(r["bits_per_byte"] for r in students)
     own = [r for r in students if "xtok" in r["name"]]
     assert len(own) == 2 and all(0.5 < r["aligned_share"] < 1 for r in own)
-    assert {r["bytes"] for r in results["rows"]} == {results["rows"][0]["bytes"]}
+    same = results["rows"][0]["bytes"]  # the teacher's; a straddled first token may cost a few
+    assert all(same * 0.99 <= r["bytes"] <= same for r in own)
     assert (out / "report/report.md").read_text().count("|") > 10
     assert list((out / "report").glob("*.png"))
     again = run_cli("run", job)
