@@ -1,7 +1,7 @@
 """Figure 13: students with their own tokenizer (#21) — does distillation help across tokenizers,
 can the reader re-tokenize fast enough, and how much of the text aligns?
 
-Quality: three students of the demo shape (data/students/gpt-tiny.toml) train from one read
+Quality: three students of the demo's gpt-tiny shape (1 layer, d_model 64) train from one read
 pass of the same labeled dataset with the real `pipeline train` and are scored with the real
 `pipeline evaluate` on its validation split, in bits per byte over the same bytes:
 - xtok-kd: the shipped 2,048-token BPE (data/tokenizers/bbc-bpe-2048.json), `crosstok` loss;
@@ -16,8 +16,11 @@ Aligned: the share of the xtok-kd student's validation positions whose token end
 token boundary (pipeline/evaluation/cross_tokenizer.py), on the demo corpus.
 """
 
+import shutil
 import time
 from pathlib import Path
+
+import torch
 
 from benchmarks.common import DEMO_STUDENT, REPO, Context
 from benchmarks.report import Figure
@@ -29,6 +32,8 @@ from pipeline.training.xtok import dataset_tokenizer
 TOKENIZER = REPO / "data/tokenizers/bbc-bpe-2048.json"
 ALPHA, ULD = 0.3, 0.0  # as the demo's cross-tokenizer student (data/jobs/demo.toml)
 READER_GOAL = 20.0
+# the demo's gpt-tiny-kd / gpt-tiny-xtok-* shape and optimizer (data/jobs/demo.toml)
+DEMO_SHAPE = {"family": "gpt", "n_layer": 1, "n_head": 1, "d_model": 64, "dropout": 0.0}
 STUDENTS = {"xtok-kd": ("crosstok", True), "xtok-ce": ("ce", True), "same-kd": ("kl_tail", False)}
 
 
@@ -37,8 +42,10 @@ def _student(ctx: Context, name: str, seed: int) -> Path:
     loss = {"kind": kind} if kind == "ce" else {"kind": kind, "alpha": ALPHA}
     if kind == "crosstok":
         loss["uld_weight"] = ULD
-    model = {"context": ctx.params.seq_len * 11 // 8} if own else {}  # room for 1.18× tokens
+    model = {**DEMO_SHAPE, **({"context": ctx.params.seq_len * 11 // 8} if own else {})}
     path = ctx.student_file(f"{name}-s{seed}", DEMO_STUDENT, loss=loss, model=model,
+                            optimizer={"lr": 3e-3, "weight_decay": 0.05},
+                            schedule={"warmup_steps": 30},
                             train={"batch_size": ctx.params.batch_size, "seed": seed})
     if own:  # a top-level key: before the first table
         path.write_text(f'tokenizer = "{TOKENIZER}"\n' + path.read_text())
@@ -48,12 +55,23 @@ def _student(ctx: Context, name: str, seed: int) -> Path:
 def _quality(ctx: Context, ds, seeds: range) -> list[dict[str, dict]]:
     """Train every student of every seed from one read pass, evaluate them all at once:
     per seed, {name: results row}."""
+    out = ctx.work / "xtok"
+    shutil.rmtree(out, ignore_errors=True)  # ours: a fresh measurement, never a resumed one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `pipeline train` runs (pipeline/threads.py): on a shared
+    try:  # 2-core machine two threads per process spin against each other
+        runs = _train_and_evaluate(ctx, ds, seeds, out)
+    finally:
+        torch.set_num_threads(threads)
+    return [{n: runs[f"{n}-s{seed}"] for n in STUDENTS} for seed in seeds]
+
+
+def _train_and_evaluate(ctx: Context, ds, seeds: range, out: Path) -> dict[str, dict]:
     from stages.evaluate import EvaluateConfig
     from stages.evaluate import run as evaluate
     from stages.train import TrainConfig
     from stages.train import run as train
 
-    out = ctx.work / "xtok"
     runs = train(TrainConfig(labels=str(ds.root), out=str(out / "runs"), quiet=True,
                              students=[str(_student(ctx, n, seed)) for seed in seeds
                                        for n in STUDENTS],
@@ -61,8 +79,7 @@ def _quality(ctx: Context, ds, seeds: range) -> list[dict[str, dict]]:
     results = evaluate(EvaluateConfig(labels=str(ds.root), runs=[str(r) for r in runs.values()],
                                       out=str(out / "report"), device=str(ctx.device),
                                       quiet=True, bench_repeats=1, bench_warmup=0))
-    by_name = {r["name"]: r for r in results["rows"]}
-    return [{n: by_name[f"{n}-s{seed}"] for n in STUDENTS} for seed in seeds]
+    return {r["name"]: r for r in results["rows"]}
 
 
 def _reader_rate(ds, batch_size: int, transform) -> float:
