@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test test-fast lint demo teacher bench bench-quick bench-gpu mutation clean
+.PHONY: install browser test test-fast lint demo teacher student-tokenizer bench bench-quick bench-gpu\
+	mutation clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -83,6 +84,12 @@ teacher: $(STAMP)
 	cp $(TEACHER_BUILD)/runs/teacher/config.json $(TEACHER_BUILD)/runs/teacher/model.safetensors \
 		$(TEACHER_BUILD)/runs/teacher/tokenizer.json data/teacher/
 	cp $(TEACHER_BUILD)/runs/teacher/metrics.jsonl data/teacher/training-metrics.jsonl
+
+# The demo's own-tokenizer students' vocabulary (README "Students with their own tokenizer"): a
+# 2,048-token byte-level BPE on the teacher's corpus, deterministic, shipped in data/tokenizers/.
+student-tokenizer: $(STAMP)
+	$(BIN)/pipeline tokenizer train --corpus builtin:bbc-news --vocab-size 2048 \
+		--out data/tokenizers/bbc-bpe-2048.json
 
 clean:
 	rm -rf outputs .pytest_cache mutants

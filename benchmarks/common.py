@@ -66,6 +66,7 @@ class Params:
     chat_shard_rows: int = 32  # fig 11: small shards, so the bytes figure has disjoint slices
     chat_words: int | None = None  # fig 11 quick: turns cut to N words (None: as the corpus is)
     incremental_docs: int = 1_000  # fig 12: version 1's articles (+10 % make version 2)
+    xtok_steps: int = 250  # fig 13: steps of each own-tokenizer student (the demo's)
 
     @classmethod
     def quick(cls) -> "Params":
@@ -76,7 +77,7 @@ class Params:
                    quality_steps=2, quality_eval_rows=4, wide_vocab=32_768, vocab_docs=2,
                    vocab_steps=2, vocab_label_docs=1, wide_label_docs=2, startup_shards=1_000,
                    startup_docs=20, chat_docs=24, chat_seq_len=64,
-                   chat_shard_rows=2, chat_words=3, incremental_docs=20)
+                   chat_shard_rows=2, chat_words=3, incremental_docs=20, xtok_steps=2)
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

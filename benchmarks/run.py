@@ -31,6 +31,7 @@ from benchmarks import (
     fig_stream,
     fig_students,
     fig_vocab,
+    fig_xtok,
 )
 from benchmarks.common import REPO, Context, Params
 from benchmarks.report import carry_over, machine_info, markdown, write_results, write_section
@@ -38,7 +39,8 @@ from pipeline.device import resolve_device
 
 FIGURES = {"1": fig_label, "2": fig_storage, "3": fig_stream, "4": fig_online,
            "5": fig_students, "6": fig_memory, "7": fig_scaleout, "8": fig_quality,
-           "9": fig_vocab, "10": fig_startup, "11": fig_chat, "12": fig_incremental}
+           "9": fig_vocab, "10": fig_startup, "11": fig_chat, "12": fig_incremental,
+           "13": fig_xtok}
 
 
 def cpu_seconds() -> float:

@@ -16,7 +16,7 @@ the store, results.json last); a model may be `hf:NAME_OR_PATH` or a Hugging Fac
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation import over_versions
 from pipeline.evaluation.benchmarking import BenchSettings, measure_costs
+from pipeline.evaluation.cross_tokenizer import add_batch, check_cross_model, fresh_sums, is_cross
 from pipeline.evaluation.metrics import MetricSums
 from pipeline.evaluation.report import (
     MARK,
@@ -45,14 +46,15 @@ from pipeline.evaluation.report import (
 from pipeline.io.hashing import sha256_json
 from pipeline.io.storage import Store
 from pipeline.labeling.chat import check_model_template
-from pipeline.models.head import logit_chunks
 from pipeline.models.hf import HF_PREFIX
 from pipeline.models.loaded import WEIGHTS, LoadedModel
 from pipeline.models.loader import check_model_exists, is_hf_spec, load_model_spec
 from pipeline.models.tokenbytes import byte_lengths, family_problem, token_bytes
+from pipeline.models.tokenizer import LoadedTokenizer, load_tokenizer
 from pipeline.progress import positions_progress, rate_text
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.training.layout import COMPLETE
+from pipeline.training.xtok import dataset_tokenizer
 
 SPLIT = "validation"
 warn = Console(stderr=True)
@@ -63,7 +65,7 @@ class _Model:
     name: str
     role: str
     loaded: LoadedModel
-    sums: MetricSums = field(default_factory=MetricSums)
+    sums: MetricSums
 
 
 def _check_args(cfg: EvaluateConfig) -> None:
@@ -107,13 +109,20 @@ def byte_table(ds: SoftLabelDataset, tok: Tokenizer) -> torch.Tensor | None:
     return torch.from_numpy(np.pad(table, (0, max(0, ds.vocab_size - len(table)))))
 
 
-def _check_model(m: LoadedModel, ds: SoftLabelDataset, what: str) -> None:
-    tok = m.tokenizer
-    if tok.sha256 != ds.tokenizer_sha256 or tok.vocab_size != ds.vocab_size:
-        raise PipelineError(
-            f"{what} {m.path}: tokenizer sha256 {tok.sha256[:12]} (vocab {tok.vocab_size}) "
-            f"differs from dataset {ds.root} tokenizer sha256 {ds.tokenizer_sha256[:12]} "
-            f"(vocab {ds.vocab_size}); evaluate it on a dataset labeled with its tokenizer")
+def _check_model(m: LoadedModel, ds: SoftLabelDataset, ds_tok: LoadedTokenizer,
+                 what: str) -> None:
+    """A model with the dataset's tokenizer scores its rows as they are; one with its own is
+    scored on their re-tokenization (pipeline/evaluation/cross_tokenizer.py), if it can be."""
+    if is_cross(m, ds.tokenizer_sha256):
+        if what == "--teacher":
+            raise PipelineError(f"--teacher {m.path}: its tokenizer is not the one that "
+                                f"labeled {ds.root}; pass that teacher, or this model as a --run")
+        check_cross_model(m, ds, ds_tok.tokenizer, what)
+        return
+    if m.tokenizer.vocab_size != ds.vocab_size:
+        raise PipelineError(f"{what} {m.path}: vocabulary {m.tokenizer.vocab_size} differs from "
+                            f"dataset {ds.root}'s {ds.vocab_size} with the same tokenizer; "
+                            "evaluate it on a dataset labeled with its model")
     check_model_template(ds.manifest, Path(m.path), f"{what} {m.path}")
     context = m.config.get("context")
     if context and context < ds.seq_len:
@@ -122,25 +131,27 @@ def _check_model(m: LoadedModel, ds: SoftLabelDataset, what: str) -> None:
 
 
 def _load_models(cfg: EvaluateConfig, ds: SoftLabelDataset, device) -> list[_Model]:
-    models = []
+    models, ds_tok = [], load_tokenizer(dataset_tokenizer(ds))
+    table = byte_table(ds, ds_tok.tokenizer)
     if cfg.teacher:
         teacher = load_model_spec(cfg.teacher, device, cfg.trust_remote_code)
-        _check_model(teacher, ds, "--teacher")
+        _check_model(teacher, ds, ds_tok, "--teacher")
         labeled_by = (ds.manifest.get("teacher") or {}).get("sha256")
         if labeled_by and teacher.weights_sha256 != labeled_by:
             raise PipelineError(
                 f"--teacher {cfg.teacher} (weights sha256 {teacher.weights_sha256[:12]}) is not "
                 f"the teacher that labeled {ds.root} (sha256 {labeled_by[:12]}); pass that "
                 "teacher, or pass this model as a --run to measure its fidelity")
-        models.append(_Model(model_name(cfg.teacher), "teacher", teacher))
+        models.append(_Model(model_name(cfg.teacher), "teacher", teacher,
+                             fresh_sums(teacher, ds_tok, table)))
     for run in cfg.runs:
         m = load_model_spec(run, device, cfg.trust_remote_code)
-        _check_model(m, ds, "--run")
+        _check_model(m, ds, ds_tok, "--run")
         if not is_hf_spec(run) and not (m.path / COMPLETE).is_file():
             warn.print(f"[yellow]warning:[/yellow] {escape(run)} has no {COMPLETE} (training "
                        "did not finish); evaluating its last checkpoint", highlight=False,
                        soft_wrap=True)
-        models.append(_Model(model_name(run), "student", m))
+        models.append(_Model(model_name(run), "student", m, fresh_sums(m, ds_tok, table)))
     return models
 
 
@@ -166,9 +177,7 @@ def _score(cfg: EvaluateConfig, ds: SoftLabelDataset, models: list[_Model], devi
                          for k, v in ds.decode(rb, f"shard {shard.rel}").items()}
                 for m in models:  # logits one chunk of positions at a time, never [B, L, V]
                     with torch.inference_mode():
-                        m.sums.add_chunks(logit_chunks(m.loaded.model, batch["input_ids"],
-                                                       segment_ids=batch.get("segment_ids")),
-                                          batch, is_teacher=m.role == "teacher")
+                        add_batch(m.sums, m.loaded, batch, m.role == "teacher", device)
                 done += n
                 progress.advance(task, n * ds.seq_len)
                 progress.update(task, rate=rate_text(done * ds.seq_len,
@@ -229,7 +238,8 @@ def is_complete(cfg: EvaluateConfig) -> bool:
 
 def _row(m: _Model, metrics: dict, cost: dict) -> dict:
     row = {"name": m.name, "role": m.role, "family": m.loaded.config.get("family"),
-           "path": str(m.loaded.path), **metrics, **cost}
+           "tokenizer": m.loaded.tokenizer.sha256[:12], "path": str(m.loaded.path), **metrics,
+           **cost}
     try:  # training cost, when the run recorded it
         done = json.loads((m.loaded.path / COMPLETE).read_text())
         row.update(train_steps=done.get("step"), train_seconds=done.get("train_seconds"))
@@ -246,13 +256,10 @@ def run(cfg: EvaluateConfig) -> dict:
     device = resolve_device(cfg.device)
     fingerprint = inputs_fingerprint(cfg)
     models = _load_models(cfg, ds, device)
-    table = byte_table(ds, models[0].loaded.tokenizer.tokenizer)  # all share the dataset's
-    for m in models:
-        m.sums.byte_len = table
     scored = _score(cfg, ds, models, device)
     bench = BenchSettings(cfg.batch_size, ds.seq_len, cfg.bench_warmup, cfg.bench_repeats)
     costs = measure_costs([(m.loaded.model, m.loaded.weights_bytes) for m in models],
-                          ds.vocab_size, bench, device)
+                          min(m.loaded.tokenizer.vocab_size for m in models), bench, device)
     rows = [_row(m, m.sums.result(), cost) for m, cost in zip(models, costs, strict=True)]
     add_ratios(rows)
     rows = sort_rows(rows)
@@ -275,9 +282,10 @@ def _over_versions(cfg: EvaluateConfig, models: list[_Model], rows: list[dict], 
     latest = over_versions.latest_version(cfg.labels)
     added = over_versions.added_validation(cfg.labels, cfg.version)
     if added is not None:
-        fresh = [replace(m, sums=MetricSums()) for m in models]
+        fresh = [replace(m, sums=m.sums.fresh()) for m in models]
         scored = _score(cfg, added, fresh, device)
-        new_rows = sort_rows([{"name": m.name, "role": m.role, **m.sums.result()}
+        new_rows = sort_rows([{"name": m.name, "role": m.role,
+                               "tokenizer": m.loaded.tokenizer.sha256[:12], **m.sums.result()}
                               for m in fresh])
         out["new_validation"] = over_versions.new_rows_summary(cfg.version, latest, scored,
                                                                new_rows)

@@ -35,15 +35,12 @@ from pipeline.config.stages import TrainConfig
 from pipeline.config.toml import dumps_toml, read_toml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.atomic import write_json as write_json_atomic
-from pipeline.io.cache import cache_dir
-from pipeline.io.hashing import sha256_file
 from pipeline.io.storage import Store, absolute
 from pipeline.io.uris import redact
 from pipeline.labeling.chat import check_model_template, write_template
 from pipeline.labeling.modes import match_loss
 from pipeline.models.tokenizer import load_tokenizer
 from pipeline.progress import positions_progress, rate_text
-from pipeline.softlabels.layout import TOKENIZER
 from pipeline.softlabels.reader import SoftLabelDataset
 from pipeline.softlabels.stream import StreamConfig, StreamReader, check_compatible
 from pipeline.training import continued, ddp, xtok
@@ -55,6 +52,7 @@ from pipeline.training.students import (
     with_overrides,
 )
 from pipeline.training.trainer import StudentRun
+from pipeline.training.xtok import dataset_tokenizer
 
 VALIDATION = "validation"
 
@@ -383,17 +381,6 @@ def open_dataset(cfg: TrainConfig) -> SoftLabelDataset:
     if cfg.new_rows_only:
         continued.keep_new_rows(ds, continued.source(cfg.continue_from)["dataset_version"])
     return ds
-
-
-def dataset_tokenizer(ds: SoftLabelDataset) -> Path:
-    """The dataset's tokenizer.json as a local file, checked against the manifest (a remote
-    dataset's is downloaded once into the cache, named by its sha256)."""
-    cached = cache_dir() / "tokenizers" / f"{ds.tokenizer_sha256}.json"
-    tok = ds.store.fetch(TOKENIZER, cached, ds.tokenizer_sha256)
-    if not tok.is_file() or sha256_file(tok) != ds.tokenizer_sha256:
-        raise PipelineError(f"{ds.store.locate(TOKENIZER)} is missing or differs from the "
-                            "manifest's tokenizer sha256; the dataset is incomplete - relabel it")
-    return tok
 
 
 def train_student_task(cfg: TrainConfig) -> dict:

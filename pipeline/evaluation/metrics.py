@@ -162,8 +162,15 @@ class MetricSums:
         if "label_mask" in part:  # topp/sampled padding: p = 0 for teacher and student
             on_topk = on_topk.masked_fill(~part["label_mask"], PAD_LOGPROB)
         self.kl += float(tail_kl(part["topk_logprobs"], part["tail_mass"], on_topk).double().sum())
-        self.agree += float((pred == part["topk_ids"][..., 0]).sum())
+        agree = pred == part["topk_ids"][..., 0]
+        if "label_mask" in part:  # a top-1 without a student id (cross_tokenizer.py) never agrees
+            agree &= part["label_mask"][..., 0]
+        self.agree += float(agree.sum())
         self.mass += float(mass_on_teacher_topk(on_topk).double().sum())
+
+    def fresh(self) -> "MetricSums":
+        """Empty sums of the same kind (the same byte table), for another set of rows."""
+        return MetricSums(byte_len=self.byte_len)
 
     def result(self) -> dict[str, float | None]:
         """Means per position. Fidelity is None on a dataset without soft labels."""
@@ -180,6 +187,7 @@ class MetricSums:
             "top1_accuracy": self.correct / self.positions if self.positions else math.nan,
             "ece": ece_from_bins(self.bins),
             "positions": self.positions, "fidelity_positions": fid,
+            "bytes": int(self.bytes) if self.byte_len is not None else None,
         }
 
 

@@ -3,27 +3,24 @@
 Rows are plain dicts (the same keys in results.json and results.parquet), so the terminal table
 can be re-rendered from a saved results.json when `pipeline run` skips an up-to-date evaluation.
 Order: the teacher first, then students from most to least faithful (tail KL), then by
-cross-entropy; on a dataset without soft labels, by cross-entropy alone.
+cross-entropy; on a dataset without soft labels, by cross-entropy alone. When the models do not
+all share one tokenizer, per-token KL and CE do not compare, so students are ranked by bits per
+byte (`sort_rows`). The figures are drawn by plots.py.
 """
 
-import json
 import math
 from pathlib import Path
 
-import matplotlib
+import polars as pl
+import pyarrow.parquet as pq
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
-matplotlib.use("Agg")  # headless: scheduled jobs and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from rich import box  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.evaluation import over_versions  # noqa: E402
-from pipeline.io.storage import Store  # noqa: E402
-from pipeline.training.layout import CONFIG, METRICS  # noqa: E402
+from pipeline.errors import PipelineError
+from pipeline.evaluation import over_versions
+from pipeline.evaluation.plots import close, plot_pareto, plot_training_curves
+from pipeline.io.storage import Store
 
 RESULTS_JSON, RESULTS_PARQUET, REPORT_MD = "results.json", "results.parquet", "report.md"
 PARETO_PNG, CURVES_PNG = "fidelity_vs_size.png", "training_curves.png"
@@ -62,14 +59,16 @@ COLUMNS = [
     ("name", "model", "{}"), ("parameters", "params", "{:,}"),
     ("checkpoint_bytes", "MB", "bytes"), ("kl_tail", "KL", "{:.4f}"),
     ("top1_agreement", "agree", "{:.3f}"), ("topk_mass", "top-k mass", "{:.3f}"),
-    ("ce", "CE", "{:.3f}"), ("perplexity", "ppl", "{:.1f}"), ("top1_accuracy", "acc", "{:.3f}"),
+    ("ce", "CE", "{:.3f}"), ("perplexity", "ppl", "{:.1f}"),
+    ("bits_per_byte", "bits/B", "{:.3f}"), ("byte_perplexity", "ppl/B", "{:.3f}"),
+    ("aligned_share", "aligned", "{:.3f}"), ("top1_accuracy", "acc", "{:.3f}"),
     ("ece", "ECE", "{:.3f}"), ("tokens_per_s", "tok/s", "{:,.0f}"),
     ("latency_ms", "ms/batch", "{:.2f}"), ("speedup", "speed", "{:.2f}×"),
     ("size_ratio", "size", "{:.2f}×"),
 ]
 # The terminal shows the columns a user picks a student by; report.md has them all.
-TERMINAL = ("name", "parameters", "kl_tail", "top1_agreement", "ce", "top1_accuracy", "ece",
-            "tokens_per_s", "speedup", "size_ratio")
+TERMINAL = ("name", "parameters", "kl_tail", "top1_agreement", "ce", "bits_per_byte",
+            "top1_accuracy", "ece", "tokens_per_s", "speedup", "size_ratio")
 
 
 def _missing(v) -> bool:
@@ -95,10 +94,19 @@ def short(value, spec: str) -> str:
     return f"{value:.0f}"
 
 
+def mixed_tokenizers(rows: list[dict]) -> bool:
+    """True when the rows' models do not all read one tokenizer (rows record its sha256)."""
+    return len({r.get("tokenizer") for r in rows}) > 1
+
+
 def sort_rows(rows: list[dict]) -> list[dict]:
+    """Teacher first; then by tail KL and CE, or by bits per byte when tokenizers are mixed."""
+    by_bytes = mixed_tokenizers(rows)
+
     def key(r):
-        kl, ce = r.get("kl_tail"), r.get("ce")
-        return (r.get("role") != "teacher", _missing(kl), 0.0 if _missing(kl) else kl,
+        first = r.get("bits_per_byte") if by_bytes else r.get("kl_tail")
+        ce = r.get("ce")
+        return (r.get("role") != "teacher", _missing(first), 0.0 if _missing(first) else first,
                 math.inf if _missing(ce) else ce, r["name"])
     return sorted(rows, key=key)
 
@@ -137,8 +145,10 @@ def print_leaderboard(results: dict, report_dir: Path | str,
         # and cut every number; a log line can be as wide as the table needs.
         console.width = max(console.width, 140)
     d = results["dataset"]
+    order = ", mixed tokenizers: ranked by bits per byte" if mixed_tokenizers(
+        results["rows"]) else ""
     console.print(rich_table(results["rows"], f"leaderboard ({d['split']}, "
-                             f"{d['positions']:,} positions)"))
+                             f"{d['positions']:,} positions{order})"))
     console.print(f"dataset: {d['path']}", highlight=False, soft_wrap=True)
     report = f"{str(report_dir).rstrip('/')}/{REPORT_MD}"  # a folder or a URI
     console.print(f"report:  {report}", highlight=False, soft_wrap=True)
@@ -159,118 +169,10 @@ def write_parquet(rows: list[dict], path: Path) -> None:
     pq.write_table(table.replace_schema_metadata({"created_by": MARK}), path)
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points no other point beats on both size (x) and KL (y), sorted by size."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best = [], math.inf
-    for i in order:
-        if points[i][1] < best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
-def plot_pareto(rows: list[dict]):
-    """Fidelity (tail KL, or CE without soft labels) against parameters, the Pareto front
-    drawn."""
-    metric = "kl_tail" if any(not _missing(r.get("kl_tail")) for r in rows) else "ce"
-    pts = [r for r in rows if not _missing(r.get(metric))]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    students = [r for r in pts if r.get("role") != "teacher"]
-    xy = [(r["parameters"], r[metric]) for r in students]
-    ax.scatter([x for x, _ in xy], [y for _, y in xy], color="tab:blue", label="student")
-    front = [xy[i] for i in pareto_front(xy)]
-    if len(front) > 1:
-        ax.plot([x for x, _ in front], [y for _, y in front], color="tab:blue", alpha=0.4,
-                label="Pareto front")
-    for r in pts:
-        ax.annotate(r["name"], (r["parameters"], r[metric]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
-    for r in (r for r in pts if r.get("role") == "teacher"):
-        ax.scatter([r["parameters"]], [r[metric]], marker="*", s=160, color="tab:red",
-                   label="teacher")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("KL(teacher‖student) over top-k ∪ tail, nats" if metric == "kl_tail"
-                  else "cross-entropy, nats")
-    ax.set_title("fidelity vs size (lower-left is better)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def read_metrics_jsonl(path: Path) -> list[dict]:
-    """Records of a run's metrics.jsonl; a torn last line (killed run) is skipped."""
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
-
-
-# (metric key for the line, metric key for the dots, panel title): quantities that mean the same
-# for every run. Not the total loss: a KD student's is α·KD + (1−α)·CE, a baseline's pure CE, and
-# one axis holding both reads as "distillation halves the loss".
-CURVE_PANELS = (("ce", "val_ce", "cross-entropy of the next token, nats (train line, validation "
-                 "dots)"),
-                ("kd", "val_kd", "KD term of the loss (runs that distil), nats"))
-
-
-def training_curves(rows: list[dict]) -> list[list[tuple[str, str, list, list]]]:
-    """Per panel of CURVE_PANELS: (label, metric, steps, values) of every run that logged it."""
-    panels: list[list] = [[] for _ in CURVE_PANELS]
-    for r in rows:
-        if r.get("role") == "teacher" or not r.get("path"):
-            continue
-        recs = read_metrics_jsonl(Path(r["path"]) / METRICS)
-        label = f"{r['name']} ({_loss_kind(Path(r['path']))})"
-        for series, keys in zip(panels, CURVE_PANELS):
-            for key in keys[:2]:
-                pts = [(x["step"], x[key]) for x in recs if "step" in x and key in x]
-                if pts:
-                    series.append((label, key, [s for s, _ in pts], [v for _, v in pts]))
-    return panels
-
-
-def _loss_kind(run_dir: Path) -> str:
-    """The run's [loss] kind from its config.toml (the KD terms of two kinds differ)."""
-    import tomllib
-
-    try:
-        return tomllib.loads((run_dir / CONFIG).read_text())["loss"]["kind"]
-    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
-        return "?"
-
-
-def plot_training_curves(rows: list[dict]):
-    """Cross-entropy (train and validation) and, where it exists, the KD term against step for
-    every run, each on its own axis; None if no run has metrics."""
-    panels = [(title, series) for (_, _, title), series
-              in zip(CURVE_PANELS, training_curves(rows)) if series]
-    if not panels:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
-    for ax, (title, series) in zip(axes[0], panels):
-        colors: dict[str, str] = {}  # a run's validation dots take its training line's colour
-        for label, key, steps, values in series:
-            dots = key.startswith("val_")
-            line = ax.plot(steps, values, "o" if dots else "-", markersize=4,
-                           color=colors.get(label), label=None if dots else label)[0]
-            colors.setdefault(label, line.get_color())
-        ax.set_xlabel("step")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def _save_png(store: Store, name: str, fig) -> None:
     with store.writing(name) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": MARK})
-    plt.close(fig)
+    close(fig)
 
 
 def write_report(results: dict, out) -> None:
@@ -295,6 +197,18 @@ def write_report(results: dict, out) -> None:
     store.write_json(RESULTS_JSON, results)
 
 
+# report.md's note when a model reads its own tokenizer (pipeline/evaluation/cross_tokenizer.py)
+MIXED_NOTE = (
+    "- **Mixed tokenizers**: students are ranked by bits per byte. A model with its own "
+    "tokenizer is scored on its re-tokenization of the same validation text, over the same "
+    "bytes (from the end of each row's first teacher token). Its KL / agree / top-k mass are "
+    "measured only where its token ends on a teacher token boundary (**aligned**: that share of "
+    "its positions), with teacher ids mapped to its ids by their bytes; they are approximate "
+    "(a teacher token with no student id of the same bytes counts as tail mass, and as a "
+    "disagreement when it is the top-1). Its CE, ppl, acc, ECE and tok/s are per its own "
+    "token.",)
+
+
 def render_markdown(results: dict, has_curves: bool) -> str:
     d = results["dataset"]
     bench = results["settings"]["bench"]
@@ -310,6 +224,9 @@ def render_markdown(results: dict, has_curves: bool) -> str:
         "**top-k mass**: student probability on the teacher's top-k ids.",
         "- **CE / ppl / acc**: cross-entropy (nats), perplexity and top-1 accuracy on the true "
         "next token. **ECE**: expected calibration error of the top-1 prediction, 15 bins.",
+        "- **bits/B, ppl/B**: the same cross-entropy per byte of text (bits, and e^(nats/byte)): "
+        "comparable across tokenizers, where per-token CE is not.",
+        *(MIXED_NOTE if mixed_tokenizers(results["rows"]) else ()),
         f"- **tok/s, ms/batch**: median of {bench['repeats']} forwards after {bench['warmup']} "
         f"warm-up, batch {bench['batch_size']}×{bench['seq_len']} on {bench['device']}. "
         "**speed** = tok/s ÷ teacher tok/s; **size** = params ÷ teacher params.", "",

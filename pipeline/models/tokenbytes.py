@@ -60,12 +60,18 @@ def family_problem(tok: Tokenizer) -> str | None:
     return None
 
 
-def token_bytes(tok: Tokenizer, where: str) -> list[bytes | None]:
-    """bytes of every id (None for special tokens), refusing unsupported families."""
+STUDENT_FIX = ("train one with `pipeline tokenizer train` or use a student with the dataset's "
+               "tokenizer")
+DATASET_FIX = ("relabel with a byte-level BPE tokenizer (`pipeline tokenizer train`), or drop "
+               "the student's `tokenizer` to use the dataset's")
+
+
+def token_bytes(tok: Tokenizer, where: str, fix: str = STUDENT_FIX) -> list[bytes | None]:
+    """bytes of every id (None for special tokens), refusing unsupported families: without
+    them a row's bytes, and so its alignment, cannot be recovered from its ids."""
     if problem := family_problem(tok):
-        raise PipelineError(f"{where}: cross-tokenizer training needs a byte-level BPE "
-                            f"tokenizer and {problem}; train one with `pipeline tokenizer "
-                            "train` or use a student with the dataset's tokenizer")
+        raise PipelineError(f"{where}: aligning two tokenizers needs a byte-level BPE "
+                            f"tokenizer and {problem}; {fix}")
     special = {t.content for t in tok.get_added_tokens_decoder().values()}
     out: list[bytes | None] = [None] * tok.get_vocab_size()
     for s, i in tok.get_vocab().items():

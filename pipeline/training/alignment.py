@@ -86,8 +86,9 @@ class StudentRows:
             texts.append((start + lead, data[lead:end].decode("utf-8"), eos))
         return texts
 
-    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Student rows for teacher rows ids [B, L]: input_ids, ce_mask, kd_pos [B, length]."""
+    def rows(self, ids: np.ndarray, with_ends: bool = False) -> dict[str, np.ndarray]:
+        """Student rows for teacher rows ids [B, L]: input_ids, ce_mask, kd_pos [B, length];
+        `with_ends`: also each position's end coordinate (-1 on padding), for evaluation."""
         segs = [self.segments(row) for row in ids]
         flat = [t for s in segs for _, t, _ in s]
         enc = iter(e.ids for e in self.student.encode_batch(flat, add_special_tokens=False))
@@ -95,12 +96,16 @@ class StudentRows:
         out = {"input_ids": np.full((len(ids), self.length), self.eos, dtype=np.int64),
                "ce_mask": np.zeros((len(ids), self.length), dtype=bool),
                "kd_pos": np.full((len(ids), self.length), -1, dtype=np.int64)}
+        if with_ends:
+            out["ends"] = np.full((len(ids), self.length), -1, dtype=np.int64)
         for b, row in enumerate(segs):
             toks, ends = self._join(row, enc)
             n = min(len(toks), self.length)
             out["input_ids"][b, :n] = toks[:n]
             out["ce_mask"][b, :n - 1] = True
             out["kd_pos"][b, :n] = align(t_ends[b], ends[:n])
+            if with_ends:
+                out["ends"][b, :n] = ends[:n]
         return out
 
     def _join(self, row, enc) -> tuple[np.ndarray, np.ndarray]:

@@ -15,9 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.models.tokenbytes import byte_lengths, check_all_bytes, token_bytes, vocab_map
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.io.cache import cache_dir
+from pipeline.io.hashing import sha256_file
+from pipeline.models.tokenbytes import (
+    DATASET_FIX,
+    byte_lengths,
+    check_all_bytes,
+    token_bytes,
+    vocab_map,
+)
 from pipeline.models.tokenizer import load_tokenizer
+from pipeline.softlabels.layout import TOKENIZER
 from pipeline.training.alignment import StudentRows
 from pipeline.training.losses import SHARED_ID_KINDS
 from pipeline.training.students import StudentSpec
@@ -33,6 +42,17 @@ def is_cross(spec: StudentSpec, dataset_sha256: str, kind: str = "") -> bool:
                           "tokenizer: add `tokenizer = \"path/to/tokenizer.json\"`")
     return bool(spec.tokenizer) and (kind == "crosstok" or
                                      load_tokenizer(spec.tokenizer).sha256 != dataset_sha256)
+
+
+def dataset_tokenizer(ds) -> Path:
+    """The dataset's tokenizer.json as a local file, checked against the manifest (a remote
+    dataset's is downloaded once into the cache, named by its sha256)."""
+    cached = cache_dir() / "tokenizers" / f"{ds.tokenizer_sha256}.json"
+    tok = ds.store.fetch(TOKENIZER, cached, ds.tokenizer_sha256)
+    if not tok.is_file() or sha256_file(tok) != ds.tokenizer_sha256:
+        raise PipelineError(f"{ds.store.locate(TOKENIZER)} is missing or differs from the "
+                            "manifest's tokenizer sha256; the dataset is incomplete - relabel it")
+    return tok
 
 
 def student_vocab(spec: StudentSpec) -> int:
@@ -55,7 +75,8 @@ def check_student(spec: StudentSpec, ds, teacher_tokenizer: Path) -> None:
         raise ConfigError(f"{where}: cross-tokenizer training needs fixed top-k labels, dataset "
                           f"{ds.root} has mode {ds.spec.mode!r}; relabel with --mode topk")
     student = load_tokenizer(spec.tokenizer)
-    token_bytes(load_tokenizer(teacher_tokenizer).tokenizer, f"dataset {ds.root} tokenizer")
+    token_bytes(load_tokenizer(teacher_tokenizer).tokenizer,
+                f"{where}: dataset {ds.root} ({TOKENIZER})", DATASET_FIX)
     token_bytes(student.tokenizer, f"{where} (tokenizer {spec.tokenizer})")
     check_all_bytes(student.tokenizer, f"{where} (tokenizer {spec.tokenizer})")
 

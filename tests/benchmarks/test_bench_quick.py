@@ -26,18 +26,19 @@ FIGURES = ["1", *ALL_CORES, "1 (wide)", "2 (k=8)", "2 (k=32)", "2 (k=128)", "2 w
            "6 (label)",
            "6 (train)", "7", "8 (ce off/on)", "8 (kl off/on)", "8 (ce hard/KD)", "8 (kl hard/KD)",
            "9 (train)", "9 (train, full logits)", "9 (label)", "10",
-           "11 (bytes)", "11 (label)", "11 (stream)", "12", "12 (rerun)"]
+           "11 (bytes)", "11 (label)", "11 (stream)", "12", "12 (rerun)",
+           "13 (bpb kd/ce)", "13 (bpb kd/same)", "13 (reader)", "13 (aligned)"]
 
 
 def verdict(figure: dict) -> bool | None:
     """Pass/fail read from the goal text alone ("≤ 1.05", "≥ 20×", "> 1 (...)", "none set"),
     so a figure cannot report a pass its numbers do not show. Figure 2's goal has a second
     condition, the KL bound that some encoding's measured KL must meet."""
-    m = re.match(r"([≤≥>])\s*([\d.]+)", figure["goal"])
+    m = re.match(r"([≤≥><])\s*([\d.]+)", figure["goal"])
     if m is None:
         return None
     op, bound, x = m.group(1), float(m.group(2)), figure["median"]
-    ok = {"≤": x <= bound, "≥": x >= bound, ">": x > bound}[op]
+    ok = {"≤": x <= bound, "≥": x >= bound, ">": x > bound, "<": x < bound}[op]
     if kl := re.search(r"at ≤ ([\d.e-]+) nats", figure["goal"]):
         ok = ok and any(max(v) <= float(kl.group(1)) for k, v in figure["details"].items()
                         if k.endswith(" kl"))
@@ -49,6 +50,7 @@ def test_verdict_reads_every_kind_of_goal():
     assert verdict({**fig, "goal": "≤ 1.05"}) is False
     assert verdict({**fig, "goal": "≥ 1.1"}) is True
     assert verdict({**fig, "goal": "> 1 (both KD better)"}) is True
+    assert verdict({**fig, "goal": "< 1 (KD helps)"}) is False
     assert verdict({**fig, "goal": "none set (ideal 2.00× on 2 cores)"}) is None
     assert verdict({**fig, "goal": "≤ 2.0 B at ≤ 0.001 nats"}) is True
     assert verdict({**fig, "goal": "≤ 2.0 B at ≤ 1e-07 nats"}) is False

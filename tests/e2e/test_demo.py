@@ -59,7 +59,8 @@ def test_demo_job_on_a_tiny_slice(tmp_path):
     assert str(out / "report") in "\n".join(proc.stdout.strip().splitlines()[-3:])
     manifest = json.loads((out / "labels/manifest.json").read_text())
     assert manifest["labels"]["k"] == 32
-    names = {"gpt-small-kd", "gpt-tiny-kd", "gru-tiny-kd", "gpt-tiny-baseline-ce"}
+    names = {"gpt-small-kd", "gpt-tiny-kd", "gru-tiny-kd", "gpt-tiny-baseline-ce",
+             "gpt-tiny-xtok-kd", "gpt-tiny-xtok-ce"}  # the last two: own tokenizer (#21)
     for name in names:
         run_dir = out / "runs" / name
         assert (run_dir / "complete.json").is_file()
@@ -71,6 +72,15 @@ def test_demo_job_on_a_tiny_slice(tmp_path):
     assert names <= set(rows["name"].to_list())
     assert [r["role"] for r in results["rows"]].count("teacher") == 1
     assert all(r["ce"] > 0 and 0 <= r["top1_agreement"] <= 1 for r in results["rows"])
+    # mixed tokenizers: every row in bits per byte over the same bytes, students ranked by it
+    assert "ranked by bits per byte" in proc.stdout
+    assert all(r["bits_per_byte"] > 0 for r in results["rows"])
+    students = [r for r in results["rows"] if r["role"] == "student"]
+    assert [r["bits_per_byte"] for r in students] == sorted(r["bits_per_byte"] for r in students)
+    own = [r for r in students if "xtok" in r["name"]]
+    assert len(own) == 2 and all(0.5 < r["aligned_share"] < 1 for r in own)
+    same = results["rows"][0]["bytes"]  # the teacher's; a straddled first token may cost a few
+    assert all(same * 0.99 <= r["bytes"] <= same for r in own)
     assert (out / "report/report.md").read_text().count("|") > 10
     assert list((out / "report").glob("*.png"))
     again = run_cli("run", job)

@@ -4,7 +4,7 @@ baseline's pure CE."""
 
 import json
 
-from pipeline.evaluation.report import CURVE_PANELS, plot_training_curves, training_curves
+from pipeline.evaluation.plots import CURVE_PANELS, plot_training_curves, training_curves
 
 
 def run_dir(tmp_path, name, kind, records):

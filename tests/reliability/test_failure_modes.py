@@ -680,11 +680,11 @@ CASES = [
          "server is back gives bit-identical weights",
          checked_by="tests/reliability/test_storage_outage.py::"
                     "test_training_from_s3_labels_stops_cleanly_when_storage_goes_down"),
-    Case("evaluate", "`--run` trained with another tokenizer",
-         "error: --run <dir>: tokenizer sha256 <a> (vocab 300) differs from dataset <dir> "
-         "tokenizer sha256 <b> (vocab 320); evaluate it on a dataset labeled with its "
-         "tokenizer", 1, "nothing written",
-         lambda e: _evaluate(e, make_teacher(e.other_tokenizer, e.tmp / "other")),
+    Case("evaluate", "`--run` with its own tokenizer, one that cannot spell every byte",
+         "error: --run <dir> (tokenizer <path>): the tokenizer cannot spell 255 of the 256 bytes "
+         "(e.g. <byte>), so some corpus bytes would become unknown tokens; retrain it with "
+         "`pipeline tokenizer train` (its initial alphabet has every byte)", 1, "nothing written",
+         lambda e: _evaluate(e, make_teacher(_unspelling_tokenizer(e), e.tmp / "other")),
          nothing_written),
     Case("evaluate", "`--teacher` that did not label the dataset",
          "error: --teacher <dir> (weights sha256 <a>) is not the teacher that labeled <dir> "
@@ -805,6 +805,23 @@ CASES = [
          "nothing written",
          lambda e: _import_args(e, lambda r: r["topk_logprobs"].__setitem__(1, [-0.2] * 4)),
          nothing_written),
+    # students with their own tokenizer (#21)
+    Case("train", "student `tokenizer` that cannot spell every byte (unknown-token fallback)",
+         "error: <file> (tokenizer <path>): the tokenizer cannot spell 255 of the 256 bytes (e.g. "
+         "<byte>), so some corpus bytes would become unknown tokens; retrain it with `pipeline "
+         "tokenizer train` (its initial alphabet has every byte)", 1, "nothing written",
+         lambda e: train_args(e, write(e, "s.toml", f'tokenizer = "{_unspelling_tokenizer(e)}"'
+                                                    '\n[loss]\nkind = "crosstok"\n')),
+         nothing_written),
+    Case("train", "student with its own tokenizer, dataset without alignment data (its "
+         "tokenizer is not byte-level BPE, so its ids do not spell its bytes)",
+         "error: <file>: dataset <dir> (tokenizer.json): aligning two tokenizers needs a "
+         "byte-level BPE tokenizer and it has no ByteLevel pre-tokenizer; relabel with a "
+         "byte-level BPE tokenizer (`pipeline tokenizer train`), or drop the student's "
+         "`tokenizer` to use the dataset's", 1, "nothing written",
+         lambda e: train_args(e, write(e, "s.toml", f'tokenizer = "{e.dataset}/tokenizer.json"'
+                                                    '\n[loss]\nkind = "ce"\n'),
+                              _wordsplit_dataset(e)), nothing_written),
 ]
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzSECRET"
@@ -850,6 +867,39 @@ def _import_args(env: Env, spoil) -> list:
     return ["import", src, env.out, "--from", "jsonl", "--tokenizer",
             env.dataset / "tokenizer.json", "--teacher", "t"]
 
+
+
+def _unspelling_tokenizer(env: Env) -> Path:
+    """A byte-level BPE that knows one byte: any other corpus byte would be an unknown token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from pipeline.models.tokenizer import EOS_TOKEN
+
+    tok = Tokenizer(models.BPE({"a": 0, EOS_TOKEN: 1}, []))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(), decoders.ByteLevel()
+    tok.add_special_tokens([EOS_TOKEN])
+    (env.tmp / "unspelling").mkdir()
+    tok.save(str(env.tmp / "unspelling/tokenizer.json"))
+    return env.tmp / "unspelling/tokenizer.json"
+
+
+def _wordsplit_dataset(env: Env) -> Path:
+    """A tokens-only dataset whose tokenizer splits on whitespace (spaces are not in its ids)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from pipeline.models.tokenizer import EOS_TOKEN
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([json.loads(x)["text"] for x in env.corpus.read_text().splitlines()],
+                            trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                special_tokens=[EOS_TOKEN, "[UNK]"]))
+    tok.save(str(env.tmp / "wordsplit.json"))
+    code, _, err = env.cli("label", "--corpus", env.corpus, "--tokenizer",
+                           env.tmp / "wordsplit.json", "--top-k", "0", "--seq-len", "16",
+                           "--limit-docs", "16", "--out", env.tmp / "wordsplit", "--quiet")
+    assert code == 0, err
+    return env.tmp / "wordsplit"
 
 
 def _bad_logprob(value):

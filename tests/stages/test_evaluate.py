@@ -145,16 +145,27 @@ def test_cli_prints_leaderboard_and_report_path(pair, tmp_path, tiny_teacher):
     assert lines[-1].endswith(str(tmp_path / "rep" / "report.md"))
 
 
-def test_refuses_other_tokenizer_naming_both(labeled, tmp_path, tiny_corpus):
+def test_a_model_with_another_tokenizer_is_scored_in_bits_per_byte(labeled, tmp_path,
+                                                                   tiny_corpus, tiny_teacher):
+    """Mixed tokenizers: the other model is scored on its re-tokenization of the same rows and
+    bytes, every row gets bits per byte, students are ranked by it, and the report says so."""
     texts = [json.loads(line)["text"] for line in tiny_corpus.read_text().splitlines()]
     other_tok = tmp_path / "other.json"
-    train_bpe_tokenizer(texts, 330, other_tok)
-    other = make_teacher(other_tok, tmp_path / "other")
-    with pytest.raises(PipelineError) as info:
-        run(fast(labels=str(labeled / "ds"), runs=[str(other)], out=str(tmp_path / "r")))
-    msg = str(info.value)
-    assert "vocab 330" in msg and "vocab 320" in msg and str(other) in msg
-    assert not (tmp_path / "r").exists()
+    train_bpe_tokenizer(texts[::2], 300, other_tok)
+    other = make_teacher(other_tok, tmp_path / "other", seed=4)  # context 64: never cut here
+    same = make_teacher(labeled / "ds" / "tokenizer.json", tmp_path / "same", seed=5,
+                        context=SEQ_LEN)
+    results = run(fast(labels=str(labeled / "ds"), runs=[str(other), str(same)],
+                       teacher=str(tiny_teacher), out=str(tmp_path / "r")))
+    rows = {("teacher" if r["role"] == "teacher" else r["name"]): r for r in results["rows"]}
+    assert rows["other"]["tokenizer"] != rows["teacher"]["tokenizer"] == rows["same"]["tokenizer"]
+    assert 0.2 < rows["other"]["aligned_share"] < 1 and rows["same"].get("aligned_share") is None
+    assert 0.95 * rows["teacher"]["bytes"] <= rows["other"]["bytes"] <= rows["teacher"]["bytes"]
+    assert rows["same"]["bytes"] == rows["teacher"]["bytes"]
+    assert rows["other"]["fidelity_positions"] < rows["other"]["positions"] + MAX_ROWS
+    students = [r["bits_per_byte"] for r in results["rows"][1:]]
+    assert students == sorted(students) and all(b > 0 for b in students)
+    assert "ranked by bits per byte" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_refuses_a_teacher_that_did_not_label(labeled, tmp_path, tiny_tokenizer):
