@@ -30,11 +30,16 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	    chromium chromium-driver >/dev/null; }
 
+# Two pytest workers (pytest-xdist): every test runs its processes at the tool's one thread
+# (tests/conftest.py), so two at a time use both cores of a 2-core machine; most tests also
+# wait on subprocesses and storage. Each worker builds its own session fixtures in its own
+# temp folders, and the moto servers take free ports. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(STAMP) browser
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # ruff, then the layer contracts (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md):
 # a cycle or an upward import fails here.
