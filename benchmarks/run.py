@@ -36,6 +36,7 @@ from benchmarks import (
 from benchmarks.common import REPO, Context, Params
 from benchmarks.report import carry_over, machine_info, markdown, write_results, write_section
 from pipeline.device import resolve_device
+from pipeline.threads import requested_threads
 
 FIGURES = {"1": fig_label, "2": fig_storage, "3": fig_stream, "4": fig_online,
            "5": fig_students, "6": fig_memory, "7": fig_scaleout, "8": fig_quality,
@@ -75,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Measure what users run: the CLI's torch thread count (pipeline/threads.py: one unless
+    # --threads); figure "1 (all cores)" asks for every core itself.
+    torch.set_num_threads(requested_threads())
     machine = machine_info()  # first: the load average before we add to it
     params = Params.quick() if args.quick else Params()
     if args.reps:
