@@ -107,3 +107,23 @@ def run_cli(*args, check: bool = True, **kw) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"pipeline {args} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `pipeline ARGS` in this process through the console entry point; returns
+    (exit code, stdout, stderr)."""
+    from pipeline.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["pipeline", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

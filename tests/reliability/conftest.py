@@ -84,26 +84,6 @@ def rewrite_shard(root: Path, rel: str, mutate) -> None:
     edit_manifest(root, fix)
 
 
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """Run `pipeline ARGS` in this process through the console entry point; returns
-    (exit code, stdout, stderr)."""
-    from pipeline.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["pipeline", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
-
-
 # ---- labeling the same dataset in a subprocess (to kill or starve) and in-process -------------
 
 def label_opts(**overrides) -> dict:

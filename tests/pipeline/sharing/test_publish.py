@@ -20,6 +20,15 @@ def shard_paths(m: dict) -> list[str]:
     return [e["path"] for shards in m["splits"].values() for e in shards]
 
 
+def load_with_datasets(dest, tmp_path, monkeypatch):
+    """`datasets.load_dataset(FOLDER)` with no arguments, offline, in a private cache."""
+    datasets = pytest.importorskip("datasets")
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    return datasets.load_dataset(str(dest))
+
+
 def test_publish_local_is_a_valid_dataset_and_hf_repo(dataset, tmp_path, monkeypatch):
     dest = tmp_path / "pub"
     proc = run_cli("publish", dataset, dest, "--license", "cc-by-4.0", "--corpus-name",
@@ -41,11 +50,7 @@ def test_publish_local_is_a_valid_dataset_and_hf_repo(dataset, tmp_path, monkeyp
     assert "ascending id order" in card and "Warning:** a licence is unknown" in card
 
     # datasets.load_dataset(FOLDER), no arguments: the card's configs find the splits
-    datasets = pytest.importorskip("datasets")
-    for k, v in OFFLINE.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    hf = datasets.load_dataset(str(dest))
+    hf = load_with_datasets(dest, tmp_path, monkeypatch)
     assert {s: hf[s].num_rows for s in hf} == {
         s: sum(e["rows"] for e in sh) for s, sh in m["splits"].items()}
     # the card's decode recipe gives the reference reader's rank-ordered ids
@@ -199,11 +204,7 @@ def test_publish_one_version_of_a_versioned_dataset(tmp_path, tiny_teacher, monk
               if line.strip().startswith('- "')]
     assert sorted(listed) == sorted(shard_paths(v1))
     assert "valid: " in run_cli("validate", dest).stdout
-    datasets = pytest.importorskip("datasets")
-    for k, v in OFFLINE.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    hf = datasets.load_dataset(str(dest))
+    hf = load_with_datasets(dest, tmp_path, monkeypatch)
     assert {s: hf[s].num_rows for s in hf} == {
         s: sum(e["rows"] for e in sh) for s, sh in v1["splits"].items() if sh}
 

@@ -4,7 +4,6 @@ shows is checked against the dataset itself, read through the reference reader (
 The page in a real browser: test_view_browser.py."""
 
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -21,25 +20,6 @@ from tests.pipeline.sharing import viewdata
 from tests.pipeline.sharing.viewdata import Spans, dataset_row, teacher_says
 
 bbc, chat = viewdata.bbc, viewdata.chat  # module-scoped fixtures shared with the browser test
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """`pipeline ARGS` in this process through the console entry point: (code, out, err)."""
-    from pipeline.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["pipeline", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
 
 
 # ---- token text ---------------------------------------------------------------------------------
@@ -121,7 +101,6 @@ def test_chat_rows_show_the_loss_mask(chat):
     # only the mask's positions count in the figures
     assert sample.positions == sum(int(dataset_row(chat, s.rel, r)["loss_mask"].sum())
                                    for s in ds.split_shards("train") for r in range(s.rows))
-
 
 
 def test_a_tokens_only_dataset_shows_its_text(tmp_path, cli):
