@@ -29,7 +29,7 @@ from benchmarks.common import REPO, Context
 from benchmarks.fig_stream import _reader_rate, _student_rate
 from benchmarks.profiling import cprofile_extra, torch_profile_top
 from benchmarks.report import Figure
-from benchmarks.timing import Stat, interleaved, ratio, timed, torch_threads
+from benchmarks.timing import Stat, interleaved, ratio, timed
 from pipeline.labeling import samples
 from pipeline.labeling.conversations import HEADLINES, ConversationSpec, iter_conversations
 from pipeline.labeling.corpus import CorpusStats
@@ -37,7 +37,6 @@ from pipeline.labeling.forward import topk_from_logits
 from pipeline.models.head import logit_chunks
 from pipeline.softlabels import schema as S
 from pipeline.softlabels.reader import SoftLabelDataset
-from pipeline.threads import requested_threads
 from stages.label import run as label
 
 TEMPLATE = REPO / "data/chat/headline.jinja"
@@ -144,12 +143,7 @@ def _bare_loop(model, batches: list[tuple[torch.Tensor, torch.Tensor]], k: int) 
 
 
 def _label_figure(ctx: Context, cfg) -> Figure:
-    """At the torch thread count `pipeline label` runs with (figure 1 says why)."""
-    with torch_threads(requested_threads()):
-        return _label_pair(ctx, cfg)
-
-
-def _label_pair(ctx: Context, cfg) -> Figure:
+    """At the torch thread count `pipeline label` runs with (benchmarks/run.py pins it)."""
     p, model = ctx.params, ctx.teacher.model.eval()
     cfg = replace(cfg, out=str(ctx.work / "fig11-label"))
     batches = _packed_batches(ctx, cfg, ctx.teacher.tokenizer)
